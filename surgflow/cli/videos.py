@@ -1,0 +1,70 @@
+"""`surgflow data ingest` and `surgflow data quarantine`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from surgflow.cli.common import JsonOption, emit, handle_errors, progress, stderr_console
+from surgflow.config import get_settings
+from surgflow.data.registry import VideoRegistry
+
+
+def registry() -> VideoRegistry:
+    s = get_settings()
+    return VideoRegistry(s.home, s.resolved_video_roots())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ingest")
+    @handle_errors
+    def ingest(
+        paths: list[Path] = typer.Argument(..., help="Video files; the video_id is the file stem."),
+        procedure: str = typer.Option(..., "--procedure", "-p", help="Procedure of every file."),
+        source: str = typer.Option(..., "--source", "-s", help="Where the videos come from."),
+        json_: bool = JsonOption,
+    ):
+        """Probe, hash and register local video files; bad files are quarantined."""
+        reg = registry()
+        with progress("ingesting", total=len(paths)) as advance:
+            report = reg.ingest(paths, procedure=procedure, source=source, on_done=advance)
+        emit(report, json_, _render_ingest)
+        failed = len(report["quarantined"]) + len(report["conflicts"])
+        if failed:
+            first = (report["quarantined"] + report["conflicts"])[0]
+            stderr_console.print(
+                f"error: {failed} of {len(paths)} file(s) not registered; first: {first['reason']}",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(2)
+
+    @app.command("quarantine")
+    @handle_errors
+    def quarantine(json_: bool = JsonOption):
+        """List what could not be registered, each with its reason."""
+        emit([e.model_dump(mode="json") for e in registry().quarantined()], json_)
+
+    @app.command("videos")
+    @handle_errors
+    def videos(json_: bool = JsonOption):
+        """List registered videos."""
+        rows = [
+            r.model_dump(mode="json", include={"video_id", "procedure", "source", "num_frames",
+                                               "fps", "width", "height", "sha256"})
+            for r in registry().list()
+        ]
+        emit(rows, json_)
+
+
+def _render_ingest(report: dict) -> None:
+    from surgflow.cli.common import stdout_console
+
+    for row in report["registered"]:
+        stdout_console.print(f"registered {row['video_id']} ({row['num_frames']} frames @ {row['fps']:.2f} fps)")
+    for row in report["duplicates"]:
+        stdout_console.print(f"unchanged  {row['video_id']} (same content already registered)")
+    for row in report["quarantined"]:
+        stdout_console.print(f"[red]quarantined[/red] {row['uri']}: {row['reason']}", soft_wrap=True)
+    for row in report["conflicts"]:
+        stdout_console.print(f"[red]conflict[/red] {row['uri']}: {row['reason']}", soft_wrap=True)

@@ -1,0 +1,101 @@
+"""Settings read from the environment (SPEC §2).
+
+Nothing happens at import: call :func:`get_settings` where a setting is needed. Every variable is
+optional; values are validated and a bad one raises :class:`~surgflow.errors.ConfigError` naming
+the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from surgflow.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """surgflow's settings; each field is read from ``SURGFLOW_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SURGFLOW_", extra="ignore")
+
+    home: Path = Field(default=Path(".surgflow"), description="root of all local state")
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port,...; unset starts an embedded broker on loopback"
+    )
+    topic_prefix: str = Field(default="surgflow.", description="prefix of every topic name")
+    dask_address: str | None = Field(default=None, description="scheduler of a Dask cluster")
+    video_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories (:-separated) under which a video uri may point",
+    )
+    topic_partitions: int = Field(default=3, ge=1, le=1024)
+    feedback_confidence_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
+
+    @field_validator("kafka_bootstrap", mode="after")
+    @classmethod
+    def _check_bootstrap(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        for server in v.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return v.strip()
+
+    @field_validator("topic_prefix", mode="after")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(v) <= allowed:
+            raise ValueError(f"topic prefix may use only letters, digits, '.', '_', '-': {v!r}")
+        return v
+
+    @field_validator("video_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p for p in v.split(":") if p.strip()]
+        return v
+
+    def resolved_video_roots(self) -> list[Path]:
+        """The directories a video uri may point into, symlinks resolved."""
+        roots = self.video_roots or [self.home, Path.cwd()]
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of SPEC §3's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ConfigError naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"SURGFLOW_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from e
+
+
+def env_for_subprocesses(settings: Settings) -> dict[str, str]:
+    """Environment that carries these settings to child processes (Dask workers, brokers)."""
+    env = dict(os.environ)
+    env["SURGFLOW_HOME"] = str(settings.home)
+    env["SURGFLOW_TOPIC_PREFIX"] = settings.topic_prefix
+    if settings.kafka_bootstrap:
+        env["SURGFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    if settings.dask_address:
+        env["SURGFLOW_DASK_ADDRESS"] = settings.dask_address
+    return env

@@ -1,0 +1,1 @@
+"""Videos, taxonomies, versioned datasets, views and clip loading. Knows nothing of Kafka or Prefect."""

@@ -1,0 +1,63 @@
+"""Durable file primitives shared by every local store under ``SURGFLOW_HOME``.
+
+``write_exclusive`` is the no-overwrite publish: data goes to a temporary file, is fsynced,
+and is then hard-linked to its final name. ``os.link`` fails if the name exists, so of two
+writers racing for one name exactly one wins, and a crash leaves either no file or a complete
+one (never a half-written file under the final name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: Path, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def write_exclusive(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists; True if this call created it."""
+    path = Path(path)
+    tmp = _write_temp(path.parent, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return True
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (for mutable pointers, never for versions)."""
+    path = Path(path)
+    tmp = _write_temp(path.parent, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1, default=str) + "\n").encode()

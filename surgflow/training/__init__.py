@@ -1,0 +1,1 @@
+"""Recipes, models, the DDP loop and its Dask launcher, checkpoints, run records."""
