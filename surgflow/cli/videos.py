@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
             first = (report["quarantined"] + report["conflicts"])[0]
             stderr_console.print(
                 f"error: {failed} of {len(paths)} file(s) not registered; first: {first['reason']}",
-                highlight=False, soft_wrap=True,
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(2)
 
@@ -50,8 +51,19 @@ def register(app: typer.Typer) -> None:
     def videos(json_: bool = JsonOption):
         """List registered videos."""
         rows = [
-            r.model_dump(mode="json", include={"video_id", "procedure", "source", "num_frames",
-                                               "fps", "width", "height", "sha256"})
+            r.model_dump(
+                mode="json",
+                include={
+                    "video_id",
+                    "procedure",
+                    "source",
+                    "num_frames",
+                    "fps",
+                    "width",
+                    "height",
+                    "sha256",
+                },
+            )
             for r in registry().list()
         ]
         emit(rows, json_)
@@ -61,10 +73,14 @@ def _render_ingest(report: dict) -> None:
     from surgflow.cli.common import stdout_console
 
     for row in report["registered"]:
-        stdout_console.print(f"registered {row['video_id']} ({row['num_frames']} frames @ {row['fps']:.2f} fps)")
+        stdout_console.print(
+            f"registered {row['video_id']} ({row['num_frames']} frames @ {row['fps']:.2f} fps)"
+        )
     for row in report["duplicates"]:
         stdout_console.print(f"unchanged  {row['video_id']} (same content already registered)")
     for row in report["quarantined"]:
-        stdout_console.print(f"[red]quarantined[/red] {row['uri']}: {row['reason']}", soft_wrap=True)
+        stdout_console.print(
+            f"[red]quarantined[/red] {row['uri']}: {row['reason']}", soft_wrap=True
+        )
     for row in report["conflicts"]:
         stdout_console.print(f"[red]conflict[/red] {row['uri']}: {row['reason']}", soft_wrap=True)

@@ -96,7 +96,9 @@ class VideoRegistry:
     def list(self) -> list[VideoRecord]:
         if not self.root.is_dir():
             return []
-        return [VideoRecord.model_validate_json(f.read_text()) for f in sorted(self.root.glob("*.json"))]
+        return [
+            VideoRecord.model_validate_json(f.read_text()) for f in sorted(self.root.glob("*.json"))
+        ]
 
     def register(
         self,
@@ -124,10 +126,19 @@ class VideoRegistry:
         if existing is not None:
             return self._same_or_conflict(existing, digest, procedure)
         record = VideoRecord(
-            video_id=video_id, uri=uri, path=str(path), sha256=digest,
-            size_bytes=path.stat().st_size, procedure=procedure, source=source,
-            recorded_at=recorded_at, num_frames=info.num_frames, fps=info.fps,
-            width=info.width, height=info.height, duration_s=info.duration_s,
+            video_id=video_id,
+            uri=uri,
+            path=str(path),
+            sha256=digest,
+            size_bytes=path.stat().st_size,
+            procedure=procedure,
+            source=source,
+            recorded_at=recorded_at,
+            num_frames=info.num_frames,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            duration_s=info.duration_s,
             registered_at=datetime.now(UTC),
         )
         self.root.mkdir(parents=True, exist_ok=True)
@@ -158,7 +169,9 @@ class VideoRegistry:
         )
         key = hashlib.sha256(json.dumps([uri, reason, event_id]).encode()).hexdigest()[:20]
         self.quarantine_root.mkdir(parents=True, exist_ok=True)
-        write_exclusive(self.quarantine_root / f"{key}.json", json_bytes(entry.model_dump(mode="json")))
+        write_exclusive(
+            self.quarantine_root / f"{key}.json", json_bytes(entry.model_dump(mode="json"))
+        )
         return entry
 
     def quarantined(self) -> list[QuarantineEntry]:
@@ -182,7 +195,12 @@ class VideoRegistry:
         Returns ``{"registered", "duplicates", "quarantined", "conflicts"}`` lists.
         """
         self.procedures.get(procedure)  # an unknown procedure is bad input for the whole call
-        report: dict[str, list] = {"registered": [], "duplicates": [], "quarantined": [], "conflicts": []}
+        report: dict[str, list] = {
+            "registered": [],
+            "duplicates": [],
+            "quarantined": [],
+            "conflicts": [],
+        }
         for raw in paths:
             uri = str(Path(raw).absolute()) if "://" not in str(raw) else str(raw)
             video_id = Path(str(raw)).stem
@@ -196,9 +214,14 @@ class VideoRegistry:
             else:
                 key = "registered" if result.status == "registered" else "duplicates"
                 report[key].append(
-                    {"video_id": result.record.video_id, "sha256": result.record.sha256,
-                     "num_frames": result.record.num_frames, "fps": result.record.fps,
-                     "width": result.record.width, "height": result.record.height}
+                    {
+                        "video_id": result.record.video_id,
+                        "sha256": result.record.sha256,
+                        "num_frames": result.record.num_frames,
+                        "fps": result.record.fps,
+                        "width": result.record.width,
+                        "height": result.record.height,
+                    }
                 )
             if on_done:
                 on_done()

@@ -70,10 +70,14 @@ class Procedure(BaseModel, frozen=True):
         try:
             return self.labels.index(label)
         except ValueError:
-            raise UnknownName(f"label of procedure {self.name!r}", label, list(self.labels)) from None
+            raise UnknownName(
+                f"label of procedure {self.name!r}", label, list(self.labels)
+            ) from None
 
 
-BUILTIN = {"cholecystectomy": Procedure(name="cholecystectomy", labels=CHOLEC80_PHASES, builtin=True)}
+BUILTIN = {
+    "cholecystectomy": Procedure(name="cholecystectomy", labels=CHOLEC80_PHASES, builtin=True)
+}
 
 
 class ProcedureCatalog:

@@ -9,6 +9,7 @@ worker) with ``num_threads=1``; and a container index can claim more frames than
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -95,7 +96,9 @@ def resolve_video_uri(uri: str, roots: list[Path]) -> Path:
     elif parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:2] == ":"):
         raw = uri
     else:
-        raise UnsafeURI(f"video uri {uri!r}: unsupported scheme {parsed.scheme!r} (use a path or file://)")
+        raise UnsafeURI(
+            f"video uri {uri!r}: unsupported scheme {parsed.scheme!r} (use a path or file://)"
+        )
     if "\x00" in raw:
         raise UnsafeURI(f"video uri {uri!r} contains a NUL byte")
     resolved = Path(raw).expanduser().resolve()
@@ -108,6 +111,9 @@ def resolve_video_uri(uri: str, roots: list[Path]) -> Path:
     )
 
 
+_DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\]\s*\S+\.cc:\d+:\s*(Error:\s*)?")
+
+
 def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = _DECORD_NOISE.sub("", " ".join(str(e).split())).strip()
     return text[:200] if text else type(e).__name__

@@ -1,0 +1,3 @@
+from surgflow.cli import main
+
+main()
