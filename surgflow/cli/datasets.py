@@ -1,9 +1,84 @@
-"""Commands of this group are added as the library grows."""
+"""`surgflow data versions|show|query|diff|gc`: dataset versions and queries (SPEC §6)."""
 
 from __future__ import annotations
 
 import typer
 
+from surgflow.cli.common import JsonOption, emit, handle_errors, stdout_console
+from surgflow.config import get_settings
+from surgflow.data.query import diff as diff_versions
+from surgflow.data.query import query as run_query
+from surgflow.data.versions import DEFAULT_GC_GRACE_S, DatasetStore, parse_ref
+
+
+def store() -> DatasetStore:
+    return DatasetStore(get_settings().home)
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+
+    @app.command("versions")
+    @handle_errors
+    def versions(
+        dataset: str = typer.Argument(..., help="Dataset name (the procedure)."),
+        json_: bool = JsonOption,
+    ):
+        """List a dataset's versions, oldest first."""
+        emit([m.summary() for m in store().versions(dataset)], json_)
+
+    @app.command("show")
+    @handle_errors
+    def show(
+        ref: str = typer.Argument(..., metavar="DATASET[@VERSION]", help="Latest by default."),
+        json_: bool = JsonOption,
+    ):
+        """Statistics and fingerprint of one dataset version."""
+        name, version = parse_ref(ref)
+        emit(store().manifest(name, version).show(), json_)
+
+    @app.command("query")
+    @handle_errors
+    def query(
+        sql: str = typer.Argument(..., help="One read-only SELECT over `videos` and `segments`."),
+        json_: bool = JsonOption,
+    ):
+        """Read-only SQL over registered videos and the latest version of every dataset."""
+        emit(run_query(get_settings().home, sql), json_)
+
+    @app.command("diff")
+    @handle_errors
+    def diff(
+        a: str = typer.Argument(..., metavar="DATASET@A"),
+        b: str = typer.Argument(..., metavar="DATASET@B"),
+        json_: bool = JsonOption,
+    ):
+        """Videos and labelled frames added, removed and relabelled from A to B."""
+        emit(diff_versions(get_settings().home, parse_ref(a), parse_ref(b)), json_, _render_diff)
+
+    @app.command("gc")
+    @handle_errors
+    def gc(
+        grace_s: float = typer.Option(
+            DEFAULT_GC_GRACE_S, "--grace-seconds", min=0.0,
+            help="Keep unreferenced files younger than this (a commit may still publish them).",
+        ),
+        json_: bool = JsonOption,
+    ):
+        """Remove data files no version references, temp files and stale caches."""
+        emit(store().gc(grace_s=grace_s), json_)
+
+
+def _render_diff(d: dict) -> None:
+    f, t = d["from"], d["to"]
+    stdout_console.print(f"{f['dataset']}@{f['version']} -> {t['dataset']}@{t['version']}"
+                         + ("  (same content)" if d["same_content"] else ""))
+    stdout_console.print(f"videos: +{len(d['videos_added'])} -{len(d['videos_removed'])}")
+    stdout_console.print(
+        f"labelled frames: +{d['frames_added']} -{d['frames_removed']} "
+        f"relabelled {d['frames_relabelled']} provenance changed "
+        f"{d['frames_provenance_changed']}"
+    )
+    for c in d["videos_changed"][:20]:
+        stdout_console.print(f"  {c['video_id']}: +{c['frames_added']} -{c['frames_removed']} "
+                             f"~{c['frames_relabelled']}")

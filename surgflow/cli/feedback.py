@@ -1,9 +1,95 @@
-"""Commands of this group are added as the library grows."""
+"""`surgflow feedback run|publish|tasks`: the Kafka feedback loop (SPEC §6)."""
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+from pathlib import Path
+
 import typer
+
+from surgflow.cli.common import JsonOption, emit, handle_errors, log
+from surgflow.config import get_settings
+from surgflow.errors import BadInput
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+
+    @app.command("run")
+    @handle_errors
+    def run(
+        once: bool = typer.Option(False, "--once",
+                                  help="Consume up to the current end offsets, then exit."),
+        max_events: int = typer.Option(500, "--max-events", min=1,
+                                       help="Follow mode: commit a version every N events..."),
+        max_seconds: float = typer.Option(5.0, "--max-seconds", min=0.01,
+                                          help="...or every T seconds, whichever comes first."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Merge videos, inference outputs and annotations into new dataset versions."""
+        from surgflow.feedback.consumer import FeedbackConsumer
+        from surgflow.feedback.events import emit_version_events
+
+        settings = get_settings()
+        with FeedbackConsumer(settings) as consumer:
+            if once:
+                report = consumer.run_once()
+                emit_version_events(report.versions)
+            else:
+                stop = threading.Event()
+                signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+                def batch_done(r) -> None:
+                    emit_version_events(r.versions)
+                    log.info("batch: %s", json.dumps(r.as_json()))
+
+                try:
+                    report = consumer.follow(max_events=max_events, max_seconds=max_seconds,
+                                             stop=stop, on_batch=batch_done)
+                except KeyboardInterrupt:
+                    stop.set()
+                    raise
+        emit(report.as_json(), as_json)
+
+    @app.command("publish")
+    @handle_errors
+    def publish(
+        kind: str = typer.Argument(..., help="video, inference or annotation"),
+        file: Path = typer.Argument(..., help="a JSON object, or a list of them ('-' for stdin)"),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Validate and send events to their topic (acks=all, keyed by video_id)."""
+        import sys
+
+        from surgflow.feedback.client import Publisher
+
+        try:
+            text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        except OSError as e:
+            raise BadInput(f"cannot read {file}: {e.strerror}") from e
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{file}: not JSON: {e.msg} at line {e.lineno}") from e
+        events = data if isinstance(data, list) else [data]
+        with Publisher.from_settings(get_settings()) as pub:
+            sent = [pub.publish(kind, e) for e in events]
+            pub.flush()
+        emit({"published": len(sent), "kind": kind,
+              "event_ids": [e.event_id for e in sent]}, as_json)
+
+    @app.command("tasks")
+    @handle_errors
+    def tasks(
+        status: str = typer.Option(None, "--status", help="open or completed (default: all)"),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Feedback tasks: open, and completed by an applied annotation."""
+        from surgflow.feedback.tasks import TaskLedger
+
+        if status not in (None, "open", "completed"):
+            raise BadInput(f"--status must be open or completed, got {status!r}")
+        rows = TaskLedger(get_settings().home).list()
+        emit([t for t in rows if status is None or t["status"] == status], as_json)

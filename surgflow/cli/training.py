@@ -1,9 +1,80 @@
-"""Commands of this group are added as the library grows."""
+"""`surgflow train RECIPE` and `surgflow runs list|show|plot`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from surgflow.cli.common import JsonOption, emit, handle_errors
+from surgflow.config import get_settings
+from surgflow.errors import BadInput
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    result = record.get("result") or {}
+    stages = {
+        name: {k: s.get(k) for k in ("version", "epochs", "resumed_from_epoch", "final")}
+        for name, s in (result.get("stages") or {}).items() if "version" in s
+    }
+    return {"run_id": record["run_id"], "status": record["status"],
+            "recipe": record.get("recipe_name"), "dataset_versions": record.get("dataset_versions"),
+            "model_version": result.get("model_version"), "attempts": len(record["attempts"]),
+            "seconds": result.get("seconds"), "stages": stages}
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``train`` and the ``runs`` group to ``app``."""
+    runs_app = typer.Typer(help="Training runs: records, metrics, utilisation.",
+                           no_args_is_help=True)
+    app.add_typer(runs_app, name="runs")
+
+    @app.command("train")
+    @handle_errors
+    def train(
+        recipe: Path = typer.Argument(None, help="Recipe file (YAML).", dir_okay=False),
+        resume: str = typer.Option(None, "--resume", help="Resume this unfinished run."),
+        json_: bool = JsonOption,
+    ):
+        """Train a recipe on the Dask cluster under a Prefect flow; prints the run record."""
+        if recipe is None and resume is None:
+            raise BadInput("give a RECIPE file, or --resume RUN")
+        from surgflow.training.recipe import load_recipe
+
+        if recipe is not None:
+            load_recipe(recipe)  # a bad recipe fails here, before any server or cluster starts
+        from flows.runtime import ensure_server
+        from flows.training import TrainingParams, training_flow
+
+        ensure_server(get_settings().home)
+        params = TrainingParams(recipe_path=str(recipe) if recipe else None, resume_run=resume)
+        emit(_summary(training_flow(params)), json_)
+
+    @runs_app.command("list")
+    @handle_errors
+    def list_runs(json_: bool = JsonOption):
+        """Every run, oldest first."""
+        from surgflow.training.runs import RunStore
+
+        emit(RunStore(get_settings().home).list(), json_)
+
+    @runs_app.command("show")
+    @handle_errors
+    def show(run: str = typer.Argument(..., help="Run id."), json_: bool = JsonOption):
+        """A run's record: parameters, attempts, per-epoch metrics, utilisation summary."""
+        from surgflow.training.runs import RunStore
+
+        emit(RunStore(get_settings().home).show(run), json_)
+
+    @runs_app.command("plot")
+    @handle_errors
+    def plot(
+        run: str = typer.Argument(..., help="Run id."),
+        out: Path = typer.Option(None, "--out", help="PNG path (default: in the run directory)."),
+        json_: bool = JsonOption,
+    ):
+        """A PNG with the run's metrics and every rank's utilisation on one time axis."""
+        from surgflow.training.plot import plot_run
+
+        emit({"run_id": run, "png": str(plot_run(get_settings().home, run, out))}, json_)

@@ -1,0 +1,119 @@
+"""One local Prefect server for this machine's flows, started on demand and reused.
+
+With ``PREFECT_API_URL`` set, that server (or Prefect Cloud) is used as is. Unset, a single
+``prefect server start`` runs in the background under ``SURGFLOW_HOME/prefect`` and every later
+caller reuses it: Prefect's ephemeral mode would otherwise start a server inside every process
+that runs a flow, Dask workers included (slow, and their SQLite databases lock each other).
+The server's address is exported as ``PREFECT_API_URL`` so child processes find it too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from surgflow.config import get_settings
+from surgflow.errors import ConfigError, SurgflowError
+
+
+@dataclass
+class ServerProcess:
+    """A Prefect server this process started."""
+
+    api_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(prefect_home: Path, *, port: int | None = None,
+                 timeout: float = 120.0) -> ServerProcess:
+    """Start ``prefect server start`` on loopback and wait until /api/health answers."""
+    prefect_home = Path(prefect_home)
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env |= {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port)}
+    exe = Path(sys.executable).with_name("prefect")
+    cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
+           "--port", str(port)]
+    log_path = prefect_home / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    server = ServerProcess(api_url, proc, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SurgflowError(f"prefect server exited with {proc.returncode}; see {log_path}")
+        if healthy(api_url):
+            return server
+        time.sleep(0.5)
+    server.stop()
+    raise SurgflowError(f"prefect server did not answer {api_url}/health in {timeout:.0f} s; "
+                        f"see {log_path}")
+
+
+def export(api_url: str) -> None:
+    """Point this process and its children at ``api_url``."""
+    os.environ["PREFECT_API_URL"] = api_url
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+
+def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
+    """The API URL of a running Prefect server, starting one under ``home`` if needed."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        if not healthy(configured, timeout=5.0):
+            raise ConfigError(f"PREFECT_API_URL: no Prefect server answers at {configured}")
+        export(configured)
+        return configured
+    home = Path(home or get_settings().home)
+    state_dir = home / "prefect"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = state_dir / "server.json"
+    with open(state_dir / "server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two commands starting at once share one server
+        if state.is_file():
+            url = json.loads(state.read_text()).get("api_url", "")
+            if url and healthy(url):
+                export(url)
+                return url
+        server = start_server(state_dir, timeout=timeout)
+        state.write_text(json.dumps({"api_url": server.api_url, "pid": server.process.pid}))
+    export(server.api_url)
+    return server.api_url

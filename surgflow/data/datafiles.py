@@ -1,0 +1,162 @@
+"""The Parquet data files of dataset versions: schemas, conversions, content-addressed writes.
+
+A version's data is a list of *runs*; each run holds up to three files:
+
+- ``videos``: one row per video the run adds or changes (its snapshot and content hash);
+- ``intervals``: every resolved interval (with the winning event's key) of those videos;
+- ``events``: the ``event_id`` of every event the run applied.
+
+For a video, the latest run that has a row for it is authoritative (a video's labelled frames
+only ever grow, so a run that changes a video always has rows for it). Files are named by the
+sha256 of their bytes and written with the no-overwrite primitive, so a data file never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from surgflow.data.labels import Interval
+from surgflow.data.storage import write_exclusive
+
+Kind = Literal["videos", "intervals", "events"]
+KINDS: tuple[Kind, ...] = ("videos", "intervals", "events")
+ROW_GROUP = 4096  # small row groups let a filter on video_id / event_id skip most of a file
+
+TS = pa.timestamp("us", tz="UTC")
+VIDEOS_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("uri", pa.string()), ("path", pa.string()),
+    ("sha256", pa.string()), ("procedure", pa.string()), ("source", pa.string()),
+    ("recorded_at", TS), ("num_frames", pa.int64()), ("fps", pa.float64()),
+    ("width", pa.int32()), ("height", pa.int32()), ("split", pa.string()),
+    ("content_hash", pa.string()),
+])
+INTERVALS_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
+    ("label", pa.string()), ("provenance", pa.string()), ("confidence", pa.float64()),
+    ("produced_at", TS), ("partition", pa.int32()), ("offset", pa.int64()),
+    ("event_id", pa.string()),
+])
+EVENTS_SCHEMA = pa.schema([("event_id", pa.string()), ("video_id", pa.string())])
+SCHEMAS: dict[str, pa.Schema] = {
+    "videos": VIDEOS_SCHEMA, "intervals": INTERVALS_SCHEMA, "events": EVENTS_SCHEMA,
+}
+SORT_KEYS: dict[str, list[tuple[str, str]]] = {
+    "videos": [("video_id", "ascending")],
+    "intervals": [("video_id", "ascending"), ("start_frame", "ascending")],
+    "events": [("event_id", "ascending")],
+}
+
+
+class DataFile(BaseModel, frozen=True):
+    """A data file of a version: path relative to the dataset folder, hash, rows, kind, run."""
+
+    path: str
+    sha256: str
+    rows: int
+    kind: Kind
+    run: int
+
+
+def group_runs(files: list[DataFile]) -> list[dict[str, DataFile]]:
+    """Data files grouped by run, oldest first: ``[{kind: DataFile}]``."""
+    out: list[dict[str, DataFile]] = [{} for _ in range(1 + max((f.run for f in files),
+                                                                default=-1))]
+    for f in files:
+        out[f.run][f.kind] = f
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetVideo:
+    """A video as a dataset version holds it: the registry snapshot plus split and hash."""
+
+    video_id: str
+    uri: str
+    path: str
+    sha256: str
+    procedure: str
+    source: str
+    recorded_at: datetime | None
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    split: str
+    content_hash: str
+
+
+def videos_table(videos: list[DatasetVideo]) -> pa.Table:
+    cols = {name: [getattr(v, name) for v in videos] for name in VIDEOS_SCHEMA.names}
+    cols["recorded_at"] = [_aware(t) for t in cols["recorded_at"]]
+    return pa.table(cols, schema=VIDEOS_SCHEMA)
+
+
+def table_videos(table: pa.Table) -> dict[str, DatasetVideo]:
+    return {row["video_id"]: DatasetVideo(**row) for row in table.to_pylist()}
+
+
+def intervals_table(intervals: dict[str, list[Interval]]) -> pa.Table:
+    cols: dict[str, list] = {name: [] for name in INTERVALS_SCHEMA.names}
+    for video_id in sorted(intervals):
+        for iv in intervals[video_id]:
+            cols["video_id"].append(video_id)
+            for name in INTERVALS_SCHEMA.names[1:]:
+                cols[name].append(getattr(iv, name))
+    return pa.table(cols, schema=INTERVALS_SCHEMA)
+
+
+def table_intervals(table: pa.Table) -> dict[str, list[Interval]]:
+    out: dict[str, list[Interval]] = defaultdict(list)
+    cols = [table.column(n).to_pylist() for n in INTERVALS_SCHEMA.names]
+    for video_id, *rest in zip(*cols, strict=True):
+        out[video_id].append(Interval(*rest))
+    return dict(out)
+
+
+def events_table(pairs: list[tuple[str, str]]) -> pa.Table:
+    return pa.table(
+        {"event_id": [e for e, _ in pairs], "video_id": [v for _, v in pairs]},
+        schema=EVENTS_SCHEMA,
+    )
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def write_data_file(dataset_dir: Path, kind: Kind, table: pa.Table, run: int) -> DataFile:
+    """Sort, encode and publish ``table`` as ``data/<sha256>.parquet`` (no overwrite)."""
+    table = table.cast(SCHEMAS[kind]).sort_by(SORT_KEYS[kind])
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=ROW_GROUP, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    digest = hashlib.sha256(data).hexdigest()
+    rel = f"data/{digest}.parquet"
+    path = dataset_dir / rel
+    if not write_exclusive(path, data):
+        # Same content already there (maybe an orphan of a lost race): refresh its age so that
+        # gc's grace period protects it until the manifest that references it is published.
+        os.utime(path)
+    return DataFile(path=rel, sha256=digest, rows=table.num_rows, kind=kind, run=run)
+
+
+def read_data_file(
+    dataset_dir: Path, f: DataFile, column: str | None = None, values: list[str] | None = None
+) -> pa.Table:
+    """Read a data file, optionally only the rows whose ``column`` is in ``values``."""
+    path = dataset_dir / f.path
+    if column is None:
+        return pq.read_table(path, schema=SCHEMAS[f.kind])
+    return pq.read_table(path, schema=SCHEMAS[f.kind], filters=[(column, "in", values)])

@@ -1,0 +1,255 @@
+"""Per-frame label resolution (SPEC §4), pure: no I/O.
+
+Every labelled frame of a video is decided by the event that wins it under one total order, the
+*precedence key*: a human label beats a model label; among the same provenance the later
+``produced_at`` wins (compared as an instant); a tie goes to the later ``(partition, offset)``
+and then, only to keep the order total, to ``event_id``, label and confidence. Resolution is the
+per-frame maximum of that key, so it is idempotent (re-applying an event changes nothing),
+order-independent, and applying events incrementally on top of a resolved parent equals
+resolving every event at once.
+
+Resolved intervals keep the key of the event that won them so that later events can be resolved
+against them; :func:`coalesce` drops the key and merges neighbours for tables and statistics.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from surgflow.errors import BadInput
+
+Provenance = Literal["human", "model"]
+PROVENANCES: tuple[Provenance, ...] = ("human", "model")
+_RANK = {"model": 0, "human": 1}
+
+
+def _utc(ts: datetime, what: str) -> datetime:
+    if not isinstance(ts, datetime) or ts.tzinfo is None or ts.utcoffset() is None:
+        raise BadInput(f"{what}: produced_at must be a timezone-aware datetime, got {ts!r}")
+    return ts.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class LabelSegment:
+    """One labelled half-open frame range ``[start_frame, end_frame)`` of an event."""
+
+    start_frame: int
+    end_frame: int
+    label: str
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    """A batch of segments for one video from one message (inference or annotation)."""
+
+    event_id: str
+    video_id: str
+    provenance: Provenance
+    produced_at: datetime
+    partition: int
+    offset: int
+    segments: tuple[LabelSegment, ...]
+    task_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provenance not in _RANK:
+            raise BadInput(
+                f"event {self.event_id!r}: provenance must be 'human' or 'model', "
+                f"got {self.provenance!r}"
+            )
+        object.__setattr__(self, "produced_at", _utc(self.produced_at, f"event {self.event_id!r}"))
+        object.__setattr__(self, "segments", tuple(self.segments))
+
+
+@dataclass(frozen=True, order=False)
+class Interval:
+    """A resolved half-open frame range and the event that won it.
+
+    ``confidence`` is None for human labels. ``produced_at``, ``partition``, ``offset`` and
+    ``event_id`` are the winning event's precedence key (see :attr:`key`).
+    """
+
+    start_frame: int
+    end_frame: int
+    label: str
+    provenance: Provenance
+    confidence: float | None
+    produced_at: datetime
+    partition: int
+    offset: int
+    event_id: str
+    _key: tuple = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        produced_at = _utc(self.produced_at, f"event {self.event_id!r}")
+        object.__setattr__(self, "produced_at", produced_at)
+        object.__setattr__(
+            self,
+            "_key",
+            (
+                _RANK[self.provenance], produced_at, self.partition, self.offset, self.event_id,
+                self.label, -1.0 if self.confidence is None else self.confidence,
+            ),
+        )
+
+    @property
+    def key(self) -> tuple:
+        """The precedence key: larger wins. Equal keys mean the same event and segment label."""
+        return self._key
+
+    @property
+    def frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+    def with_range(self, start_frame: int, end_frame: int) -> Interval:
+        return Interval(
+            start_frame, end_frame, self.label, self.provenance, self.confidence,
+            self.produced_at, self.partition, self.offset, self.event_id,
+        )
+
+
+def intervals_of(event: LabelEvent) -> list[Interval]:
+    """The event's segments as (unresolved) intervals carrying its key; empty ranges dropped."""
+    return [
+        Interval(
+            s.start_frame, s.end_frame, s.label, event.provenance,
+            None if event.provenance == "human" else s.confidence,
+            event.produced_at, event.partition, event.offset, event.event_id,
+        )
+        for s in event.segments
+        if s.end_frame > s.start_frame
+    ]
+
+
+def resolve_video(candidates: Iterable[Interval]) -> list[Interval]:
+    """Per-frame maximum of the key over possibly overlapping intervals of one video.
+
+    Returns sorted, non-overlapping intervals; adjacent pieces won by the same key are merged,
+    so the result is canonical (the same for any order or duplication of the input).
+    """
+    cands = sorted({(c.key, c.start_frame, c.end_frame): c for c in candidates}.values(),
+                   key=lambda c: c.key)
+    if not cands:
+        return []
+    # rank = position in key order, so the heap compares integers, not datetimes.
+    starts = sorted(((c.start_frame, rank) for rank, c in enumerate(cands)))
+    bounds = sorted({b for c in cands for b in (c.start_frame, c.end_frame)})
+    heap: list[int] = []
+    out: list[Interval] = []
+    i = 0
+    for lo, hi in itertools.pairwise(bounds):
+        while i < len(starts) and starts[i][0] <= lo:
+            heapq.heappush(heap, -starts[i][1])
+            i += 1
+        while heap and cands[-heap[0]].end_frame <= lo:
+            heapq.heappop(heap)
+        if not heap:
+            continue
+        win = cands[-heap[0]]
+        prev = out[-1] if out else None
+        if prev is not None and prev.end_frame == lo and prev.key == win.key:
+            out[-1] = prev.with_range(prev.start_frame, hi)
+        else:
+            out.append(win.with_range(lo, hi))
+    return out
+
+
+def resolve(
+    intervals_by_video: dict[str, list[Interval]], events: Iterable[LabelEvent]
+) -> dict[str, list[Interval]]:
+    """Apply ``events`` on top of already resolved intervals; return every video's intervals.
+
+    Videos without new events are returned unchanged. Deduplication by ``event_id`` is implied:
+    an event already applied wins or loses exactly the same frames again.
+    """
+    new: dict[str, list[Interval]] = defaultdict(list)
+    for event in events:
+        new[event.video_id].extend(intervals_of(event))
+    out = dict(intervals_by_video)
+    for video_id, extra in new.items():
+        out[video_id] = resolve_video([*intervals_by_video.get(video_id, ()), *extra])
+    return out
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A coalesced labelled interval without its key (a row of the ``segments`` table)."""
+
+    start_frame: int
+    end_frame: int
+    label: str
+    provenance: Provenance
+    confidence: float | None
+
+
+def coalesce(intervals: Iterable[Interval]) -> list[Segment]:
+    """Merge adjacent intervals with the same label, provenance and confidence.
+
+    Input must be sorted and non-overlapping (what :func:`resolve_video` returns).
+    """
+    out: list[Segment] = []
+    for iv in intervals:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and prev.end_frame == iv.start_frame
+            and (prev.label, prev.provenance, prev.confidence)
+            == (iv.label, iv.provenance, iv.confidence)
+        ):
+            out[-1] = Segment(prev.start_frame, iv.end_frame, prev.label, prev.provenance,
+                              prev.confidence)
+        else:
+            out.append(Segment(iv.start_frame, iv.end_frame, iv.label, iv.provenance,
+                               iv.confidence))
+    return out
+
+
+def check_event(event: LabelEvent, labels: Sequence[str], num_frames: int) -> None:
+    """Raise BadInput naming the problem if ``event`` does not fit its video and taxonomy.
+
+    Checks: at least one segment; every label in ``labels``; ``0 <= start < end <= num_frames``;
+    model confidences in [0, 1]; no two segments of the event overlap.
+    """
+    where = f"event {event.event_id!r} for video {event.video_id!r}"
+    if not event.segments:
+        raise BadInput(f"{where}: has no segments")
+    known = set(labels)
+    for n, s in enumerate(event.segments):
+        at = f"{where}, segment {n}"
+        if s.label not in known:
+            raise BadInput(f"{at}: unknown label {s.label!r}; known: {', '.join(labels)}")
+        if not (isinstance(s.start_frame, int) and isinstance(s.end_frame, int)):
+            raise BadInput(f"{at}: frame numbers must be integers")
+        if s.start_frame < 0 or s.end_frame > num_frames:
+            raise BadInput(
+                f"{at}: range [{s.start_frame}, {s.end_frame}) is outside the video's "
+                f"{num_frames} frames [0, {num_frames})"
+            )
+        if s.end_frame <= s.start_frame:
+            raise BadInput(f"{at}: empty range [{s.start_frame}, {s.end_frame})")
+        if event.provenance == "model" and s.confidence is not None and not (
+            0.0 <= s.confidence <= 1.0
+        ):
+            raise BadInput(f"{at}: confidence {s.confidence} is outside [0, 1]")
+    ordered = sorted(event.segments, key=lambda s: (s.start_frame, s.end_frame))
+    for a, b in itertools.pairwise(ordered):
+        if b.start_frame < a.end_frame:
+            raise BadInput(
+                f"{where}: segments [{a.start_frame}, {a.end_frame}) and "
+                f"[{b.start_frame}, {b.end_frame}) overlap"
+            )
+
+
+def frames_by(segments: Iterable[Segment | Interval], attr: str) -> dict[str, int]:
+    """Total frames per value of ``attr`` ("label" or "provenance")."""
+    totals: dict[str, int] = defaultdict(int)
+    for s in segments:
+        totals[getattr(s, attr)] += s.end_frame - s.start_frame
+    return dict(totals)

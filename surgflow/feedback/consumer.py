@@ -1,0 +1,271 @@
+"""The feedback consumer: read the input topics in batches and merge them (SPEC §3-§6).
+
+Two modes:
+
+- :meth:`FeedbackConsumer.run_once` assigns every partition of the input topics itself (no group
+  join, so no rebalance wait), seeks to the stored positions, reads up to the end offsets seen at
+  start and merges everything as one batch: one new version per affected dataset.
+- :meth:`FeedbackConsumer.follow` joins the consumer group, so several consumers share the
+  partitions, and commits a batch every ``max_events`` events or ``max_seconds`` seconds,
+  whichever comes first. On every assignment it seeks to the stored positions; before a
+  revocation it finishes the batch it holds.
+
+Positions: the :class:`~surgflow.feedback.checkpoint.Checkpoint` is the resume point and only
+moves after :meth:`BatchMerger.process` made a batch durable (versions written, dead letters
+acknowledged, parked events on disk). Kafka's group offsets are committed afterwards, for lag
+monitoring only; a failure to commit them is logged and ignored.
+
+The embedded broker may report a partition's end offset short of the last record batch; reading
+continues to the end of whatever record batch the fetch returns, so nothing before the reported
+end is ever missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from surgflow.config import Settings
+from surgflow.errors import BrokerError
+from surgflow.feedback import broker
+from surgflow.feedback.checkpoint import Checkpoint, position_key
+from surgflow.feedback.client import ALL_TOPICS, make_producer
+from surgflow.feedback.merge import BatchMerger, Record, RunReport
+from surgflow.feedback.schemas import INPUT_TOPICS
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 200
+MAX_POLL_RECORDS = 5000
+#: --once gives up when no record arrives for this long while positions are short of the end
+STALL_TIMEOUT_S = 30.0
+
+
+class _Sender:
+    """Dead letters and tasks out through one acks=all producer."""
+
+    def __init__(self, producer, prefix: str):
+        self.producer, self.prefix, self.pending = producer, prefix, []
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers) -> None:
+        self.pending.append(self.producer.send(self.prefix + topic, value=value, key=key,
+                                               headers=list(headers)))
+
+    def flush(self) -> None:
+        from kafka.errors import KafkaError
+
+        pending, self.pending = self.pending, []
+        try:
+            self.producer.flush(timeout=30)
+            for f in pending:
+                f.get(timeout=30)
+        except KafkaError as e:
+            raise BrokerError(f"sending to Kafka failed: {e}") from e
+
+
+class FeedbackConsumer:
+    """Consumes the input topics of ``settings`` into dataset versions."""
+
+    def __init__(self, settings: Settings, *, group_id: str | None = None,
+                 attempts: int = broker.ATTEMPTS):
+        self.settings = settings
+        self.attempts = attempts
+        self.bootstrap = broker.bootstrap(settings)
+        self.group_id = group_id or f"{settings.topic_prefix}feedback"
+        self.topics = [settings.topic(t) for t in INPUT_TOPICS]
+        broker.ensure_topics(self.bootstrap, [settings.topic(t) for t in ALL_TOPICS],
+                             settings.topic_partitions, attempts=attempts)
+        self.cluster_id = broker.cluster_id(self.bootstrap, attempts=attempts)
+        self.checkpoint = Checkpoint(settings.home)
+        self._producer = make_producer(self.bootstrap, attempts=attempts)
+        self.merger = BatchMerger(settings, _Sender(self._producer, settings.topic_prefix))
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+    def __enter__(self) -> FeedbackConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- shared ----------------------------------------------------------------------------
+
+    def _consumer(self, **extra):
+        from kafka import KafkaConsumer
+
+        config = {
+            "bootstrap_servers": self.bootstrap, "group_id": self.group_id,
+            "enable_auto_commit": False, "auto_offset_reset": "earliest",
+            "session_timeout_ms": self.settings.kafka_session_timeout_ms,
+            "heartbeat_interval_ms": max(500, self.settings.kafka_session_timeout_ms // 6),
+            "max_poll_interval_ms": 600_000, "max_poll_records": MAX_POLL_RECORDS,
+            "bootstrap_timeout_ms": broker.BOOTSTRAP_TIMEOUT_MS,
+            "client_id": "surgflow-feedback",
+        } | extra
+        return broker.retry(f"connecting a consumer to Kafka at {self.bootstrap}",
+                            lambda: KafkaConsumer(**config), attempts=self.attempts)
+
+    def _unprefixed(self, topic: str) -> str:
+        return topic[len(self.settings.topic_prefix):]
+
+    def _seek_stored(self, consumer, tps) -> None:
+        stored = self.checkpoint.positions(self.cluster_id)
+        for tp in tps:
+            pos = stored.get(position_key(tp.topic, tp.partition))
+            if pos is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, pos)
+
+    def _merge(self, consumer, records: list, start: dict[str, int]) -> RunReport:
+        """Make records durable, then move the checkpoint, then commit group offsets."""
+        positions = dict(start)
+        batch = []
+        for m in records:
+            positions[position_key(m.topic, m.partition)] = max(
+                m.offset + 1, positions.get(position_key(m.topic, m.partition), 0))
+            batch.append(Record(self._unprefixed(m.topic), m.partition, m.offset, m.key, m.value))
+        stored = self.checkpoint.positions(self.cluster_id)
+        report = self.merger.process(batch, stored | positions)
+        self.checkpoint.advance(self.cluster_id, positions)
+        self._commit_group(consumer, positions)
+        return report
+
+    def _commit_group(self, consumer, positions: dict[str, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        if not positions:
+            return
+        offsets = {}
+        for key, off in positions.items():
+            topic, _, part = key.rpartition(":")
+            offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off, "", -1)
+        try:
+            consumer.commit(offsets)
+        except (KafkaError, AssertionError, ValueError) as e:
+            log.warning("group offset commit (lag monitoring only) failed: %s", e)
+
+    # ---- --once ----------------------------------------------------------------------------
+
+    def run_once(self) -> RunReport:
+        """Read every input partition up to its end offset at start; merge as one batch."""
+        from kafka import TopicPartition
+
+        consumer = self._consumer()
+        try:
+            tps = []
+            for topic in self.topics:
+                parts = broker.retry(f"reading partitions of {topic}",
+                                     lambda t=topic: _partitions(consumer, t),
+                                     attempts=self.attempts)
+                tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            self._seek_stored(consumer, tps)
+            ends = broker.retry("reading end offsets", lambda: consumer.end_offsets(tps),
+                                attempts=self.attempts)
+            start = {position_key(tp.topic, tp.partition): consumer.position(tp) for tp in tps}
+            records: list = []
+            last_progress = time.monotonic()
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                got = consumer.poll(timeout_ms=POLL_MS)
+                for batch in got.values():
+                    records.extend(batch)
+                if got:
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
+                    short = {f"{tp.topic}:{tp.partition}": (consumer.position(tp), ends[tp])
+                             for tp in tps if consumer.position(tp) < ends[tp]}
+                    raise BrokerError(f"no records arrived for {STALL_TIMEOUT_S:.0f}s while "
+                                      f"partitions were short of their end offsets: {short}")
+            records.sort(key=lambda m: (m.topic, m.partition, m.offset))
+            return self._merge(consumer, records, start)
+        finally:
+            consumer.close(autocommit=False)
+
+    # ---- follow mode -----------------------------------------------------------------------
+
+    def follow(
+        self,
+        *,
+        max_events: int = 500,
+        max_seconds: float = 5.0,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[RunReport], None] | None = None,
+        idle_exit_s: float | None = None,
+    ) -> RunReport:
+        """Consume as a member of the group until ``stop`` is set (or idle for ``idle_exit_s``).
+
+        A batch is merged when it holds ``max_events`` records or its first record is
+        ``max_seconds`` old, whichever comes first; ``on_batch`` sees each batch's report.
+        """
+        from kafka import ConsumerRebalanceListener
+
+        total = RunReport()
+        stop = stop or threading.Event()
+        buffer: list = []
+        first_at: list[float] = []
+        consumer = self._consumer()
+        merger = self
+
+        def flush() -> None:
+            if not buffer:
+                return
+            report = merger._merge(consumer, buffer, {})
+            buffer.clear()
+            first_at.clear()
+            total.add(report)
+            if on_batch is not None:
+                on_batch(report)
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                flush()
+
+            def on_partitions_assigned(self, assigned):
+                merger._seek_stored(consumer, list(assigned))
+                log.info("assigned %d partitions", len(assigned))
+
+        try:
+            consumer.subscribe(self.topics, listener=Listener())
+            idle_since = parked_checked = time.monotonic()
+            while not stop.is_set():
+                got = consumer.poll(timeout_ms=POLL_MS,
+                                    max_records=max(1, max_events - len(buffer)))
+                for batch in got.values():
+                    if batch and not first_at:
+                        first_at.append(time.monotonic())
+                    buffer.extend(batch)
+                if got:
+                    idle_since = time.monotonic()
+                full = len(buffer) >= max_events
+                due = bool(first_at) and time.monotonic() - first_at[0] >= max_seconds
+                if full or due:
+                    flush()
+                if not buffer and time.monotonic() - parked_checked >= max_seconds:
+                    # A video can arrive while its feedback sits parked by another consumer of
+                    # the group, or through `data ingest`: apply parked events without waiting
+                    # for the next message.
+                    parked_checked = time.monotonic()
+                    if self.merger.unparkable():
+                        total.add(self._merge(consumer, [], {}))
+                if idle_exit_s is not None and not buffer and (
+                        time.monotonic() - idle_since > idle_exit_s):
+                    break
+            flush()
+            return total
+        finally:
+            consumer.close(autocommit=False)
+
+
+def _partitions(consumer, topic: str) -> set[int]:
+    from kafka.errors import KafkaTimeoutError
+
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise KafkaTimeoutError(f"no partition metadata for topic {topic} yet")
+    return parts

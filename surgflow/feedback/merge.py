@@ -1,0 +1,305 @@
+"""One batch of feedback messages -> durable effects (SPEC §3, §4).
+
+:class:`BatchMerger` takes the records of one batch (any topics, any partitions) and the stream
+positions the batch reaches, and makes it durable in this order:
+
+1. videos: validate, register (probe + hash), or dead-letter (quarantining undecodable files);
+2. parked events whose video is now registered, then the batch's inference and annotation
+   events: validate against the video and its taxonomy, dead-letter, or park if the video is
+   unknown;
+3. dead letters are sent and acknowledged;
+4. one dataset version per affected dataset (the store deduplicates by ``event_id`` and
+   rebases if another writer published first);
+5. feedback tasks recorded in the ledger and sent; tasks completed by applied annotations;
+6. parked events that were applied or dead-lettered are released.
+
+Only after :meth:`BatchMerger.process` returns may the caller move its stream positions (see
+:mod:`surgflow.feedback.checkpoint`): every step above is idempotent, so a crash anywhere
+replays the batch to the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from surgflow.config import Settings
+from surgflow.data.labels import LabelEvent, LabelSegment, check_event
+from surgflow.data.registry import VideoRecord, VideoRegistry
+from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.data.versions import DatasetStore
+from surgflow.errors import BadInput, VideoError
+from surgflow.feedback import parking as parking_mod
+from surgflow.feedback.dlq import DeadLetter
+from surgflow.feedback.parking import ParkedEvent, ParkingLot
+from surgflow.feedback.schemas import (
+    AnnotationEvent,
+    FeedbackTask,
+    InferenceEvent,
+    VideoEvent,
+    WireError,
+    decode,
+    encode,
+)
+from surgflow.feedback.tasks import TaskLedger, tasks_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the merge needs of one Kafka message; ``topic`` is without the prefix."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class RunReport:
+    """Counts of one or more batches (``feedback run --json``, SPEC §6)."""
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    parked: int = 0
+    tasks_created: int = 0
+    versions_created: list[dict] = field(default_factory=list)
+    #: per new version: dataset, version, parent, videos, label_frames, new_sources
+    versions: list[dict] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def add(self, other: RunReport) -> None:
+        for name in ("consumed", "applied", "duplicates", "dead_lettered", "parked",
+                     "tasks_created"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.versions_created.extend(other.versions_created)
+        self.versions.extend(other.versions)
+        self.dead_letters.extend(other.dead_letters)
+
+    def as_json(self) -> dict:
+        return {
+            "consumed": self.consumed, "applied": self.applied, "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered, "parked": self.parked,
+            "tasks_created": self.tasks_created,
+            "versions_created": [dict(v) for v in self.versions_created],
+        }
+
+
+@dataclass
+class _Plan:
+    videos: dict[str, dict[str, VideoRecord]] = field(default_factory=lambda: defaultdict(dict))
+    video_events: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    events: dict[str, list[LabelEvent]] = field(default_factory=lambda: defaultdict(list))
+    tasks: list[FeedbackTask] = field(default_factory=list)
+    completions: list[tuple[str, str]] = field(default_factory=list)
+    release: list[ParkedEvent] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class BatchMerger:
+    """Applies batches of records to the registry, the dataset store and the task ledger.
+
+    ``send`` is how dead letters and tasks leave: ``send(topic, value, key, headers)`` for an
+    unprefixed topic, and ``flush()`` that returns once everything sent is acknowledged.
+    """
+
+    def __init__(self, settings: Settings, sender):
+        self.settings = settings
+        self.sender = sender
+        self.registry = VideoRegistry(settings.home, settings.resolved_video_roots())
+        self.catalog = ProcedureCatalog(settings.home)
+        self.store = DatasetStore(settings.home)
+        self.parking = ParkingLot(settings.home)
+        self.ledger = TaskLedger(settings.home)
+        self._resent_unpublished = False
+
+    def process(self, records: list[Record], positions: dict[str, int]) -> RunReport:
+        """Make one batch durable; ``positions`` go into every new manifest."""
+        report, plan = RunReport(consumed=len(records)), _Plan()
+        videos = [r for r in records if r.topic == "videos"]
+        labels = [r for r in records if r.topic != "videos"]
+        for r in videos:
+            self._video(r, plan)
+        for video_id in self.parking.videos():
+            if self._find(video_id) is not None:
+                for parked in self.parking.parked(video_id):
+                    rec = Record(parked.topic, parked.partition, parked.offset, None, parked.value)
+                    self._label(rec, plan, report, parked)
+        for r in labels:
+            self._label(r, plan, report, None)
+
+        for dead in plan.dead:
+            self.sender.send("dlq", dead.value, dead.key, dead.headers())
+        if plan.dead:
+            self.sender.flush()
+        report.dead_lettered = len(plan.dead)
+        report.dead_letters = plan.dead
+
+        for dataset in sorted(set(plan.videos) | set(plan.events)):
+            self._commit(dataset, plan, positions, report)
+
+        self._tasks(plan, report)
+        for parked in plan.release:
+            self.parking.release(parked)
+        return report
+
+    def unparkable(self) -> bool:
+        """Whether some parked event's video is registered by now (it can be applied)."""
+        return any(self._find(v) is not None for v in self.parking.videos())
+
+    # ---- videos ----------------------------------------------------------------------------
+
+    def _video(self, r: Record, plan: _Plan) -> None:
+        try:
+            event = decode(r.topic, r.value)
+            assert isinstance(event, VideoEvent)
+        except WireError as e:
+            plan.dead.append(self._dead(r, str(e)))
+            return
+        try:
+            result = self.registry.register(
+                event.uri, event.procedure, event.source, video_id=event.video_id,
+                recorded_at=event.recorded_at,
+            )
+        except VideoError as e:
+            self.registry.quarantine(event.uri, str(e), event.video_id, event.event_id)
+            plan.dead.append(self._dead(r, f"video {event.video_id!r} cannot be registered: {e}"))
+            return
+        except BadInput as e:  # unsafe uri, unknown procedure, conflicting content, bad id
+            plan.dead.append(self._dead(r, f"video {event.video_id!r} rejected: {e}"))
+            return
+        video = result.record
+        plan.videos[video.procedure][video.video_id] = video
+        plan.video_events[video.procedure].append(video.video_id)
+
+    def _find(self, video_id: str) -> VideoRecord | None:
+        try:
+            return self.registry.find(video_id)
+        except BadInput:
+            return None
+
+    # ---- inference and annotations ---------------------------------------------------------
+
+    def _label(self, r: Record, plan: _Plan, report: RunReport, parked: ParkedEvent | None):
+        def reject(reason: str) -> None:
+            plan.dead.append(self._dead(r, reason))
+            if parked is not None:
+                plan.release.append(parked)
+
+        try:
+            event = decode(r.topic, r.value)
+        except WireError as e:
+            return reject(str(e))
+        assert isinstance(event, InferenceEvent | AnnotationEvent)
+        procedure = event.procedure if isinstance(event, InferenceEvent) else None
+        if procedure is not None:
+            try:
+                self.catalog.get(procedure)
+            except BadInput as e:
+                return reject(f"event {event.event_id!r}: {e}")
+        try:
+            video = self.registry.find(event.video_id)
+        except BadInput as e:
+            return reject(f"event {event.event_id!r}: {e}")
+        if video is None:
+            if parked is None:
+                entry = parking_mod.make(event.video_id, event.event_id, r.topic, r.partition,
+                                         r.offset, r.value or b"", procedure)
+                if self.parking.park(entry):
+                    report.parked += 1
+            return None
+        if procedure is not None and procedure != video.procedure:
+            return reject(f"event {event.event_id!r} names procedure {procedure!r}, but video "
+                          f"{video.video_id!r} is a {video.procedure!r} video")
+        label_event = to_label_event(event, r.partition, r.offset)
+        try:
+            check_event(label_event, self.catalog.get(video.procedure).labels, video.num_frames)
+        except BadInput as e:
+            return reject(str(e))
+        plan.events[video.procedure].append(label_event)
+        plan.videos[video.procedure][video.video_id] = video
+        if isinstance(event, InferenceEvent):
+            now = datetime.now(UTC)
+            plan.tasks.extend(tasks_for(event, self.settings.feedback_confidence_threshold, now))
+        elif event.task_id:
+            plan.completions.append((event.task_id, event.event_id))
+        if parked is not None:
+            plan.release.append(parked)
+        return None
+
+    def _dead(self, r: Record, reason: str) -> DeadLetter:
+        return DeadLetter(topic=self.settings.topic(r.topic), partition=r.partition,
+                          offset=r.offset, value=r.value, key=r.key, reason=reason)
+
+    # ---- versions and tasks ----------------------------------------------------------------
+
+    def _commit(self, dataset: str, plan: _Plan, positions: dict[str, int],
+                report: RunReport) -> None:
+        video_events = plan.video_events.get(dataset, [])
+        in_dataset: set[str] = set()
+        if video_events and self.store.latest_version(dataset) is not None:
+            in_dataset = set(self.store.videos_table(dataset).column("video_id").to_pylist())
+        released = sum(1 for p in plan.release if p.procedure == dataset)
+        result = self.store.commit(
+            dataset, videos=list(plan.videos[dataset].values()),
+            events=plan.events.get(dataset, []), offsets=positions,
+            parked_events=max(0, self.parking.count(dataset) - released),
+        )
+        # A video can join its dataset through its video event or through a label event that
+        # names it (another consumer of the group may hold the video event); count it once.
+        new_from_events = len(set(video_events) - in_dataset)
+        report.applied += result.applied + result.videos_added
+        report.duplicates += result.duplicates + len(video_events) - new_from_events
+        if result.version is None:
+            return
+        report.versions_created.append({"dataset": dataset, "version": result.version})
+        manifest = self.store.manifest(dataset, result.version)
+        parent = self.store.manifest(dataset, result.parent) if result.parent else None
+        old_sources = set(parent.sources) if parent else set()
+        report.versions.append({
+            "dataset": dataset, "version": result.version, "parent": result.parent,
+            "videos": manifest.videos, "labelled_frames": sum(manifest.label_frames.values()),
+            "label_frames": dict(manifest.label_frames),
+            "new_sources": sorted(set(manifest.sources) - old_sources),
+            "fingerprint": manifest.fingerprint,
+        })
+        log.info("dataset %s: version %d (%d events applied, %d duplicates)",
+                 dataset, result.version, result.applied, result.duplicates)
+
+    def _tasks(self, plan: _Plan, report: RunReport) -> None:
+        to_send = [t for t in plan.tasks if self.ledger.create(t)]
+        report.tasks_created += len(to_send)
+        if not self._resent_unpublished:
+            # After a crash, tasks recorded but never acknowledged on the topic go out again.
+            known = {t.task_id for t in to_send}
+            to_send += [t for t in self.ledger.unpublished() if t.task_id not in known]
+            self._resent_unpublished = True
+        for task in to_send:
+            self.sender.send("feedback-tasks", encode(task), task.video_id.encode(), [])
+        if to_send:
+            self.sender.flush()
+            for task in to_send:
+                self.ledger.mark_published(task.task_id)
+        now = datetime.now(UTC)
+        for task_id, event_id in plan.completions:
+            self.ledger.complete(task_id, event_id, now)
+
+
+def to_label_event(event: InferenceEvent | AnnotationEvent, partition: int,
+                   offset: int) -> LabelEvent:
+    """The store's view of a wire event at a stream position."""
+    human = isinstance(event, AnnotationEvent)
+    return LabelEvent(
+        event_id=event.event_id, video_id=event.video_id,
+        provenance="human" if human else "model", produced_at=event.produced_at,
+        partition=partition, offset=offset,
+        segments=tuple(LabelSegment(s.start_frame, s.end_frame, s.label,
+                                    None if human else s.confidence) for s in event.segments),
+        task_id=event.task_id if human else None,
+    )

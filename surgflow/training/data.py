@@ -1,0 +1,130 @@
+"""What a rank trains on, built inside the rank from dataset views.
+
+Only the recipe and pinned dataset versions (``dataset@N``) cross into a rank; each rank
+resolves the same immutable views (resolution is deterministic) and builds its own datasets, so
+no tensor or open video reader ever crosses a process boundary. Clips, samplers and decoding are
+the data layer's (:mod:`surgflow.data.views`, :mod:`surgflow.data.clips`); this module only
+wires them to a recipe and a rank, and adds the per-second sequences a chain's stage 2 reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from surgflow.data.clip_sampling import ClipSpec, clip_span, frame_step
+from surgflow.data.clips import ClipDataset, ClipVideo
+from surgflow.data.views import ResolvedView, ViewSpec, ViewVideo, parse_source, resolve_view
+from surgflow.errors import BadInput, NotFound
+
+SPLITS = ("train", "val")
+
+
+def pin_sources(sources: list[str], home: Path) -> list[str]:
+    """``dataset`` → ``dataset@N`` (its latest version now), so every rank and every restart of
+    a run reads the same immutable versions."""
+    from surgflow.data.versions import DatasetStore
+
+    store = DatasetStore(home)
+    out = []
+    for text in sources:
+        dataset, version = parse_source(text)
+        if version is None:
+            version = store.latest_version(dataset)
+            if version is None:
+                raise NotFound(f"data.sources: dataset {dataset!r} has no version yet")
+        else:
+            store.manifest(dataset, version)  # NotFound naming the versions that exist
+        out.append(f"{dataset}@{version}")
+    return out
+
+
+def view_spec(
+    recipe: Any, sources: list[str], split: str, clip: ClipSpec | None = None
+) -> ViewSpec:
+    """The view of ``split``: the recipe's balancing applies to training clips only."""
+    d = recipe.data
+    train = split == "train"
+    return ViewSpec(
+        sources=sources, filter=d.filter, min_confidence=d.min_confidence, split=split,
+        balance=d.balance if train else "none", balance_by=d.balance_by,
+        balance_params=d.balance_params if train else {}, clip=clip or recipe.clip,
+        seed=recipe.optim.seed,
+    )
+
+
+def resolve(recipe: Any, sources: list[str], split: str, home: Path,
+            clip: ClipSpec | None = None) -> ResolvedView:
+    return resolve_view(view_spec(recipe, sources, split, clip), home)
+
+
+def collate(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClipDataset items → ``(B×C×T×H×W clips, B labels)``."""
+    return (torch.stack([it["clip"] for it in items]),
+            torch.as_tensor([it["label"] for it in items], dtype=torch.long))
+
+
+def _loader_kw(num_workers: int, cuda: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = {"num_workers": num_workers, "collate_fn": collate, "pin_memory": cuda}
+    if num_workers:
+        kw |= {"persistent_workers": True, "prefetch_factor": 4}
+    return kw
+
+
+def train_loader(view: ResolvedView, optim: Any, rank: int, world: int,
+                 cuda: bool = False) -> tuple[DataLoader, Any]:
+    """Training clips of ``view`` for one rank, read in decode-friendly chunks, balanced as the
+    view says; returns the loader and its sampler (``set_epoch`` it every epoch)."""
+    if len(view) == 0:
+        raise BadInput(f"view {view.report()['sources']} has no labelled training clips")
+    sampler = view.sampler(batch_size=optim.batch_size, num_workers=optim.num_workers,
+                           chunk_size=optim.chunk_size, rank=rank, world_size=world,
+                           num_samples=optim.clips_per_epoch)
+    loader = DataLoader(ClipDataset.from_view(view), batch_size=optim.batch_size,
+                        sampler=sampler, **_loader_kw(optim.num_workers, cuda))
+    return loader, sampler
+
+
+def val_loader(view: ResolvedView, optim: Any, rank: int, world: int,
+               cuda: bool = False) -> DataLoader:
+    """This rank's ``rank::world`` share of the validation clips, in order, none repeated."""
+    ds = ClipDataset.from_view(view)
+    return DataLoader(Subset(ds, range(rank, len(ds), world)), batch_size=optim.batch_size,
+                      **_loader_kw(optim.num_workers, cuda))
+
+
+def per_second_clip(size: int) -> ClipSpec:
+    return ClipSpec(frames=1, stride=1, fps=1.0, size=size, hop=1)
+
+
+def second_labels(view: ResolvedView) -> dict[str, np.ndarray]:
+    """Per-second labels of each video of a per-second view (see :func:`per_second_clip`);
+    -1 marks a second with no label (unlabelled, filtered out, or below min_confidence)."""
+    out: dict[str, np.ndarray] = {}
+    for i, v in enumerate(view.videos):
+        step = frame_step(v.fps, 1.0)
+        labels = np.full(len(range(0, v.num_frames, step)), -1, dtype=np.int64)
+        mine = view.video == i
+        labels[view.start[mine] // step] = view.label[mine]
+        out[v.video_id] = labels
+    return out
+
+
+def second_clips(video: ViewVideo, clip: ClipSpec) -> ClipDataset:
+    """One clip per second of ``video``, centred on that second's frame (clamped to fit)."""
+    step = frame_step(video.fps, clip.fps)
+    span = clip_span(clip, step)
+    if span > video.num_frames:
+        raise BadInput(f"video {video.video_id!r} has {video.num_frames} frames, fewer than one "
+                       f"clip of {span} frames")
+    centres = np.arange(0, video.num_frames, frame_step(video.fps, 1.0), dtype=np.int64)
+    offset = (clip.frames // 2) * clip.stride * step
+    starts = np.clip(centres - offset, 0, video.num_frames - span)
+    v = ClipVideo(video.video_id, video.path, video.fps, video.num_frames, video.width,
+                  video.height)
+    zeros = np.zeros(len(starts), dtype=np.int64)
+    return ClipDataset([v], zeros, starts, zeros, clip)

@@ -1,0 +1,141 @@
+"""Everything distributed in one place: rank set-up, is_main, reductions, sampler epochs, unwrap.
+
+Every rank of a job runs the same code; only rank 0 writes checkpoints and run records
+(:func:`is_main`). A single-rank job runs without a process group, so the same training code
+works with and without DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """Where this process sits in its job."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(
+    rank: int,
+    world_size: int,
+    *,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 0,
+    gpu: bool = False,
+    timeout_s: float = 120.0,
+) -> RankContext:
+    """Join the job's process group (``nccl`` on GPU, ``gloo`` on CPU) and pick the device."""
+    device = torch.device("cpu")
+    if gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"rank {rank} on {socket.gethostname()}: GPU asked, none visible")
+        device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    if world_size == 1:
+        return RankContext(0, 1, device, None)
+    backend = "nccl" if gpu else "gloo"
+    if dist.is_initialized():  # left over from a failed attempt in this worker process
+        dist.destroy_process_group()
+    if master_addr in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback_name())
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return RankContext(rank, world_size, device, backend)
+
+
+def _loopback_name() -> str:
+    for _, name in socket.if_nameindex():
+        if name.startswith("lo"):
+            return name
+    return "lo"
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def wrap(model: nn.Module, ctx: RankContext) -> nn.Module:
+    """Move to the rank's device and wrap in DDP when there is more than one rank."""
+    model = model.to(ctx.device)
+    if ctx.world_size == 1:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model, without its DDP wrapper: what is saved and exported."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a list of numbers over all ranks."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def set_epoch(sampler: Any, epoch: int) -> None:
+    """Reshuffle a (distributed) sampler for ``epoch``; a no-op for samplers without epochs."""
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)

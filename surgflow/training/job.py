@@ -1,0 +1,215 @@
+"""What one rank runs: every stage of a run, resuming each from its last checkpoint.
+
+:func:`run_rank` is what the launcher ships to each Dask worker (and what ``torchrun`` runs in
+the benchmark). It receives only the run directory and its place in the group; it reads the
+recipe and the resolved data from the run directory and builds its own datasets. Stages:
+
+1. ``clip`` — the clip/frame model (the only stage of a non-chained recipe);
+2. ``features`` — chains only: stage-1 features of every video into the feature cache;
+3. ``temporal`` — chains only: the temporal network over whole-video feature sequences.
+
+A restarted group finds finished stages by their last checkpoint and skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.errors import BadInput
+from surgflow.training import checkpoints, data
+from surgflow.training import distributed as D
+from surgflow.training.chain import (
+    SequenceDataset,
+    chain_version,
+    collate_sequences,
+    extract_features,
+)
+from surgflow.training.features import FeatureCache
+from surgflow.training.loop import (
+    clip_step,
+    evaluate,
+    make_optimizer,
+    make_scaler,
+    make_scheduler,
+    seed_everything,
+    temporal_step,
+    train_epoch,
+)
+from surgflow.training.models import build_clip_model, build_temporal_model
+from surgflow.training.recipe import Recipe, parse_recipe
+from surgflow.training.runs import RunStore, now_iso
+from surgflow.training.utilisation import UtilisationSampler
+
+
+def run_rank(job: dict[str, Any], rank: int, world_size: int, master_addr: str,
+             master_port: int) -> dict[str, Any]:
+    """Join the group, run every stage of the run in ``job["run_dir"]``, return a summary."""
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    ctx = D.setup(rank, world_size, master_addr=master_addr, master_port=master_port,
+                  gpu=bool(job.get("gpu")), timeout_s=float(job.get("rendezvous_timeout_s", 120)))
+    gpu_index = ctx.device.index if ctx.device.type == "cuda" else None
+    sampler = UtilisationSampler(rank, float(job.get("sample_interval_s", 1.0)), gpu_index).start()
+    try:
+        return _run(Path(job["run_dir"]), Path(job["home"]), ctx, sampler, job)
+    finally:
+        sampler.stop()
+        D.teardown()
+
+
+def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler,
+         job: dict[str, Any]) -> dict[str, Any]:
+    recipe = parse_recipe(json.loads((run_dir / "recipe.json").read_text()))
+    out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "rank": ctx.rank,
+                           "stages": {}}
+    trainer = _StageTrainer(run_dir, home, recipe, ctx, util, job)
+    model, clip_result = trainer.clip_stage()
+    out["stages"]["clip"] = clip_result
+    if recipe.temporal is None:
+        out["model_version"] = clip_result["version"]
+        return out
+    out["stages"]["features"], labels = trainer.feature_stage(model, clip_result["version"])
+    temporal = trainer.temporal_stage(clip_result["version"], model.feature_dim, labels)
+    out["stages"]["temporal"] = temporal
+    out["model_version"] = chain_version([clip_result["version"], temporal["version"]])
+    return out
+
+
+class _StageTrainer:
+    def __init__(self, run_dir: Path, home: Path, recipe: Recipe, ctx: D.RankContext,
+                 util: UtilisationSampler, job: dict[str, Any]):
+        self.run_dir, self.home, self.recipe, self.ctx, self.util = run_dir, home, recipe, ctx, util
+        self.job = job
+        self.sources = recipe.data.sources  # pinned to dataset@N by the driver
+        self.classes = len(ProcedureCatalog(home).get(recipe.procedure).labels)
+        self.cuda = ctx.device.type == "cuda"
+
+    def clip_stage(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        r, ctx = self.recipe, self.ctx
+        seed_everything(r.optim.seed)
+        model = build_clip_model(r.model.architecture, self.classes,
+                                 pretrained=r.model.pretrained, dropout=r.model.dropout)
+        train_view = data.resolve(r, self.sources, "train", self.home)
+        val_view = data.resolve(r, self.sources, "val", self.home)
+        self._check_classes(train_view.classes)
+        train, sampler = data.train_loader(train_view, r.optim, ctx.rank, ctx.world_size,
+                                           self.cuda)
+        val = data.val_loader(val_view, r.optim, ctx.rank, ctx.world_size, self.cuda)
+        result = self._train("clip", model, r.optim, train, val, sampler, clip_step)
+        result["clips"] = {"train": len(train_view), "val": len(val_view)}
+        return model, result
+
+    def feature_stage(self, model: torch.nn.Module,
+                      version: str) -> tuple[dict[str, Any], dict[str, dict]]:
+        """Per-second labels of both splits, and stage-1 features of their videos in the cache
+        (each rank computes its share of the videos)."""
+        started = time.time()
+        per_second = data.per_second_clip(self.recipe.clip.size)
+        views = {s: data.resolve(self.recipe, self.sources, s, self.home, per_second)
+                 for s in data.SPLITS}
+        videos = {v.sha256: v for s in data.SPLITS for v in views[s].videos}
+        mine = sorted(videos)[self.ctx.rank :: self.ctx.world_size]
+        counts = extract_features(
+            model, version, [videos[h] for h in mine], FeatureCache(self.home),
+            clip=self.recipe.clip, device=self.ctx.device,
+        )
+        D.barrier()
+        total = D.reduce_sum([counts["computed"], counts["cached"]], self.ctx.device)
+        labels = {s: {"videos": views[s].videos, "labels": data.second_labels(views[s])}
+                  for s in data.SPLITS}
+        return ({"computed": int(total[0]), "cached": int(total[1]),
+                 "seconds": time.time() - started}, labels)
+
+    def temporal_stage(self, stage1_version: str, in_dim: int,
+                       labels: dict[str, dict]) -> dict[str, Any]:
+        spec = self.recipe.temporal
+        assert spec is not None
+        seed_everything(spec.optim.seed)
+        model = build_temporal_model(spec, in_dim, self.classes)
+        cache = FeatureCache(self.home)
+        train_set = SequenceDataset(labels["train"]["videos"], labels["train"]["labels"], cache,
+                                    stage1_version)
+        val_videos = labels["val"]["videos"][self.ctx.rank :: self.ctx.world_size]
+        val_set = SequenceDataset(val_videos, labels["val"]["labels"], cache, stage1_version)
+        sampler = DistributedSampler(train_set, num_replicas=self.ctx.world_size,
+                                     rank=self.ctx.rank, shuffle=True, seed=spec.optim.seed)
+        train = DataLoader(train_set, batch_size=spec.optim.batch_size, sampler=sampler,
+                           collate_fn=collate_sequences)
+        val = DataLoader(val_set, batch_size=1, collate_fn=collate_sequences)
+        result = self._train("temporal", model, spec.optim, train, val, sampler, temporal_step,
+                             extra={"stage1_version": stage1_version})
+        return result | {"stage1_version": stage1_version,
+                         "videos": {"train": len(train_set), "val": len(labels["val"]["videos"])}}
+
+    def _check_classes(self, classes: tuple[str, ...]) -> None:
+        if len(classes) != self.classes:
+            raise BadInput(
+                f"recipe {self.recipe.name!r} is for procedure {self.recipe.procedure!r} "
+                f"({self.classes} labels) but its data has {len(classes)} classes: {classes}"
+            )
+
+    def _train(self, stage: str, model: torch.nn.Module, optim: Any, train: DataLoader,
+               val: DataLoader, sampler: Any, step: Callable,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        ctx = self.ctx
+        model.to(ctx.device)
+        optimizer = make_optimizer(model.parameters(), optim)
+        scheduler = make_scheduler(optimizer, optim)
+        scaler = make_scaler(ctx.device, optim.amp)
+        done, resumed_from = 0, None
+        last = checkpoints.latest(self.run_dir, stage)
+        if last is not None:
+            state = checkpoints.load(last, ctx.device)
+            done = checkpoints.restore(state, model=model, optimizer=optimizer,
+                                       scheduler=scheduler, scaler=scaler)
+            resumed_from = done
+        ddp = D.wrap(model, ctx)
+        amp = optim.amp and ctx.device.type == "cuda"
+        history = []
+        for epoch in range(done + 1, optim.epochs + 1):
+            # Per-epoch seeds make a resumed run repeat the epochs an uninterrupted one runs.
+            seed_everything(optim.seed * 1_000 + epoch * 10 + ctx.rank)
+            D.set_epoch(sampler, epoch)
+            first_step = self._first_step_hook() if epoch == done + 1 else None
+            m_train = train_epoch(ddp, train, optimizer, step=step, num_classes=self.classes,
+                                  device=ctx.device, amp=amp, scaler=scaler,
+                                  on_wait=self.util.add_wait, on_first_step=first_step)
+            m_val = evaluate(ddp, val, step=step, num_classes=self.classes,
+                             device=ctx.device, amp=amp)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            samples = [s for part in D.gather_objects(self.util.drain()) for s in part]
+            metrics = {"train": m_train, "val": m_val, "lr": lr, "finished_at": now_iso()}
+            history.append({"epoch": epoch, **metrics})
+            if ctx.is_main:
+                RunStore(self.home).record_epoch(self.run_dir, stage, epoch, metrics, samples)
+                checkpoints.save(
+                    self.run_dir, stage, epoch, model=D.unwrap(ddp), optimizer=optimizer,
+                    scheduler=scheduler, scaler=scaler, recipe=self.recipe.model_dump(mode="json"),
+                    dataset_versions=list(self.sources), metrics=metrics, extra=extra,
+                )
+            D.barrier()
+        final = history[-1] if history else self._final_metrics(stage)
+        return {"version": checkpoints.weights_digest(D.unwrap(ddp)), "epochs": optim.epochs,
+                "resumed_from_epoch": resumed_from, "final": final}
+
+    def _first_step_hook(self) -> Callable[[], None] | None:
+        marker = self.job.get("first_step_file")
+        if not marker or not self.ctx.is_main:
+            return None
+        return lambda: Path(marker).write_text(repr(time.time()))
+
+    def _final_metrics(self, stage: str) -> dict[str, Any]:
+        last = checkpoints.latest(self.run_dir, stage)
+        return {"epoch": int(last.stem.split("-")[1]) if last else 0,
+                **(checkpoints.load(last)["metrics"] if last else {})}

@@ -1,0 +1,49 @@
+"""Import videos that come with ground-truth labels as a dataset version.
+
+A folder of videos each with a ``<stem>.segments.json`` beside it (synthetic corpora, or a
+hand-labelled collection) becomes human-labelled data: the videos are registered like any
+upload and their segments committed as one annotation event per video, so training reads them
+through the same dataset views as labels that arrived on the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from surgflow.data.labels import LabelEvent, LabelSegment
+from surgflow.data.registry import VideoRegistry
+from surgflow.data.versions import CommitResult, DatasetStore
+from surgflow.errors import BadInput
+
+
+def segments_file(video: Path) -> Path:
+    return video.with_name(video.name.rsplit(".", 1)[0] + ".segments.json")
+
+
+def import_labelled(home: Path, video_roots: list[Path], videos: list[Path], procedure: str,
+                    source: str) -> CommitResult:
+    """Register ``videos`` and commit their ground-truth segments to dataset ``procedure``."""
+    registry = VideoRegistry(home, video_roots)
+    report = registry.ingest(videos, procedure=procedure, source=source)
+    bad = report["quarantined"] + report["conflicts"]
+    if bad:
+        raise BadInput(f"could not register {len(bad)} videos: {bad[0]}")
+    records, events = [], []
+    now = datetime.now(UTC)
+    for path in videos:
+        record = registry.get(Path(path).stem)
+        seg_path = segments_file(Path(path))
+        if not seg_path.is_file():
+            raise BadInput(f"video {path}: no label file {seg_path.name} beside it")
+        meta = json.loads(seg_path.read_text())
+        raw = meta["segments"] if isinstance(meta, dict) else meta
+        segments = tuple(LabelSegment(int(s["start_frame"]), int(s["end_frame"]), s["label"])
+                         for s in raw)
+        digest = hashlib.sha256(f"{record.sha256}:{seg_path.read_bytes().hex()}".encode())
+        events.append(LabelEvent(f"import-{digest.hexdigest()[:20]}", record.video_id, "human",
+                                 now, 0, 0, segments))
+        records.append(record)
+    return DatasetStore(home).commit(procedure, videos=records, events=events, offsets={})

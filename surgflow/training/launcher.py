@@ -1,0 +1,182 @@
+"""DDP on Dask: N ranks as N tasks pinned to N distinct Dask workers.
+
+Each attempt picks ``world_size`` distinct live workers (with a ``GPU`` resource when GPUs are
+asked for), finds a free port on the host of the rank-0 worker, and submits one task per rank
+pinned to its worker (``workers=[addr], allow_other_workers=False``, ``resources={"GPU": 1}``).
+Ranks rendezvous over TCP at that host and port (``nccl`` on GPU, ``gloo`` on CPU) within the
+recipe's timeout.
+
+If any rank fails or its worker disappears, the whole group is torn down — the surviving workers
+are restarted, because a rank blocked in a collective cannot be cancelled otherwise — and the
+group starts again from the last checkpoint, up to ``max_attempts`` times. An error that says
+the input is bad (:class:`~surgflow.errors.BadInput`) is not retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from surgflow.errors import BadInput, SurgflowError
+
+log = logging.getLogger(__name__)
+
+
+class ClusterTooSmall(SurgflowError):
+    """The cluster has fewer suitable workers than the job's world size."""
+
+
+class GroupFailed(SurgflowError):
+    """Every attempt of a DDP group failed."""
+
+
+@dataclass
+class Attempt:
+    number: int
+    workers: list[str]
+    master: str
+    started: float
+    ended: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"attempt": self.number, "workers": self.workers, "master": self.master,
+                "started": self.started, "ended": self.ended, "error": self.error}
+
+
+@dataclass
+class LaunchResult:
+    results: list[Any]
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now (run on the rank-0 worker's host)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def suitable_workers(workers: dict[str, dict[str, Any]], gpus_per_rank: int) -> list[str]:
+    """Addresses of workers that can hold one rank, in a stable order."""
+    ok = [a for a, w in workers.items()
+          if not gpus_per_rank or (w.get("resources") or {}).get("GPU", 0) >= gpus_per_rank]
+    return sorted(ok)
+
+
+def pick_workers(client: Any, world_size: int, gpus_per_rank: int, wait_s: float) -> list[str]:
+    """``world_size`` distinct suitable workers, waiting up to ``wait_s`` for them to appear."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        ok = suitable_workers(workers, gpus_per_rank)
+        if len(ok) >= world_size:
+            return ok[:world_size]
+        if time.monotonic() >= deadline:
+            need = f" with a GPU resource ≥ {gpus_per_rank}" if gpus_per_rank else ""
+            raise ClusterTooSmall(
+                f"world size {world_size} needs {world_size} Dask workers{need}; the cluster at "
+                f"{client.scheduler.address} has {len(ok)} suitable of {len(workers)} "
+                f"({', '.join(sorted(workers)) or 'none'})"
+            )
+        time.sleep(0.5)
+
+
+def launch(
+    client: Any,
+    fn: Callable[..., Any],
+    job: dict[str, Any],
+    *,
+    world_size: int,
+    gpus_per_rank: int = 0,
+    max_attempts: int = 3,
+    worker_wait_s: float = 60.0,
+    poll_s: float = 0.5,
+    on_tick: Callable[[], None] | None = None,
+    on_attempt: Callable[[Attempt], None] | None = None,
+) -> LaunchResult:
+    """Run ``fn(job, rank, world_size, master_host, master_port)`` on ``world_size`` workers."""
+    attempts: list[Attempt] = []
+    for number in range(1, max_attempts + 1):
+        workers = pick_workers(client, world_size, gpus_per_rank,
+                               worker_wait_s if number > 1 else min(worker_wait_s, 10.0))
+        host = urlparse(workers[0]).hostname or "127.0.0.1"
+        port = client.run(free_port, workers=[workers[0]])[workers[0]]
+        attempt = Attempt(number, workers, f"{host}:{port}", time.time())
+        attempts.append(attempt)
+        if on_attempt:
+            on_attempt(attempt)
+        log.info("attempt %d: %d ranks on %s, master %s:%s", number, world_size, workers, host,
+                 port)
+        token = secrets.token_hex(4)
+        futures = [
+            client.submit(
+                fn, job, rank, world_size, host, port, key=f"surgflow-rank{rank}-{token}",
+                workers=[addr], allow_other_workers=False, pure=False, retries=0,
+                resources={"GPU": gpus_per_rank} if gpus_per_rank else None,
+            )
+            for rank, addr in enumerate(workers)
+        ]
+        error = _watch(client, futures, workers, poll_s, on_tick)
+        attempt.ended = time.time()
+        if error is None:
+            results = client.gather(futures)
+            if on_attempt:
+                on_attempt(attempt)
+            return LaunchResult(results, attempts)
+        attempt.error = error[1]
+        if on_attempt:
+            on_attempt(attempt)
+        _tear_down(client, futures, workers)
+        if isinstance(error[0], BadInput):
+            raise error[0]
+        log.warning("attempt %d failed: %s", number, error[1])
+    raise GroupFailed(
+        f"DDP group of {world_size} failed {max_attempts} times; last error: {attempts[-1].error}"
+    )
+
+
+def _watch(client: Any, futures: list[Any], workers: list[str], poll_s: float,
+           on_tick: Callable[[], None] | None) -> tuple[BaseException | None, str] | None:
+    """Wait for all ranks; on the first failure or lost worker return (exception, reason)."""
+    from distributed import wait
+
+    while True:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
+        for rank, f in enumerate(futures):
+            if f.status == "error":
+                exc = f.exception()
+                return exc, f"rank {rank} on {workers[rank]}: {type(exc).__name__}: {exc}"
+            if f.status == "cancelled":
+                return None, f"rank {rank} on {workers[rank]} was cancelled"
+        if all(f.status == "finished" for f in futures):
+            return None
+        alive = set(client.scheduler_info(n_workers=-1)["workers"])
+        lost = [w for w in workers if w not in alive]
+        if lost:
+            ranks = [workers.index(w) for w in lost]
+            return None, f"worker {', '.join(lost)} (rank {ranks}) died"
+        if on_tick:
+            on_tick()
+
+
+def _tear_down(client: Any, futures: list[Any], workers: list[str]) -> None:
+    client.cancel(futures, force=True)
+    alive = set(client.scheduler_info(n_workers=-1)["workers"])
+    survivors = [w for w in workers if w in alive]
+    if not survivors:
+        return
+    try:
+        client.restart_workers(survivors, timeout=60, raise_for_error=False)
+    except Exception as e:  # workers without a nanny cannot be restarted; they time out instead
+        log.warning("could not restart workers %s: %s", survivors, e)

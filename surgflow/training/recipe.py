@@ -1,0 +1,289 @@
+"""Recipe files: what to train, on which data, how, and on what resources.
+
+A recipe is YAML validated by the pydantic models below. Loading never half-succeeds: a bad
+recipe raises :class:`~surgflow.errors.ConfigError` whose message names the file, each bad field
+(as a dotted path), the value found and what is allowed.
+
+A recipe with a ``temporal`` section defines a chain: ``model`` is stage 1 (a frame encoder or a
+clip model trained on short clips) and ``temporal`` is stage 2, a causal temporal network trained
+on the per-second stage-1 features of whole videos.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from surgflow.data.clip_sampling import ClipSpec as DataClipSpec
+from surgflow.errors import ConfigError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_SOURCE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(@[1-9][0-9]*)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClipSpec(DataClipSpec):
+    """The data layer's clip spec (frames, stride, fps, size, hop), strict about its fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Which labelled videos to train on: dataset versions to mix, filtered and balanced.
+
+    The fields are those of a dataset view (:class:`surgflow.data.views.ViewSpec`); training
+    uses the view's ``train`` split and validates on its ``val`` split.
+    """
+
+    sources: list[str] = Field(
+        min_length=1, description='dataset versions to mix: "dataset@N" or "dataset" (latest)'
+    )
+    filter: str | None = Field(
+        default=None, description="SQL condition over each labelled segment joined with its video"
+    )
+    min_confidence: float | None = Field(
+        default=0.8, ge=0.0, le=1.0,
+        description="lowest confidence of a model label to train on; null: human labels only",
+    )
+    balance: str = Field(default="inverse_frequency", description="balancing strategy")
+    balance_by: Literal["label", "source", "video"] = "label"
+    balance_params: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not _SOURCE.match(s):
+                raise ValueError(f"source {s!r} must be 'dataset' or 'dataset@N' (N ≥ 1)")
+        return v
+
+    @field_validator("balance")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        from surgflow.data.balancing import get_strategy
+        from surgflow.errors import BadInput
+
+        try:
+            get_strategy(v)
+        except BadInput as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _balancing(self) -> DataSpec:
+        from surgflow.data.balancing import check_params
+        from surgflow.errors import BadInput
+
+        try:
+            check_params(self.balance, self.balance_params)
+        except BadInput as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class ModelSpec(_Strict):
+    """Stage-1 model (or the only model): an architecture picked by name from the registry."""
+
+    architecture: str = "tiny2d"
+    pretrained: Path | None = Field(
+        default=None, description="local weights file (torchvision state dict); never downloaded"
+    )
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("architecture")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from surgflow.training.models import CLIP_ARCHITECTURES
+
+        if v not in CLIP_ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {v!r}; known: {', '.join(sorted(CLIP_ARCHITECTURES))}"
+            )
+        return v
+
+
+class OptimSpec(_Strict):
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=8, ge=1, le=4096, description="per rank")
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_size: int = Field(default=10, ge=1, description="epochs between lr drops (schedule=step)")
+    amp: bool = Field(default=True, description="mixed precision; used on GPU only")
+    seed: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader workers per rank")
+    clips_per_epoch: int | None = Field(
+        default=None, ge=1, description="training clips drawn per epoch (all ranks together)"
+    )
+    chunk_size: int = Field(
+        default=16, ge=1, description="consecutive clips of a video read together (decode order)"
+    )
+
+
+class TemporalSpec(_Strict):
+    """Stage 2 of a chain: a causal multi-stage temporal conv net over per-second features."""
+
+    architecture: Literal["mstcn"] = "mstcn"
+    stages: int = Field(default=2, ge=1, le=8)
+    layers: int = Field(default=8, ge=1, le=16)
+    channels: int = Field(default=64, ge=4, le=1024)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    causal: bool = True
+    optim: OptimSpec = Field(
+        default_factory=lambda: OptimSpec(epochs=20, batch_size=1, lr=5e-3, schedule="constant")
+    )
+
+
+class ResourceSpec(_Strict):
+    world_size: int = Field(default=1, ge=1, le=1024, description="DDP ranks, one per Dask worker")
+    gpus_per_rank: Literal[0, 1] = 0
+    threads_per_rank: int | None = Field(default=None, ge=1, le=256)
+    rendezvous_timeout_s: float = Field(default=120.0, gt=0.0)
+    max_attempts: int = Field(default=3, ge=1, le=20, description="group restarts on a death")
+
+
+class GateSpec(_Strict):
+    """Thresholds the regression gate applies to this recipe's candidates."""
+
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_macro_f1: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_regression: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="largest allowed drop against production"
+    )
+
+
+class TriggerSpec(_Strict):
+    """When this recipe retrains by itself."""
+
+    cron: str | None = Field(default=None, description='e.g. "0 2 * * *" for nightly')
+    growth_factor: float | None = Field(
+        default=None, gt=1.0, description="retrain when the dataset grew by this factor"
+    )
+    new_source: bool = Field(default=False, description="retrain when a new source appears")
+
+
+class Recipe(_Strict):
+    name: str
+    procedure: str = "cholecystectomy"
+    description: str = ""
+    data: DataSpec
+    clip: ClipSpec = Field(
+        default_factory=lambda: ClipSpec(frames=8, stride=1, fps=5, size=112)
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    temporal: TemporalSpec | None = None
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    triggers: TriggerSpec = Field(default_factory=TriggerSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"name {v!r} must be 1-64 lowercase letters, digits, '.', '-' or '_'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        from surgflow.training.models import CLIP_ARCHITECTURES
+
+        info = CLIP_ARCHITECTURES[self.model.architecture]
+        if info.fixed_frames and self.clip.frames != info.fixed_frames:
+            raise ValueError(
+                f"architecture {info.name!r} needs clip.frames = {info.fixed_frames}, "
+                f"got {self.clip.frames}"
+            )
+        if info.fixed_size and self.clip.size != info.fixed_size:
+            raise ValueError(
+                f"architecture {info.name!r} needs clip.size = {info.fixed_size}, "
+                f"got {self.clip.size}"
+            )
+        if self.clip.frames < info.min_frames or self.clip.size < info.min_size:
+            raise ValueError(
+                f"architecture {info.name!r} needs clip.frames ≥ {info.min_frames} and "
+                f"clip.size ≥ {info.min_size}, got {self.clip.frames} and {self.clip.size}"
+            )
+        return self
+
+    @property
+    def is_chain(self) -> bool:
+        return self.temporal is not None
+
+
+def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
+    """Validate a recipe given as plain data; ``origin`` names it in errors."""
+    if not isinstance(data, dict):
+        got = type(data).__name__
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {got}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: " + "; ".join(_describe(err) for err in e.errors())) from e
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe {p}: file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {p}: not valid YAML: {' '.join(str(e).split())}") from e
+    recipe = parse_recipe(data, origin=f"recipe {p}")
+    return _resolve_paths(recipe, p.parent)
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Relative paths in a recipe are relative to the recipe file."""
+    updates: dict[str, Any] = {}
+    if recipe.model.pretrained is not None and not recipe.model.pretrained.is_absolute():
+        pre = (base / recipe.model.pretrained).resolve()
+        updates["model"] = recipe.model.model_copy(update={"pretrained": pre})
+    return recipe.model_copy(update=updates) if updates else recipe
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(err["loc"][:-1])
+        return f"field {where!r} is not allowed here; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"field {where!r} is required"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"field {where!r}: {msg} (got {shown})"
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as JSON-ready data, as stored in checkpoints and run records."""
+    return recipe.model_dump(mode="json")

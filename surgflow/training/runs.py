@@ -1,0 +1,127 @@
+"""Run records under ``SURGFLOW_HOME/runs/<run_id>``.
+
+Layout of one run, each file with a single writer so that no two processes race on a file:
+
+- ``run.json`` — the driver: recipe, parameters, status, attempts, result;
+- ``data.json`` — the driver: the resolved training data every rank reads;
+- ``epochs/<stage>-NNNN.json`` — rank 0: metrics of one finished epoch;
+- ``utilisation/<stage>-NNNN.jsonl`` — rank 0: every rank's utilisation samples of that epoch;
+- ``checkpoints/<stage>/epoch-NNNN.pt`` — rank 0 (see :mod:`surgflow.training.checkpoints`).
+
+Re-running an epoch after a restart rewrites its files, so a run's record never holds an epoch
+twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from surgflow.data.storage import json_bytes, write_atomic, write_exclusive
+from surgflow.errors import NotFound
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RunStore:
+    """Create, update and read run records."""
+
+    def __init__(self, home: Path):
+        self.root = Path(home) / "runs"
+
+    def dir(self, run_id: str) -> Path:
+        if not _RUN_ID.match(run_id):
+            raise NotFound(f"run {run_id!r}: not a valid run id")
+        return self.root / run_id
+
+    def create(self, recipe_name: str, record: dict[str, Any]) -> str:
+        """A new run for ``recipe_name``; returns its id."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        while True:
+            run_id = f"{recipe_name}-{stamp}-{secrets.token_hex(2)}"
+            body = {"run_id": run_id, "created_at": now_iso(), "status": "created",
+                    "attempts": [], **record}
+            if write_exclusive(self.root / run_id / "run.json", json_bytes(body)):
+                return run_id
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        path = self.dir(run_id) / "run.json"
+        if not path.is_file():
+            raise NotFound(f"run {run_id!r} does not exist under {self.root}")
+        return json.loads(path.read_text())
+
+    def update(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into ``run.json`` (driver only)."""
+        record = self.get(run_id) | fields | {"updated_at": now_iso()}
+        write_atomic(self.dir(run_id) / "run.json", json_bytes(record))
+        return record
+
+    def record_epoch(self, run_dir: Path, stage: str, epoch: int, metrics: dict[str, Any],
+                     samples: list[dict[str, Any]]) -> None:
+        """Rank 0: one finished epoch's metrics and every rank's utilisation samples."""
+        write_atomic(Path(run_dir) / "epochs" / f"{stage}-{epoch:04d}.json",
+                     json_bytes({"stage": stage, "epoch": epoch, **metrics}))
+        lines = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
+        write_atomic(Path(run_dir) / "utilisation" / f"{stage}-{epoch:04d}.jsonl", lines.encode())
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        d = self.dir(run_id) / "epochs"
+        if not d.is_dir():
+            return []
+        rows = [json.loads(p.read_text()) for p in d.glob("*.json")]
+        return sorted(rows, key=lambda r: (r.get("finished_at", ""), r["stage"], r["epoch"]))
+
+    def utilisation(self, run_id: str) -> list[dict[str, Any]]:
+        d = self.dir(run_id) / "utilisation"
+        if not d.is_dir():
+            return []
+        rows = []
+        for p in d.glob("*.jsonl"):
+            rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return sorted(rows, key=lambda r: (r["t"], r["rank"]))
+
+    def show(self, run_id: str) -> dict[str, Any]:
+        """The run record with its epochs and a per-rank utilisation summary."""
+        record = self.get(run_id)
+        samples = self.utilisation(run_id)
+        return record | {
+            "epochs": self.epochs(run_id),
+            "utilisation": {"samples": len(samples), "per_rank": _summarise(samples)},
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if (p / "run.json").is_file():
+                r = json.loads((p / "run.json").read_text())
+                out.append({k: r.get(k) for k in
+                            ("run_id", "recipe_name", "status", "created_at", "updated_at")})
+        return sorted(out, key=lambda r: r["created_at"] or "")
+
+
+def _summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by_rank: dict[int, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_rank.setdefault(int(s["rank"]), []).append(s)
+    out = {}
+    for rank, rows in sorted(by_rank.items()):
+        gpu = [r["gpu_util_percent"] for r in rows if r.get("gpu_util_percent") is not None]
+        out[str(rank)] = {
+            "samples": len(rows),
+            "cpu_percent_mean": sum(r["cpu_percent"] for r in rows) / len(rows),
+            "rss_mb_max": max(r["rss_mb"] for r in rows),
+            "loader_wait_s_total": sum(r["loader_wait_s"] for r in rows),
+            "gpu_util_percent_mean": sum(gpu) / len(gpu) if gpu else None,
+            "gpu_mem_mb_max": max((r["gpu_mem_mb"] or 0) for r in rows) if gpu else None,
+        }
+    return out

@@ -1,0 +1,198 @@
+"""Per-frame label resolution: SPEC §4 precedence, checked against a per-frame reference."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from surgflow.data.labels import (
+    Interval,
+    LabelEvent,
+    LabelSegment,
+    check_event,
+    coalesce,
+    frames_by,
+    resolve,
+    resolve_video,
+)
+from surgflow.errors import BadInput
+
+LABELS = ("A", "B", "C")
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+N_FRAMES = 40
+
+
+def ev(eid, vid, prov, t, segs, partition=0, offset=0):
+    return LabelEvent(eid, vid, prov, t, partition, offset,
+                      tuple(LabelSegment(*s) for s in segs))
+
+
+@st.composite
+def events(draw, max_events=8):
+    n = draw(st.integers(1, max_events))
+    out = []
+    for i in range(n):
+        prov = draw(st.sampled_from(["human", "model"]))
+        segs = []
+        for _ in range(draw(st.integers(1, 3))):
+            a = draw(st.integers(0, N_FRAMES - 1))
+            b = draw(st.integers(a + 1, N_FRAMES))
+            conf = None if prov == "human" else draw(st.sampled_from([0.2, 0.5, 0.9]))
+            segs.append((a, b, draw(st.sampled_from(LABELS)), conf))
+        out.append(ev(
+            f"e{i}", draw(st.sampled_from(["v1", "v2"])), prov,
+            T0 + timedelta(minutes=draw(st.integers(0, 3))), segs,
+            partition=draw(st.integers(0, 1)), offset=draw(st.integers(0, 3)),
+        ))
+    return out
+
+
+def reference(evs):
+    """Per-frame winner by brute force: {video: {frame: (label, provenance, confidence)}}."""
+    best: dict = {}
+    for e in evs:
+        rank = (1 if e.provenance == "human" else 0, e.produced_at, e.partition, e.offset,
+                e.event_id)
+        for s in e.segments:
+            for f in range(s.start_frame, s.end_frame):
+                conf = None if e.provenance == "human" else s.confidence
+                cand = (*rank, s.label, -1.0 if conf is None else conf)
+                cur = best.setdefault(e.video_id, {}).get(f)
+                if cur is None or cand > cur[0]:
+                    best[e.video_id][f] = (cand, (s.label, e.provenance, conf))
+    return {v: {f: w for f, (_, w) in frames.items()} for v, frames in best.items()}
+
+
+def per_frame(result):
+    out = {}
+    for vid, ivs in result.items():
+        frames = {}
+        for iv in ivs:
+            for f in range(iv.start_frame, iv.end_frame):
+                assert f not in frames, f"overlap at frame {f} of {vid}"
+                frames[f] = (iv.label, iv.provenance, iv.confidence)
+        out[vid] = frames
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(events(), st.randoms(use_true_random=False))
+def test_order_never_changes_the_result(evs, rnd):
+    shuffled = list(evs)
+    rnd.shuffle(shuffled)
+    assert resolve({}, evs) == resolve({}, shuffled)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events())
+def test_matches_the_per_frame_reference(evs):
+    assert per_frame(resolve({}, evs)) == reference(evs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events(), st.data())
+def test_incremental_equals_all_at_once_and_reapplying_changes_nothing(evs, data):
+    cut = data.draw(st.integers(0, len(evs)))
+    once = resolve({}, evs)
+    incremental = resolve(resolve({}, evs[:cut]), evs[cut:])
+    assert incremental == once
+    replay = data.draw(st.lists(st.sampled_from(evs), max_size=5))
+    assert resolve(once, replay) == once
+
+
+@settings(max_examples=150, deadline=None)
+@given(events())
+def test_human_beats_model_everywhere(evs):
+    human_frames = {(e.video_id, f) for e in evs if e.provenance == "human"
+                    for s in e.segments for f in range(s.start_frame, s.end_frame)}
+    for vid, frames in per_frame(resolve({}, evs)).items():
+        for f, (_, prov, conf) in frames.items():
+            if (vid, f) in human_frames:
+                assert prov == "human" and conf is None
+
+
+def test_later_produced_at_wins_compared_as_instants_not_text():
+    # 11:00+02:00 is 09:00Z: earlier than 10:00Z although its text sorts later.
+    early = ev("x", "v", "model", datetime(2026, 11, 20, 11, 0,
+                                           tzinfo=timezone(timedelta(hours=2))),
+               [(0, 10, "A", 0.9)], offset=9)
+    late = ev("y", "v", "model", T0, [(0, 10, "B", 0.3)], offset=1)
+    assert [iv.label for iv in resolve({}, [late, early])["v"]] == ["B"]
+
+
+def test_tie_on_time_goes_to_later_partition_and_offset():
+    a = ev("a", "v", "model", T0, [(0, 10, "A", 0.9)], partition=0, offset=7)
+    b = ev("b", "v", "model", T0, [(5, 10, "B", 0.9)], partition=1, offset=2)
+    c = ev("c", "v", "model", T0, [(0, 3, "C", 0.9)], partition=1, offset=1)
+    got = [(i.start_frame, i.end_frame, i.label) for i in resolve({}, [a, b, c])["v"]]
+    assert got == [(0, 3, "C"), (3, 5, "A"), (5, 10, "B")]
+
+
+def test_old_human_beats_new_model_and_keeps_no_confidence():
+    h = ev("h", "v", "human", T0 - timedelta(days=30), [(2, 6, "A", 0.1)])
+    m = ev("m", "v", "model", T0, [(0, 10, "B", 0.99)])
+    got = [(i.start_frame, i.end_frame, i.label, i.provenance, i.confidence)
+           for i in resolve({}, [m, h])["v"]]
+    assert got == [(0, 2, "B", "model", 0.99), (2, 6, "A", "human", None),
+                   (6, 10, "B", "model", 0.99)]
+
+
+def test_coalesce_merges_same_label_provenance_confidence_only():
+    m1 = ev("m1", "v", "model", T0, [(0, 5, "A", 0.5)])
+    m2 = ev("m2", "v", "model", T0 + timedelta(seconds=1), [(5, 9, "A", 0.5), (9, 12, "A", 0.7)])
+    h = ev("h", "v", "human", T0, [(12, 15, "A", None)])
+    ivs = resolve({}, [m1, m2, h])["v"]
+    assert len(ivs) == 4  # distinct winning keys stay apart for later resolution
+    segs = [(s.start_frame, s.end_frame, s.provenance, s.confidence) for s in coalesce(ivs)]
+    assert segs == [(0, 9, "model", 0.5), (9, 12, "model", 0.7), (12, 15, "human", None)]
+    assert frames_by(coalesce(ivs), "provenance") == {"model": 12, "human": 3}
+
+
+def test_resolve_leaves_untouched_videos_alone():
+    base = resolve({}, [ev("a", "v1", "model", T0, [(0, 4, "A", 0.5)])])
+    out = resolve(base, [ev("b", "v2", "human", T0, [(0, 2, "B", None)])])
+    assert out["v1"] is base["v1"] and [i.label for i in out["v2"]] == ["B"]
+
+
+def test_resolve_video_covers_exactly_the_union_of_many_overlapping_intervals():
+    rnd = random.Random(3)
+    ivs, covered = [], set()
+    for i in range(3000):
+        a = rnd.randrange(0, 50_000)
+        b = a + rnd.randrange(1, 200)
+        covered.update(range(a, b))
+        ivs.append(Interval(a, b, rnd.choice(LABELS), "model", 0.5, T0, 0, i, f"e{i}"))
+    out = resolve_video(reversed(ivs))
+    assert all(x.end_frame <= y.start_frame for x, y in itertools.pairwise(out))
+    assert sum(iv.frames for iv in out) == len(covered)
+    assert out == resolve_video(ivs)
+
+
+@pytest.mark.parametrize(
+    ("segs", "reason"),
+    [
+        ([], "no segments"),
+        ([(0, 10, "Z", None)], "unknown label 'Z'"),
+        ([(0, 41, "A", None)], "outside the video's 40 frames"),
+        ([(-1, 3, "A", None)], "outside"),
+        ([(5, 5, "A", None)], "empty range"),
+        ([(0, 10, "A", None), (9, 12, "B", None)], "overlap"),
+    ],
+)
+def test_check_event_names_the_problem(segs, reason):
+    with pytest.raises(BadInput, match=reason) as info:
+        check_event(ev("e-9", "case-1", "human", T0, segs), LABELS, N_FRAMES)
+    assert "e-9" in str(info.value) and "case-1" in str(info.value)
+
+
+def test_check_event_accepts_a_good_event_and_rejects_naive_times():
+    check_event(ev("ok", "v", "model", T0, [(0, 40, "A", 0.5)]), LABELS, N_FRAMES)
+    with pytest.raises(BadInput, match="timezone-aware"):
+        ev("naive", "v", "model", datetime(2026, 1, 1), [(0, 1, "A", 0.5)])
+    with pytest.raises(BadInput, match=r"outside \[0, 1\]"):
+        check_event(ev("c", "v", "model", T0, [(0, 1, "A", 1.5)]), LABELS, N_FRAMES)

@@ -1,0 +1,104 @@
+"""Recipes: the examples load; bad recipes fail naming the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from surgflow.errors import ConfigError
+from surgflow.training.recipe import load_recipe, parse_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = {"name": "r", "data": {"sources": ["cholecystectomy"]}}
+
+
+def bad(**changes) -> str:
+    data = {**MINIMAL, **changes}
+    with pytest.raises(ConfigError) as e:
+        parse_recipe(data, origin="recipe test.yaml")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_recipes_load(path):
+    recipe = load_recipe(path)
+    assert recipe.name and recipe.data.sources
+
+
+def test_defaults_and_chain_flag():
+    r = parse_recipe(MINIMAL)
+    assert not r.is_chain and r.model.architecture == "tiny2d" and r.resources.world_size == 1
+    assert parse_recipe({**MINIMAL, "temporal": {}}).is_chain
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    msg = bad(model={"architecture": "resnet9000"})
+    assert "recipe test.yaml" in msg and "'model.architecture'" in msg and "'resnet9000'" in msg
+    assert "r3d_18" in msg and "resnet50" in msg and "tiny2d" in msg
+
+
+def test_bad_number_names_field_value_and_bound():
+    msg = bad(optim={"lr": -1})
+    assert "'optim.lr'" in msg and "-1" in msg and "greater than 0" in msg
+
+
+def test_bad_choice_names_the_allowed_values():
+    msg = bad(optim={"optimizer": "lion"})
+    assert "'optim.optimizer'" in msg and "'lion'" in msg and "'sgd'" in msg and "'adamw'" in msg
+
+
+def test_unknown_field_lists_the_allowed_fields():
+    msg = bad(optim={"epochz": 3})
+    assert "'optim.epochz' is not allowed" in msg and "epochs" in msg and "batch_size" in msg
+    assert "'clip.frame' is not allowed" in bad(clip={"frame": 3})
+
+
+def test_missing_and_malformed_sources():
+    assert "'data' is required" in bad(data=None) or "'data'" in bad(data=None)
+    msg = bad(data={"sources": ["Cholec@latest"]})
+    assert "'data.sources'" in msg and "dataset@N" in msg
+
+
+def test_unknown_balancing_strategy_lists_known_ones():
+    msg = bad(data={"sources": ["cholecystectomy"], "balance": "magic"})
+    assert "'magic'" in msg and "inverse_frequency" in msg and "effective_number" in msg
+
+
+def test_architecture_with_fixed_input_checks_the_clip():
+    msg = bad(model={"architecture": "mvit_v2_s"}, clip={"frames": 8, "size": 224})
+    assert "mvit_v2_s" in msg and "clip.frames = 16" in msg and "got 8" in msg
+
+
+def test_yaml_errors_and_missing_files_name_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+        load_recipe(broken)
+    with pytest.raises(ConfigError, match=r"nope.yaml: file does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_recipe(listing)
+
+
+def test_relative_pretrained_path_is_relative_to_the_recipe(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "r.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "model": {"architecture": "resnet18",
+                                                          "pretrained": "w/resnet18.pt"}}))
+    assert load_recipe(path).model.pretrained == tmp_path / "sub" / "w" / "resnet18.pt"
+
+
+def test_cli_rejects_a_bad_recipe_with_exit_2_and_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "optim": {"epochs": 0}}))
+    out = subprocess.run([str(REPO / ".venv/bin/surgflow"), "train", str(path), "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'optim.epochs'" in lines[0] and "bad.yaml" in lines[0]

@@ -1,0 +1,84 @@
+"""The training flow under a real Prefect server, on the session's Dask cluster, via the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.training_helpers import labelled_home
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return labelled_home(tmp_path_factory.mktemp("flow"))
+
+
+def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / ".venv/bin/surgflow"), *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_train_command_runs_the_flow_and_publishes_epoch_artifacts(
+    prefect_server, dask_cluster, home, tmp_path
+):
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    recipe["optim"]["epochs"] = 2
+    recipe["temporal"]["optim"]["epochs"] = 3
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "SURGFLOW_HOME": str(home), "PREFECT_API_URL": prefect_server,
+           "SURGFLOW_DASK_ADDRESS": dask_cluster.scheduler.address}
+    out = _cli("train", str(path), "--json", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)  # exactly one JSON document on stdout
+    assert summary["status"] == "succeeded" and summary["attempts"] == 1
+    assert summary["dataset_versions"] == ["cholecystectomy@1"]
+    assert set(summary["stages"]) == {"clip", "temporal"}
+    run_id = summary["run_id"]
+
+    shown = json.loads(_cli("runs", "show", run_id, "--json", env=env, cwd=tmp_path).stdout)
+    assert [(e["stage"], e["epoch"]) for e in shown["epochs"]] == [
+        ("clip", 1), ("clip", 2), ("temporal", 1), ("temporal", 2), ("temporal", 3)]
+    assert shown["utilisation"]["samples"] > 0 and shown["params"]["chain"] is True
+    listed = json.loads(_cli("runs", "list", "--json", env=env, cwd=tmp_path).stdout)
+    assert run_id in [r["run_id"] for r in listed]
+    plotted = json.loads(_cli("runs", "plot", run_id, "--json", env=env, cwd=tmp_path).stdout)
+    assert Path(plotted["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from prefect.artifacts import Artifact
+
+    key = f"training-{run_id.lower()}"
+    progress = Artifact.get(f"{key}-progress")
+    table = Artifact.get(f"{key}-metrics")
+    assert progress is not None and float(progress.data) == 100.0
+    rows = json.loads(table.data)
+    assert len(rows) == 5 and {"val_accuracy", "val_macro_f1", "train_loss"} <= set(rows[0])
+
+
+def test_the_server_validates_flow_parameters(prefect_server):
+    from prefect.deployments import run_deployment
+
+    from flows.training import training_flow
+
+    deployment = training_flow.to_deployment(name="params-check", enforce_parameter_schema=True)
+    deployment.apply()
+    with pytest.raises(Exception, match="(?i)validation|schema|parameters"):
+        run_deployment("surgflow-training/params-check",
+                       parameters={"params": {"recipe_path": {"not": "a path"}}}, timeout=0)
+    ok = run_deployment("surgflow-training/params-check",
+                        parameters={"params": {"recipe_path": "recipes/tiny.yaml"}}, timeout=0)
+    assert ok.parameters["params"]["recipe_path"] == "recipes/tiny.yaml"
+
+
+def test_unknown_run_is_bad_input(tmp_path):
+    env = {**os.environ, "SURGFLOW_HOME": str(tmp_path)}
+    out = _cli("runs", "show", "no-such-run", "--json", env=env, cwd=tmp_path)
+    assert out.returncode == 2 and "no-such-run" in out.stderr and out.stdout == ""
