@@ -116,6 +116,8 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+        # Prefect configures the root logger too; without this every line would print twice.
+        root.propagate = False
     root.setLevel(level)
 
 
