@@ -89,13 +89,40 @@ def start_server(prefect_home: Path, *, port: int | None = None,
 
 
 def export(api_url: str) -> None:
-    """Point this process and its children at ``api_url``."""
+    """Point this process and its children at ``api_url``.
+
+    Prefect reads its settings when it is first imported, so call this before importing
+    Prefect (or a flow module); later changes need ``prefect.settings.temporary_settings``.
+    """
     os.environ["PREFECT_API_URL"] = api_url
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return pid > 0
+
+
+def _wait_healthy(url: str, pid: int, timeout: float) -> bool:
+    """True once the recorded server answers; a busy machine may make a live server slow to
+    answer, so wait for it while its process lives rather than start a second one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if healthy(url):
+            return True
+        if not _alive(pid) or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
 def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
-    """The API URL of a running Prefect server, starting one under ``home`` if needed."""
+    """The API URL of a running Prefect server, starting one under ``home`` if needed.
+
+    Call it before Prefect is imported (see :func:`export`).
+    """
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
         if not healthy(configured, timeout=5.0):
@@ -109,8 +136,9 @@ def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
     with open(state_dir / "server.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two commands starting at once share one server
         if state.is_file():
-            url = json.loads(state.read_text()).get("api_url", "")
-            if url and healthy(url):
+            known = json.loads(state.read_text())
+            url = known.get("api_url", "")
+            if url and _wait_healthy(url, int(known.get("pid", 0)), timeout):
                 export(url)
                 return url
         server = start_server(state_dir, timeout=timeout)

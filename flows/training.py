@@ -20,6 +20,7 @@ from prefect.artifacts import (
 from pydantic import BaseModel, Field
 
 from surgflow.config import get_settings
+from surgflow.errors import BadInput
 from surgflow.training.cluster import connect
 from surgflow.training.pipeline import execute_run, load_run_recipe, prepare_run
 from surgflow.training.recipe import load_recipe
@@ -67,7 +68,7 @@ def prepare(params: TrainingParams) -> str:
         return prepare_run(load_run_recipe(home, params.resume_run), home,
                            resume=params.resume_run)
     if not params.recipe_path:
-        raise ValueError("give recipe_path or resume_run")
+        raise BadInput("training flow: give params.recipe_path or params.resume_run")
     recipe = load_recipe(params.recipe_path)
     return prepare_run(recipe, home, recipe_path=str(Path(params.recipe_path).resolve()))
 

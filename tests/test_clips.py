@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,10 +12,18 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from surgflow.data.clip_sampling import ClipSpec, WeightedDistributedSampler
-from surgflow.data.clips import MEAN, STD, ClipDataset, ClipVideo, iter_video
+from surgflow.data.clips import (
+    _INHERITED,
+    MEAN,
+    STD,
+    ClipDataset,
+    ClipVideo,
+    iter_video,
+    normalise,
+)
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.data.views import ViewSpec, resolve_view
 from surgflow.errors import DecodeError
@@ -66,13 +75,51 @@ def test_dataloader_with_two_workers_delivers_every_clip_correctly(view):
                               atol=1e-5)
 
 
+def test_uint8_clips_normalised_later_equal_float_clips(view):
+    floats = ClipDataset.from_view(view)
+    raw = ClipDataset.from_view(view, dtype=torch.uint8)
+    for i in (0, len(raw) - 1):
+        x = raw[i]["clip"]
+        assert x.dtype == torch.uint8 and x.shape == (3, 8, 64, 64)
+        assert torch.allclose(normalise(x), floats[i]["clip"], atol=1e-5)
+    batch = torch.stack([raw[0]["clip"], raw[1]["clip"]])
+    assert torch.allclose(normalise(batch)[1], floats[1]["clip"], atol=1e-5)
+    frames = ClipDataset(raw.videos, [0], [10], [0], ClipSpec(frames=1, size=64),
+                         frame_level=True, dtype=torch.uint8)[0]["clip"]
+    assert frames.shape == (3, 64, 64)
+    float_frames = ClipDataset(raw.videos, [0], [10], [0], ClipSpec(frames=1, size=64),
+                               frame_level=True)[0]["clip"]
+    assert torch.allclose(normalise(frames, channel_dim=-3), float_frames, atol=1e-5)
+
+
+class _WhichReader(Dataset):
+    """Clip items plus what the worker's frame reader holds after decoding them."""
+
+    def __init__(self, clips: ClipDataset):
+        self.clips = clips
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, i):
+        item = self.clips[i]
+        readers = self.clips.reader._readers
+        return {"index": item["index"], "own_readers": self.clips.reader._pid == os.getpid(),
+                "inherited_parked": len(_INHERITED) > 0, "open": len(readers)}
+
+
 @pytest.mark.timeout(120)
 def test_reader_opened_before_the_fork_is_not_used_by_workers(view):
     ds = ClipDataset.from_view(view)
     first = ds[0]["clip"]  # opens a reader in this process before the workers fork
-    loader = DataLoader(ds, batch_size=2, num_workers=2, sampler=DistributedSampler(
+    assert len(ds.reader._readers) == 1
+    loader = DataLoader(_WhichReader(ds), batch_size=2, num_workers=2, sampler=DistributedSampler(
         ds, num_replicas=2, rank=1, shuffle=True, seed=0))
-    rank1 = [i for b in loader for i in b["index"].tolist()]
+    batches = list(loader)
+    for b in batches:  # every worker opened its own reader and parked the inherited one
+        assert b["own_readers"].all() and b["inherited_parked"].all()
+        assert (b["open"] == 1).all()  # one open reader per worker
+    rank1 = [i for b in batches for i in b["index"].tolist()]
     rank0 = list(DistributedSampler(ds, num_replicas=2, rank=0, shuffle=True, seed=0))
     assert sorted(rank0 + rank1) == list(range(len(ds))) + ([] if len(ds) % 2 == 0 else [rank0[0]])
     assert torch.equal(ds[0]["clip"], first)

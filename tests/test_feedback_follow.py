@@ -27,6 +27,13 @@ from tests.feedback_helpers import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _quick_group_joins(monkeypatch):
+    # The embedded broker's group join waits about half the session timeout, and a killed
+    # member is dropped after a full one; a short timeout keeps restarts quick.
+    monkeypatch.setenv("SURGFLOW_KAFKA_SESSION_TIMEOUT_MS", "3000")
 LABELS = ("Preparation", "CalotTriangleDissection", "ClippingCutting", "GallbladderDissection")
 
 
@@ -104,15 +111,43 @@ def _reference(stream, tmp_path: Path, name: str) -> dict:
     return cli("data", "show", "cholecystectomy", env=env)[1]
 
 
+def _count(log: Path, text: str) -> int:
+    return log.read_text().count(text) if log.exists() else 0
+
+
+def _versions_logged(log: Path) -> int:
+    return _count(log, "dataset cholecystectomy: version")
+
+
+def _wait_for(condition, timeout_s: float, poll_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
 def _crash_loop(kafka, embedded_broker, corpus, tmp_path, kills: int, n_labels: int, seed: int):
+    """Kill -9 the follow consumer ``kills`` times while a producer runs, then finish.
+
+    Every other kill lands right after a version is published and before the consumer moves
+    its checkpoint (the narrowest window); the others at a random moment after the group join.
+    """
     stream = _stream(corpus, n_labels, seed)
     rng = random.Random(seed)
     log = tmp_path / "follow.log"
-    producer = threading.Thread(target=_produce, args=(stream, 0.05))
+    pace = 6.0 * kills / max(1, len(stream) / 10)  # production spans the kill loop
+    producer = threading.Thread(target=_produce, args=(stream, pace))
     producer.start()
-    for _ in range(kills):
+    for k in range(kills):
+        seen, joined = _versions_logged(log), _count(log, "assigned")
         proc = _follow(log)
-        time.sleep(rng.uniform(0.5, 4.0))
+        _wait_for(lambda n=joined: _count(log, "assigned") > n, 30)  # the group join
+        if k % 2:
+            _wait_for(lambda n=seen: _versions_logged(log) > n, 10, poll_s=0.002)
+        else:
+            time.sleep(rng.uniform(0.1, 2.0))
         proc.kill()  # SIGKILL: no cleanup, no final batch
         proc.wait()
     producer.join()

@@ -55,7 +55,7 @@ def test_more_ranks_than_workers_is_a_clear_error(dask_cluster):
 
 
 def test_two_rank_gloo_training_learns_and_ends_with_identical_weights(dask_cluster, home):
-    recipe = tiny_recipe(name="ddp", optim={"epochs": 4})
+    recipe = tiny_recipe(name="ddp", optim={"epochs": 4, "num_workers": 1})  # loader workers too
     run_id = prepare_run(recipe, home)
     record = execute_run(run_id, home, dask_cluster)
     assert record["status"] == "succeeded"
@@ -108,3 +108,19 @@ def test_killing_a_worker_restarts_the_group_from_the_last_checkpoint(dask_clust
     assert second["workers"] != first["workers"]  # a new worker took the dead one's place
     state = torch.load(checkpoints.latest(run_dir, "clip"), weights_only=False)
     assert state["epoch"] == 8
+
+
+def test_loader_workers_on_a_daemonic_dask_worker_fail_with_the_fix_named(home):
+    from distributed import Client, LocalCluster
+
+    from surgflow.errors import ConfigError
+
+    recipe = tiny_recipe(name="daemonic", optim={"epochs": 1, "num_workers": 1},
+                         resources={"world_size": 1})
+    run_id = prepare_run(recipe, home)
+    with (LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+          Client(cluster) as client,
+          pytest.raises(ConfigError, match="DASK_DISTRIBUTED__WORKER__DAEMON=False")):
+        execute_run(run_id, home, client)
+    record = RunStore(home).get(run_id)
+    assert record["status"] == "failed" and len(record["attempts"]) == 1  # not retried

@@ -76,7 +76,7 @@ def _ensure(args):
 
 def test_concurrent_writers_publish_one_proxy(tmp_path: Path, original):
     sha = sha256_file(original.path)
-    with mp.get_context("spawn").Pool(2) as pool:
+    with mp.get_context("fork").Pool(2) as pool:
         results = pool.map(_ensure, [(str(tmp_path), str(original.path), sha)] * 2)
     assert results[0] == results[1]
     assert len(list((tmp_path / "proxies").rglob("*.mp4"))) == 1

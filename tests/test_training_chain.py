@@ -77,3 +77,16 @@ def test_seeded_runs_are_reproducible_on_cpu(dask_cluster, home):
     other = tiny_recipe(name="seeded", optim={"epochs": 2, "seed": 4})
     c = execute_run(prepare_run(other, home), home, dask_cluster)
     assert c["result"]["model_version"] != a["result"]["model_version"]
+
+
+def test_preparing_a_run_pins_versions_and_refuses_empty_or_missing_data(home):
+    from surgflow.errors import BadInput, NotFound
+
+    run_id = prepare_run(tiny_recipe(name="pin"), home)
+    assert RunStore(home).get(run_id)["dataset_versions"] == ["cholecystectomy@1"]
+    assert RunStore(home).get(run_id)["views"]["val"]["videos"] == 2
+    with pytest.raises(NotFound, match=r"no version 5; versions are 1\.\.1"):
+        prepare_run(tiny_recipe(data={"sources": ["cholecystectomy@5"]}), home)
+    with pytest.raises(BadInput, match="train split of cholecystectomy@1 has no labelled clips"):
+        prepare_run(tiny_recipe(data={"sources": ["cholecystectomy"],
+                                      "filter": "label = 'NoSuchPhase'"}), home)

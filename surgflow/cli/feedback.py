@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         with FeedbackConsumer(settings) as consumer:
             if once:
                 report = consumer.run_once()
-                emit_version_events(report.versions)
+                emit_version_events(report.versions, drain=True)
             else:
                 stop = threading.Event()
                 signal.signal(signal.SIGTERM, lambda *_: stop.set())

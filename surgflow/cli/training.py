@@ -45,9 +45,11 @@ def register(app: typer.Typer) -> None:
         if recipe is not None:
             load_recipe(recipe)  # a bad recipe fails here, before any server or cluster starts
         from flows.runtime import ensure_server
+
+        # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
+        ensure_server(get_settings().home)
         from flows.training import TrainingParams, training_flow
 
-        ensure_server(get_settings().home)
         params = TrainingParams(recipe_path=str(recipe) if recipe else None, resume_run=resume)
         emit(_summary(training_flow(params)), json_)
 

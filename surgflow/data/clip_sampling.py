@@ -138,7 +138,9 @@ def worker_streams(
     A DataLoader hands batch ``k`` to worker ``k % num_workers``. The rank's items are cut into
     ``num_workers`` contiguous parts of whole batches; part ``w`` becomes the batches of worker
     ``w``. Within a part, groups of ``interleave`` chunks are read round-robin, so a batch mixes
-    that many videos while each video is still read forwards (readers are cached per video).
+    that many videos while each video is still read forwards; this needs that many open
+    readers per worker, which decord makes costly (see ``surgflow.data.clips``), so the default
+    is 1.
     """
     workers = max(1, num_workers)
     n = len(order)

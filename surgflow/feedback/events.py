@@ -29,8 +29,13 @@ def payload(version: dict) -> dict:
     }
 
 
-def emit_version_events(versions: list[dict], *, require_api: bool = True) -> int:
-    """Emit one event per new version; return how many were emitted."""
+def emit_version_events(versions: list[dict], *, require_api: bool = True,
+                        drain: bool = False) -> int:
+    """Emit one event per new version; return how many were emitted.
+
+    ``drain`` waits until the events are delivered (for a process that exits right after, such
+    as the CLI; inside a flow run Prefect delivers them when the run ends).
+    """
     if not versions or (require_api and not os.environ.get("PREFECT_API_URL")):
         return 0
     from prefect.events import emit_event
@@ -46,4 +51,8 @@ def emit_version_events(versions: list[dict], *, require_api: bool = True) -> in
             log.warning("could not emit %s for %s@%s: %s", EVENT, v["dataset"], v["version"], e)
             continue
         sent += event is not None
+    if drain and sent:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=10)
     return sent

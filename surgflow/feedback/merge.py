@@ -118,10 +118,15 @@ class BatchMerger:
         self.parking = ParkingLot(settings.home)
         self.ledger = TaskLedger(settings.home)
         self._resent_unpublished = False
+        # Registered videos never change (records are published once, never rewritten), so
+        # found records are cached for the consumer's life; misses are always looked up again.
+        self._videos: dict[str, VideoRecord] = {}
+        self._labels: dict[str, tuple[str, ...]] = {}
 
     def process(self, records: list[Record], positions: dict[str, int]) -> RunReport:
         """Make one batch durable; ``positions`` go into every new manifest."""
         report, plan = RunReport(consumed=len(records)), _Plan()
+        self._labels.clear()  # a procedure may gain labels between batches
         videos = [r for r in records if r.topic == "videos"]
         labels = [r for r in records if r.topic != "videos"]
         for r in videos:
@@ -174,15 +179,35 @@ class BatchMerger:
         except BadInput as e:  # unsafe uri, unknown procedure, conflicting content, bad id
             plan.dead.append(self._dead(r, f"video {event.video_id!r} rejected: {e}"))
             return
+        except OSError as e:  # e.g. unreadable: retrying would block the partition forever
+            reason = f"video {event.video_id!r} cannot be read: {e.strerror or e} ({event.uri})"
+            self.registry.quarantine(event.uri, reason, event.video_id, event.event_id)
+            plan.dead.append(self._dead(r, reason))
+            return
         video = result.record
+        self._videos[video.video_id] = video
         plan.videos[video.procedure][video.video_id] = video
         plan.video_events[video.procedure].append(video.video_id)
 
     def _find(self, video_id: str) -> VideoRecord | None:
         try:
-            return self.registry.find(video_id)
+            return self._video_record(video_id)
         except BadInput:
             return None
+
+    def _video_record(self, video_id: str) -> VideoRecord | None:
+        found = self._videos.get(video_id)
+        if found is None:
+            found = self.registry.find(video_id)
+            if found is not None:
+                self._videos[video_id] = found
+        return found
+
+    def _procedure_labels(self, procedure: str) -> tuple[str, ...]:
+        labels = self._labels.get(procedure)
+        if labels is None:
+            labels = self._labels[procedure] = self.catalog.get(procedure).labels
+        return labels
 
     # ---- inference and annotations ---------------------------------------------------------
 
@@ -200,11 +225,11 @@ class BatchMerger:
         procedure = event.procedure if isinstance(event, InferenceEvent) else None
         if procedure is not None:
             try:
-                self.catalog.get(procedure)
+                self._procedure_labels(procedure)
             except BadInput as e:
                 return reject(f"event {event.event_id!r}: {e}")
         try:
-            video = self.registry.find(event.video_id)
+            video = self._video_record(event.video_id)
         except BadInput as e:
             return reject(f"event {event.event_id!r}: {e}")
         if video is None:
@@ -219,7 +244,7 @@ class BatchMerger:
                           f"{video.video_id!r} is a {video.procedure!r} video")
         label_event = to_label_event(event, r.partition, r.offset)
         try:
-            check_event(label_event, self.catalog.get(video.procedure).labels, video.num_frames)
+            check_event(label_event, self._procedure_labels(video.procedure), video.num_frames)
         except BadInput as e:
             return reject(str(e))
         plan.events[video.procedure].append(label_event)

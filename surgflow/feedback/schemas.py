@@ -148,6 +148,13 @@ def decode(topic: str, value: bytes | None) -> Event:
         raise WireError(f"topic {topic!r} carries no surgflow input messages")
     if value is None:
         raise WireError("message has no value (null)")
+    try:  # fast path: parse and validate in one step; failures are re-examined for a reason
+        event = model.model_validate_json(value)
+    except ValidationError:
+        pass
+    else:
+        if event.schema_ == SCHEMA_NAMES[topic]:
+            return event  # type: ignore[return-value]
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -26,6 +26,11 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in env_for_subprocesses(settings).items()
            if k.startswith("SURGFLOW_") or k in _PASSED}
     env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
+    # A worker holds one rank, which sets its own torch thread count; stray BLAS/OpenMP pools
+    # and the worker's stack-sampling profiler would otherwise compete with it for cores.
+    env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(var, "1")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return env
 
@@ -61,7 +66,8 @@ def connect(
         return
     env = worker_env(settings)
     resources = {"GPU": gpus_per_worker} if gpus_per_worker else None
-    with dask.config.set({"distributed.worker.daemon": False}):
+    with dask.config.set({"distributed.worker.daemon": False,
+                          "distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
             resources=resources, env=env, silence_logs=logging.WARNING,

@@ -1,8 +1,9 @@
 """Everything distributed in one place: rank set-up, is_main, reductions, sampler epochs, unwrap.
 
 Every rank of a job runs the same code; only rank 0 writes checkpoints and run records
-(:func:`is_main`). A single-rank job runs without a process group, so the same training code
-works with and without DDP.
+(:func:`is_main`). A single process started without a launcher runs without a process group,
+so the same training code works with and without DDP; a launched job of one rank still joins a
+group of one (a 1-GPU job then runs its reductions through NCCL).
 """
 
 from __future__ import annotations
@@ -41,23 +42,27 @@ def setup(
     gpu: bool = False,
     timeout_s: float = 120.0,
 ) -> RankContext:
-    """Join the job's process group (``nccl`` on GPU, ``gloo`` on CPU) and pick the device."""
+    """Join the job's process group (``nccl`` on GPU, ``gloo`` on CPU) and pick the device.
+
+    An empty ``master_addr`` rendezvouses through the ``MASTER_ADDR``/``MASTER_PORT``
+    environment a launcher such as ``torchrun`` sets (``env://``).
+    """
     device = torch.device("cpu")
     if gpu:
         if not torch.cuda.is_available():
             raise RuntimeError(f"rank {rank} on {socket.gethostname()}: GPU asked, none visible")
         device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-    if world_size == 1:
-        return RankContext(0, 1, device, None)
+    if world_size == 1 and not master_addr and "MASTER_ADDR" not in os.environ:
+        return RankContext(0, 1, device, None)  # a plain single process: no group to join
     backend = "nccl" if gpu else "gloo"
     if dist.is_initialized():  # left over from a failed attempt in this worker process
         dist.destroy_process_group()
-    if master_addr in ("127.0.0.1", "localhost"):
+    if (master_addr or os.environ.get("MASTER_ADDR")) in ("127.0.0.1", "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback_name())
     dist.init_process_group(
         backend,
-        init_method=f"tcp://{master_addr}:{master_port}",
+        init_method=f"tcp://{master_addr}:{master_port}" if master_addr else "env://",
         rank=rank,
         world_size=world_size,
         timeout=timedelta(seconds=timeout_s),

@@ -2,7 +2,8 @@
 
 :func:`run_rank` is what the launcher ships to each Dask worker (and what ``torchrun`` runs in
 the benchmark). It receives only the run directory and its place in the group; it reads the
-recipe and the resolved data from the run directory and builds its own datasets. Stages:
+recipe (its sources pinned to ``dataset@N``) from the run directory, resolves the dataset views
+itself and builds its own datasets. Stages:
 
 1. ``clip`` — the clip/frame model (the only stage of a non-chained recipe);
 2. ``features`` — chains only: stage-1 features of every video into the feature cache;
@@ -14,6 +15,7 @@ A restarted group finds finished stages by their last checkpoint and skips them.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
 import time
@@ -25,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from surgflow.data.taxonomy import ProcedureCatalog
-from surgflow.errors import BadInput
+from surgflow.errors import BadInput, ConfigError
 from surgflow.training import checkpoints, data
 from surgflow.training import distributed as D
 from surgflow.training.chain import (
@@ -70,6 +72,13 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int, master_addr: str,
 def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler,
          job: dict[str, Any]) -> dict[str, Any]:
     recipe = parse_recipe(json.loads((run_dir / "recipe.json").read_text()))
+    if recipe.optim.num_workers and multiprocessing.current_process().daemon:
+        raise ConfigError(
+            f"rank {ctx.rank} on {socket.gethostname()}: optim.num_workers = "
+            f"{recipe.optim.num_workers} needs DataLoader child processes, but this Dask worker is "
+            "daemonic; start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False or set "
+            "optim.num_workers: 0"
+        )
     out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "rank": ctx.rank,
                            "stages": {}}
     trainer = _StageTrainer(run_dir, home, recipe, ctx, util, job)
@@ -176,11 +185,16 @@ class _StageTrainer:
         ddp = D.wrap(model, ctx)
         amp = optim.amp and ctx.device.type == "cuda"
         history = []
+        launch: dict[str, float] = {}
+
+        def mark_first_step() -> None:
+            launch["first_step_at"] = time.time()
+
         for epoch in range(done + 1, optim.epochs + 1):
             # Per-epoch seeds make a resumed run repeat the epochs an uninterrupted one runs.
             seed_everything(optim.seed * 1_000 + epoch * 10 + ctx.rank)
             D.set_epoch(sampler, epoch)
-            first_step = self._first_step_hook() if epoch == done + 1 else None
+            first_step = mark_first_step if epoch == done + 1 else None
             m_train = train_epoch(ddp, train, optimizer, step=step, num_classes=self.classes,
                                   device=ctx.device, amp=amp, scaler=scaler,
                                   on_wait=self.util.add_wait, on_first_step=first_step)
@@ -189,7 +203,9 @@ class _StageTrainer:
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             samples = [s for part in D.gather_objects(self.util.drain()) for s in part]
-            metrics = {"train": m_train, "val": m_val, "lr": lr, "finished_at": now_iso()}
+            # first_step_at (first epoch of an attempt): launch overhead, measured on rank 0
+            metrics = {"train": m_train, "val": m_val, "lr": lr, "finished_at": now_iso(),
+                       **(launch if epoch == done + 1 else {})}
             history.append({"epoch": epoch, **metrics})
             if ctx.is_main:
                 RunStore(self.home).record_epoch(self.run_dir, stage, epoch, metrics, samples)
@@ -202,12 +218,6 @@ class _StageTrainer:
         final = history[-1] if history else self._final_metrics(stage)
         return {"version": checkpoints.weights_digest(D.unwrap(ddp)), "epochs": optim.epochs,
                 "resumed_from_epoch": resumed_from, "final": final}
-
-    def _first_step_hook(self) -> Callable[[], None] | None:
-        marker = self.job.get("first_step_file")
-        if not marker or not self.ctx.is_main:
-            return None
-        return lambda: Path(marker).write_text(repr(time.time()))
 
     def _final_metrics(self, stage: str) -> dict[str, Any]:
         last = checkpoints.latest(self.run_dir, stage)

@@ -71,11 +71,17 @@ def suitable_workers(workers: dict[str, dict[str, Any]], gpus_per_rank: int) -> 
     return sorted(ok)
 
 
+def live_workers(client: Any) -> dict[str, dict[str, Any]]:
+    """Every worker the scheduler knows now, asked directly (``client.scheduler_info()`` may
+    return a cache that a background refresh leaves without per-worker entries)."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def pick_workers(client: Any, world_size: int, gpus_per_rank: int, wait_s: float) -> list[str]:
     """``world_size`` distinct suitable workers, waiting up to ``wait_s`` for them to appear."""
     deadline = time.monotonic() + wait_s
     while True:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
+        workers = live_workers(client)
         ok = suitable_workers(workers, gpus_per_rank)
         if len(ok) >= world_size:
             return ok[:world_size]
@@ -161,7 +167,7 @@ def _watch(client: Any, futures: list[Any], workers: list[str], poll_s: float,
                 return None, f"rank {rank} on {workers[rank]} was cancelled"
         if all(f.status == "finished" for f in futures):
             return None
-        alive = set(client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(live_workers(client))
         lost = [w for w in workers if w not in alive]
         if lost:
             ranks = [workers.index(w) for w in lost]
@@ -172,7 +178,7 @@ def _watch(client: Any, futures: list[Any], workers: list[str], poll_s: float,
 
 def _tear_down(client: Any, futures: list[Any], workers: list[str]) -> None:
     client.cancel(futures, force=True)
-    alive = set(client.scheduler_info(n_workers=-1)["workers"])
+    alive = set(live_workers(client))
     survivors = [w for w in workers if w in alive]
     if not survivors:
         return

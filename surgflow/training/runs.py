@@ -3,7 +3,7 @@
 Layout of one run, each file with a single writer so that no two processes race on a file:
 
 - ``run.json`` — the driver: recipe, parameters, status, attempts, result;
-- ``data.json`` — the driver: the resolved training data every rank reads;
+- ``recipe.json`` — the driver: the recipe with its sources pinned to ``dataset@N``;
 - ``epochs/<stage>-NNNN.json`` — rank 0: metrics of one finished epoch;
 - ``utilisation/<stage>-NNNN.jsonl`` — rank 0: every rank's utilisation samples of that epoch;
 - ``checkpoints/<stage>/epoch-NNNN.pt`` — rank 0 (see :mod:`surgflow.training.checkpoints`).

@@ -1,0 +1,122 @@
+"""Pure parts of training: metrics, checkpoints, the feature cache, per-second labels, runs."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from surgflow.data.clip_sampling import ClipSpec
+from surgflow.data.views import ViewVideo
+from surgflow.errors import BadInput, NotFound
+from surgflow.training import checkpoints
+from surgflow.training.data import second_clips, second_labels
+from surgflow.training.features import FeatureCache
+from surgflow.training.loop import confusion, scores
+from surgflow.training.models import build_clip_model
+from surgflow.training.runs import RunStore
+from surgflow.training.utilisation import UtilisationSampler
+
+
+def test_accuracy_and_macro_f1_match_a_hand_computation():
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    p = torch.tensor([0, 0, 1, 1, 2, 2])
+    cm = confusion(p, y, 4)  # class 3 never occurs: it must not drag the mean down
+    assert cm.tolist()[0] == [2, 1, 0, 0] and cm.sum() == 6
+    s = scores(cm)
+    f1 = [2 * 2 / (3 + 2), 2 * 1 / (2 + 2), 2 * 1 / (1 + 2)]
+    assert s["accuracy"] == pytest.approx(4 / 6)
+    assert s["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert scores(torch.zeros(3, 3, dtype=torch.long)) == {"accuracy": 0.0, "macro_f1": 0.0}
+
+
+def test_checkpoint_round_trip_restores_model_optimiser_and_provenance(tmp_path):
+    torch.manual_seed(0)
+    model = build_clip_model("tiny2d", 5)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    model(torch.randn(2, 3, 1, 32, 32)).sum().backward()
+    opt.step()
+    sched.step()
+    path = checkpoints.save(tmp_path, "clip", 2, model=model, optimizer=opt, scheduler=sched,
+                            scaler=None, recipe={"name": "r"}, dataset_versions=["d@3"],
+                            metrics={"val": {"accuracy": 0.5}})
+    assert checkpoints.latest(tmp_path, "clip") == path
+    assert checkpoints.latest(tmp_path, "temporal") is None
+    other = build_clip_model("tiny2d", 5)
+    opt2 = torch.optim.AdamW(other.parameters(), lr=0.01)
+    sched2 = torch.optim.lr_scheduler.CosineAnnealingLR(opt2, T_max=4)
+    state = checkpoints.load(path)
+    assert checkpoints.restore(state, model=other, optimizer=opt2, scheduler=sched2) == 2
+    assert checkpoints.weights_digest(other) == checkpoints.weights_digest(model)
+    assert opt2.state_dict()["state"][0]["step"] == 1 and sched2.last_epoch == 1
+    assert state["dataset_versions"] == ["d@3"] and state["recipe"] == {"name": "r"}
+    assert state["code_version"].startswith(("git:", "surgflow-"))
+
+
+def test_feature_cache_is_keyed_by_model_version_and_video_hash(tmp_path):
+    cache = FeatureCache(tmp_path)
+    feats = torch.randn(12, 8)
+    assert cache.put("ab12cd34", "f" * 64, feats) is True
+    assert cache.put("ab12cd34", "f" * 64, torch.zeros(12, 8)) is False  # first write stays
+    assert torch.allclose(cache.get("ab12cd34", "f" * 64), feats.half().float())
+    assert cache.get("ef56ab78", "f" * 64) is None
+    with pytest.raises(ValueError, match="video sha256"):
+        cache.path("ab12cd34", "../../etc")
+
+
+def _video(n: int, fps: float) -> ViewVideo:
+    return ViewVideo("v", "/nonexistent.mp4", "0" * 64, fps, n, 64, 64, "cholecystectomy",
+                     "h", "train", "cholecystectomy", 1)
+
+
+def test_second_labels_put_each_labelled_second_in_place():
+    view = SimpleNamespace(videos=[_video(250, 25.0)], video=np.array([0, 0, 0]),
+                           start=np.array([0, 50, 225]),  # seconds 0, 2 and 9
+                           label=np.array([3, 1, 6]))
+    labels = second_labels(view)["v"]
+    assert labels.tolist() == [3, -1, 1, -1, -1, -1, -1, -1, -1, 6]
+
+
+def test_second_clips_are_centred_on_each_second_and_stay_inside_the_video():
+    ds = second_clips(_video(250, 25.0), ClipSpec(frames=8, stride=1, fps=5, size=32))
+    assert len(ds) == 10
+    frames = [ds.frames_of(i) for i in range(len(ds))]
+    assert frames[0][0] == 0 and frames[-1][-1] <= 249
+    assert frames[5][4] == 125  # centre frame (index frames // 2) of second 5
+    with pytest.raises(BadInput, match="fewer than one clip"):
+        second_clips(_video(20, 25.0), ClipSpec(frames=8, stride=1, fps=5, size=32))
+
+
+def test_run_store_keeps_one_record_per_epoch_and_summarises_utilisation(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create("r", {"recipe_name": "r"})
+    d = store.dir(run_id)
+    metrics = {"train": {"loss": 1.0}, "val": {"accuracy": 0.5}, "finished_at": "x"}
+    sample = {"t": 1.0, "rank": 0, "cpu_percent": 50.0, "rss_mb": 100.0, "loader_wait_s": 0.5,
+              "gpu_util_percent": None, "gpu_mem_mb": None}
+    store.record_epoch(d, "clip", 1, metrics, [sample, sample | {"rank": 1, "t": 1.5}])
+    store.record_epoch(d, "clip", 1, metrics, [sample])  # the epoch re-run after a restart
+    shown = store.show(run_id)
+    assert len(shown["epochs"]) == 1 and shown["utilisation"]["samples"] == 1
+    assert shown["utilisation"]["per_rank"]["0"]["cpu_percent_mean"] == 50.0
+    assert [r["run_id"] for r in store.list()] == [run_id]
+    with pytest.raises(NotFound, match="does not exist"):
+        store.get("missing-run")
+
+
+def test_utilisation_sampler_measures_this_process():
+    sampler = UtilisationSampler(rank=3, interval_s=0.05).start()
+    sampler.add_wait(0.25)
+    x = torch.randn(300, 300)
+    deadline = time.monotonic() + 0.4
+    while time.monotonic() < deadline:
+        x = x @ x.T / 300
+    samples = sampler.stop()
+    assert len(samples) >= 3 and all(s["rank"] == 3 for s in samples)
+    assert sum(s["loader_wait_s"] for s in samples) == pytest.approx(0.25)
+    assert max(s["cpu_percent"] for s in samples) > 10
+    assert samples[0]["rss_mb"] > 50 and samples[0]["gpu_util_percent"] is None
