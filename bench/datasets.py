@@ -11,8 +11,8 @@ the same cores:
   clips and as uint8 clips normalised on the device; target >= 0.7 of the baseline. The purely
   random order (``shuffle=True``) is printed beside it;
 - 1 fps sampling (one frame per second of video, 112 px, uint8, batches of 32, as a
-  per-second feature extractor reads them): from proxies against from the 25 fps originals, same loader; the
-  speed-up is reported (expected an order of magnitude).
+  per-second feature extractor reads them): from proxies against from the 25 fps originals,
+  same loader; the speed-up is reported (expected an order of magnitude).
 
 Wall-clock ratios move with whatever else runs on the machine, so each loader figure is divided
 by the mean of the baselines measured just before and after it, the median over rounds is

@@ -40,7 +40,9 @@ def merge_feedback(once: bool = True, max_events: int = 500, max_seconds: float 
         else:
             stop = threading.Event()
             if follow_for_s is not None:
-                threading.Timer(follow_for_s, stop.set).start()
+                timer = threading.Timer(follow_for_s, stop.set)
+                timer.daemon = True
+                timer.start()
             report = consumer.follow(
                 max_events=max_events, max_seconds=max_seconds, stop=stop,
                 on_batch=lambda r: emit_version_events(r.versions, require_api=False))

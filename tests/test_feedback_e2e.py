@@ -93,3 +93,59 @@ def test_replay_changes_nothing(kafka, synthetic_corpus):
     assert third["versions_created"] == [] and third["tasks_created"] == 0
     _, show2, _ = cli("data", "show", "cholecystectomy")
     assert show2 == show1
+
+
+def _two_procedure_stream(corpus, tmp_path):
+    from surgflow.data.synthetic import generate_video
+    from surgflow.data.taxonomy import ProcedureCatalog
+
+    labels = ["Access", "Resection", "Closure"]
+    ProcedureCatalog(get_settings().home).add("appendectomy", labels)
+    app = generate_video(tmp_path / "app-0001.mp4", seed=3, duration_s=4, labels=labels,
+                         procedure="appendectomy")
+    videos = [video_event(v) for v in corpus[:2]]
+    videos.append(video_event(app) | {"procedure": "appendectomy"})
+    events = [("annotation", annotation_event(app, "app-a", 1, app.segments))]
+    for i in range(2000):  # a big merge for the second dataset: a wide window to crash in
+        v = corpus[i % 2]
+        seg = {"start_frame": i % 50, "end_frame": i % 50 + 40, "label": "Preparation"}
+        events.append(("inference", inference_event(v, f"m{i}", i, confidences=[0.9],
+                                                    segments=[seg])))
+    return videos, events
+
+
+def test_crash_between_two_dataset_versions_skips_nothing(kafka, synthetic_corpus, tmp_path):
+    import subprocess
+    import time
+
+    from tests.feedback_helpers import SURGFLOW
+
+    videos, events = _two_procedure_stream(synthetic_corpus, tmp_path)
+    with Publisher.from_settings(get_settings()) as pub:
+        for e in videos:
+            pub.video(e)
+        for kind, e in events:
+            pub.publish(kind, e)
+        pub.flush()
+
+    log = tmp_path / "once.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([SURGFLOW, "feedback", "run", "--once", "--json"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 120
+        while "dataset appendectomy: version 1" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.001)
+        proc.kill()  # after the first dataset's version, before (or while) the second's
+        proc.wait()
+    # the second dataset's merge takes far longer than the kill: it has no version yet
+    assert cli("data", "show", "cholecystectomy", check=False)[0] == 2
+
+    _, report, _ = cli("feedback", "run", "--once")
+    assert {"dataset": "appendectomy", "version": 2} not in report["versions_created"]
+    _, chole, _ = cli("data", "show", "cholecystectomy")
+    _, app, _ = cli("data", "show", "appendectomy")
+    assert chole["events_applied"] == len(events) - 1 and chole["videos"] == 2
+    assert app["events_applied"] == 1 and app["version"] == 1 and app["videos"] == 1
+    _, again, _ = cli("feedback", "run", "--once")
+    assert again["versions_created"] == [] and again["consumed"] == 0

@@ -77,6 +77,7 @@ def test_two_rank_gloo_training_learns_and_ends_with_identical_weights(dask_clus
     assert epochs[-1]["val"]["accuracy"] > 0.4  # chance is 1/7
     shown = RunStore(home).show(run_id)
     assert set(shown["utilisation"]["per_rank"]) == {"0", "1"}
+    assert len(shown["launch_s"]) == 1 and 0 < shown["launch_s"][0] < 60
 
 
 def test_killing_a_worker_restarts_the_group_from_the_last_checkpoint(dask_cluster, home):

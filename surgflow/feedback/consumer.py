@@ -15,9 +15,11 @@ moves after :meth:`BatchMerger.process` made a batch durable (versions written, 
 acknowledged, parked events on disk). Kafka's group offsets are committed afterwards, for lag
 monitoring only; a failure to commit them is logged and ignored.
 
-The embedded broker may report a partition's end offset short of the last record batch; reading
-continues to the end of whatever record batch the fetch returns, so nothing before the reported
-end is ever missed.
+The embedded broker (Tansu 0.6) reports a partition's end offset as the base offset of its last
+record batch plus one, not as the offset after its last record. Reading continues to the end of
+every record batch a fetch returns, so ``--once`` still reads everything up to the true end at
+start, except when a follow-mode consumer left its position inside that last batch: the rest of
+that batch is then read by the next run that sees a later end.
 """
 
 from __future__ import annotations

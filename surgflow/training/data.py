@@ -9,6 +9,7 @@ wires them to a recipe and a rank, and adds the per-second sequences a chain's s
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,11 @@ def _loader_kw(num_workers: int, cuda: bool) -> dict[str, Any]:
     kw: dict[str, Any] = {"num_workers": num_workers, "collate_fn": collate, "pin_memory": cuda}
     if num_workers:
         kw |= {"persistent_workers": True, "prefetch_factor": 4}
+        # Dask worker processes default to "spawn", which re-imports torch in every loader
+        # worker (seconds each). Fork, as torchrun-launched ranks do; readers are opened lazily
+        # in the worker, so no decord reader crosses the fork.
+        if "fork" in multiprocessing.get_all_start_methods():
+            kw["multiprocessing_context"] = "fork"
     return kw
 
 

@@ -92,8 +92,10 @@ class RunStore:
         """The run record with its epochs and a per-rank utilisation summary."""
         record = self.get(run_id)
         samples = self.utilisation(run_id)
+        epochs = self.epochs(run_id)
         return record | {
-            "epochs": self.epochs(run_id),
+            "epochs": epochs,
+            "launch_s": _launch_times(record.get("attempts", []), epochs),
             "utilisation": {"samples": len(samples), "per_rank": _summarise(samples)},
         }
 
@@ -107,6 +109,17 @@ class RunStore:
                 out.append({k: r.get(k) for k in
                             ("run_id", "recipe_name", "status", "created_at", "updated_at")})
         return sorted(out, key=lambda r: r["created_at"] or "")
+
+
+def _launch_times(attempts: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> list:
+    """Seconds from each attempt's launch to rank 0's first optimiser step in it."""
+    firsts = sorted(e["first_step_at"] for e in epochs if "first_step_at" in e)
+    out = []
+    for a in attempts:
+        end = a.get("ended") or float("inf")
+        inside = [t for t in firsts if a["started"] <= t <= end]
+        out.append(round(inside[0] - a["started"], 3) if inside else None)
+    return out
 
 
 def _summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
