@@ -124,7 +124,8 @@ def rank_job(job_json: str) -> None:
     """Entry point under torchrun: the same rank program, rendezvous through env://."""
     from surgflow.training.job import run_rank
 
-    run_rank(json.loads(job_json), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "", 0)
+    run_rank(json.loads(job_json), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "", 0,
+             int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def main() -> None:

@@ -62,3 +62,21 @@ def test_flow_merges_and_emits_version_created(prefect_server, kafka, synthetic_
     assert event2["payload"]["version"] == 2 and event2["payload"]["parent"] == 1
     assert event2["payload"]["new_sources"] == sorted(
         {v.hospital for v in second} - {v.hospital for v in first})
+
+
+def test_flow_in_follow_mode_announces_each_batch(prefect_server, kafka, synthetic_corpus,
+                                                  monkeypatch):
+    from flows.feedback import feedback_flow
+
+    monkeypatch.setenv("SURGFLOW_KAFKA_SESSION_TIMEOUT_MS", "3000")
+    v = synthetic_corpus[4]
+    with Publisher.from_settings(get_settings()) as pub:
+        pub.video(video_event(v))
+        pub.inference(inference_event(v, "inf-f", 1))
+        pub.flush()
+    report = feedback_flow(once=False, max_seconds=0.3, follow_for_s=6.0)
+    assert report["versions_created"] == [{"dataset": "cholecystectomy", "version": 1}]
+    assert report["applied"] == 2
+    m = DatasetStore(kafka.home).manifest("cholecystectomy")
+    [event] = _version_events(prefect_server, m.fingerprint)
+    assert event["payload"]["videos"] == 1 and event["payload"]["version"] == 1

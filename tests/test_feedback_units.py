@@ -82,8 +82,10 @@ def test_parking_is_idempotent_and_keeps_position(tmp_path):
     [back] = lot.parked("case-1")
     assert (back.partition, back.offset, back.value) == (2, 17, b'{"x": 1}')
     assert lot.videos() == ["case-1"] and lot.count() == 1
+    assert lot.park(make("case-2", "e-2", "inference", 0, 3, b"{}", "cholecystectomy"))
+    assert (lot.count(), lot.count("cholecystectomy"), lot.count("appendectomy")) == (2, 1, 0)
     lot.release(back)
-    assert lot.parked("case-1") == [] and lot.count() == 0
+    assert lot.parked("case-1") == [] and lot.count() == 1
 
 
 def test_checkpoint_moves_forward_only_and_per_cluster(tmp_path):

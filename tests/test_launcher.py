@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from surgflow.training import checkpoints
-from surgflow.training.launcher import ClusterTooSmall, launch, suitable_workers
+from surgflow.training.launcher import ClusterTooSmall, launch, local_ranks, suitable_workers
 from surgflow.training.models import build_clip_model
 from surgflow.training.pipeline import execute_run, prepare_run
 from surgflow.training.runs import RunStore
@@ -26,10 +26,16 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return labelled_home(tmp_path_factory.mktemp("launcher"))
 
 
-def _where(job, rank, world, host, port):
+def _where(job, rank, world, host, port, local_rank):
     import os as _os
 
-    return {"rank": rank, "world": world, "master": f"{host}:{port}", "pid": _os.getpid()}
+    return {"rank": rank, "world": world, "master": f"{host}:{port}", "pid": _os.getpid(),
+            "local_rank": local_rank}
+
+
+def test_local_ranks_count_ranks_per_host():
+    workers = ["tcp://a:1", "tcp://b:1", "tcp://a:2", "tcp://a:3", "tcp://b:2"]
+    assert local_ranks(workers) == [0, 0, 1, 2, 1]
 
 
 def test_suitable_workers_filters_by_gpu_resource():
@@ -44,6 +50,7 @@ def test_ranks_run_on_distinct_workers_with_one_master(dask_cluster):
     assert [r["rank"] for r in out.results] == [0, 1]
     assert len({r["pid"] for r in out.results}) == 2  # two worker processes
     assert len({r["master"] for r in out.results}) == 1
+    assert [r["local_rank"] for r in out.results] == [0, 1]  # both on this host
     assert len(out.attempts) == 1 and out.attempts[0].error is None
 
 
@@ -125,3 +132,14 @@ def test_loader_workers_on_a_daemonic_dask_worker_fail_with_the_fix_named(home):
         execute_run(run_id, home, client)
     record = RunStore(home).get(run_id)
     assert record["status"] == "failed" and len(record["attempts"]) == 1  # not retried
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without GPUs")
+def test_a_local_gpu_cluster_on_a_machine_without_gpus_is_refused_up_front():
+    from surgflow.config import get_settings
+    from surgflow.errors import ConfigError
+    from surgflow.training.cluster import connect
+
+    with pytest.raises(ConfigError, match="asks for 2 GPU ranks but this machine has 0 GPUs"), \
+            connect(2, gpus_per_worker=1, settings=get_settings(dask_address=None)):
+        pass

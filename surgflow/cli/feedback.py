@@ -38,19 +38,17 @@ def register(app: typer.Typer) -> None:
                 report = consumer.run_once()
                 emit_version_events(report.versions, drain=True)
             else:
+                # SIGTERM or Ctrl-C: finish the batch in hand, print the totals, exit 0.
                 stop = threading.Event()
                 signal.signal(signal.SIGTERM, lambda *_: stop.set())
+                signal.signal(signal.SIGINT, lambda *_: stop.set())
 
                 def batch_done(r) -> None:
                     emit_version_events(r.versions)
                     log.info("batch: %s", json.dumps(r.as_json()))
 
-                try:
-                    report = consumer.follow(max_events=max_events, max_seconds=max_seconds,
-                                             stop=stop, on_batch=batch_done)
-                except KeyboardInterrupt:
-                    stop.set()
-                    raise
+                report = consumer.follow(max_events=max_events, max_seconds=max_seconds,
+                                         stop=stop, on_batch=batch_done)
         emit(report.as_json(), as_json)
 
     @app.command("publish")

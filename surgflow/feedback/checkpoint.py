@@ -8,6 +8,12 @@ only after every version of a batch is durable, its dead letters are acknowledge
 events are on disk. A crash before it is written replays the batch; replayed events are
 deduplicated by ``event_id`` in the dataset store, re-parking is idempotent, so the result equals
 an uninterrupted run. Kafka's group offsets are committed after it, for lag monitoring only.
+Without a checkpoint (a new home, or one restored from its dataset versions alone) consumption
+starts at the beginning of each partition, and everything already merged counts as duplicates.
+
+Why not resume from the manifests' offsets alone: the maximum over datasets would skip the
+events of a dataset whose version was not yet written when a multi-dataset batch crashed, and
+the minimum would stall behind a dataset that receives no events for months.
 
 Positions are kept per cluster id: the embedded broker keeps nothing across restarts and each of
 its starts is a new cluster, so positions from an earlier one must not be applied to it. Updates

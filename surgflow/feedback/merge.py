@@ -15,7 +15,13 @@ positions the batch reaches, and makes it durable in this order:
 
 Only after :meth:`BatchMerger.process` returns may the caller move its stream positions (see
 :mod:`surgflow.feedback.checkpoint`): every step above is idempotent, so a crash anywhere
-replays the batch to the same result.
+replays the batch to the same datasets, registry, parking lot and task ledger. What leaves on
+Kafka (dead letters, tasks) is at-least-once: a replay may send a dead letter or a task again,
+with the same source position or ``task_id`` to recognise it by.
+
+A manifest's ``parked_events`` counts the events parked for videos not yet registered that can
+be attributed to its dataset: inference events name their procedure; an annotation for an
+unknown video cannot be attributed until the video arrives.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class RunReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.versions_created.extend(other.versions_created)
         self.versions.extend(other.versions)
-        self.dead_letters.extend(other.dead_letters)
+        self.dead_letters = other.dead_letters  # the latest batch's only: follow runs for days
 
     def as_json(self) -> dict:
         return {

@@ -35,6 +35,18 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _check_local_gpus(wanted: int) -> None:
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < wanted:
+        raise ConfigError(
+            f"resources: the recipe asks for {wanted} GPU ranks but this machine has {have} "
+            "GPUs; set resources.gpus_per_rank: 0, lower resources.world_size, or point "
+            "SURGFLOW_DASK_ADDRESS at a cluster with GPU workers"
+        )
+
+
 @contextmanager
 def connect(
     n_workers: int = 2,
@@ -64,6 +76,8 @@ def connect(
         finally:
             client.close()
         return
+    if gpus_per_worker:
+        _check_local_gpus(n_workers * gpus_per_worker)
     env = worker_env(settings)
     resources = {"GPU": gpus_per_worker} if gpus_per_worker else None
     with dask.config.set({"distributed.worker.daemon": False,

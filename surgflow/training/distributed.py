@@ -40,6 +40,7 @@ def setup(
     master_addr: str = "127.0.0.1",
     master_port: int = 0,
     gpu: bool = False,
+    local_rank: int = 0,
     timeout_s: float = 120.0,
 ) -> RankContext:
     """Join the job's process group (``nccl`` on GPU, ``gloo`` on CPU) and pick the device.
@@ -51,7 +52,9 @@ def setup(
     if gpu:
         if not torch.cuda.is_available():
             raise RuntimeError(f"rank {rank} on {socket.gethostname()}: GPU asked, none visible")
-        device = torch.device("cuda", torch.cuda.current_device())
+        # A worker that sees one GPU (dask-cuda, CUDA_VISIBLE_DEVICES) uses it; one that sees
+        # all of its host's GPUs takes the one matching its place among the host's ranks.
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if world_size == 1 and not master_addr and "MASTER_ADDR" not in os.environ:
         return RankContext(0, 1, device, None)  # a plain single process: no group to join

@@ -54,12 +54,13 @@ from surgflow.training.utilisation import UtilisationSampler
 
 
 def run_rank(job: dict[str, Any], rank: int, world_size: int, master_addr: str,
-             master_port: int) -> dict[str, Any]:
+             master_port: int, local_rank: int = 0) -> dict[str, Any]:
     """Join the group, run every stage of the run in ``job["run_dir"]``, return a summary."""
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     ctx = D.setup(rank, world_size, master_addr=master_addr, master_port=master_port,
-                  gpu=bool(job.get("gpu")), timeout_s=float(job.get("rendezvous_timeout_s", 120)))
+                  gpu=bool(job.get("gpu")), local_rank=local_rank,
+                  timeout_s=float(job.get("rendezvous_timeout_s", 120)))
     gpu_index = ctx.device.index if ctx.device.type == "cuda" else None
     sampler = UtilisationSampler(rank, float(job.get("sample_interval_s", 1.0)), gpu_index).start()
     try:

@@ -71,6 +71,12 @@ def suitable_workers(workers: dict[str, dict[str, Any]], gpus_per_rank: int) -> 
     return sorted(ok)
 
 
+def local_ranks(workers: list[str]) -> list[int]:
+    """For each worker, how many workers before it share its host."""
+    hosts = [urlparse(w).hostname for w in workers]
+    return [hosts[:i].count(h) for i, h in enumerate(hosts)]
+
+
 def live_workers(client: Any) -> dict[str, dict[str, Any]]:
     """Every worker the scheduler knows now, asked directly (``client.scheduler_info()`` may
     return a cache that a background refresh leaves without per-worker entries)."""
@@ -108,7 +114,8 @@ def launch(
     on_tick: Callable[[], None] | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
 ) -> LaunchResult:
-    """Run ``fn(job, rank, world_size, master_host, master_port)`` on ``world_size`` workers."""
+    """Run ``fn(job, rank, world_size, master_host, master_port, local_rank)`` on
+    ``world_size`` workers; ``local_rank`` numbers the ranks that share a host (GPU choice)."""
     attempts: list[Attempt] = []
     for number in range(1, max_attempts + 1):
         workers = pick_workers(client, world_size, gpus_per_rank,
@@ -122,9 +129,11 @@ def launch(
         log.info("attempt %d: %d ranks on %s, master %s:%s", number, world_size, workers, host,
                  port)
         token = secrets.token_hex(4)
+        local = local_ranks(workers)
         futures = [
             client.submit(
-                fn, job, rank, world_size, host, port, key=f"surgflow-rank{rank}-{token}",
+                fn, job, rank, world_size, host, port, local[rank],
+                key=f"surgflow-rank{rank}-{token}",
                 workers=[addr], allow_other_workers=False, pure=False, retries=0,
                 resources={"GPU": gpus_per_rank} if gpus_per_rank else None,
             )

@@ -76,7 +76,10 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
 
 
 def load_run_recipe(home: Path, run_id: str) -> Recipe:
-    path = RunStore(home).dir(run_id) / "recipe.json"
+    """The recipe a run was prepared with (sources pinned); NotFound for an unknown run."""
+    store = RunStore(home)
+    store.get(run_id)
+    path = store.dir(run_id) / "recipe.json"
     return parse_recipe(json.loads(path.read_text()), origin=f"run {run_id}")
 
 
