@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -145,3 +146,30 @@ def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
         state.write_text(json.dumps({"api_url": server.api_url, "pid": server.process.pid}))
     export(server.api_url)
     return server.api_url
+
+
+def running_server(home: Path) -> str | None:
+    """The API URL of the server recorded under ``home`` if it answers, else None."""
+    state = Path(home) / "prefect" / "server.json"
+    if not state.is_file():
+        return None
+    url = json.loads(state.read_text()).get("api_url", "")
+    return url if url and healthy(url) else None
+
+
+def stop_server(home: Path, timeout: float = 20.0) -> bool:
+    """Stop the server recorded under ``home``; True if one was running."""
+    state = Path(home) / "prefect" / "server.json"
+    if not state.is_file():
+        return False
+    pid = int(json.loads(state.read_text()).get("pid", 0))
+    state.unlink()
+    if not _alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True

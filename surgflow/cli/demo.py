@@ -16,18 +16,36 @@ def register(app: typer.Typer) -> None:
         duration: float = typer.Option(40.0, "--duration", help="Seconds per synthetic video."),
         seed: int = typer.Option(0, "--seed"),
         no_train: bool = typer.Option(False, "--no-train", help="Stop after the datasets."),
+        keep_running: bool = typer.Option(
+            False, "--keep-running",
+            help="Leave the embedded broker and Prefect server the demo started running.",
+        ),
         json_: bool = JsonOption,
     ):
         """Synthetic videos → Kafka → dataset versions → feedback tasks → DDP training."""
-        from flows.runtime import ensure_server
+        import os
+
+        from flows.runtime import ensure_server, running_server, stop_server
         from surgflow.config import get_settings
+        from surgflow.feedback import broker
 
-        # Prefect reads PREFECT_API_URL when it is first imported: start or find the server
-        # before anything imports prefect.
-        ensure_server(get_settings().home)
-        from flows.demo import DemoParams, demo_flow
+        settings = get_settings()
+        had_prefect = bool(os.environ.get("PREFECT_API_URL") or running_server(settings.home))
+        had_broker = bool(settings.kafka_bootstrap or broker.status(settings.home))
+        try:
+            # Prefect reads PREFECT_API_URL when it is first imported: start or find the
+            # server before anything imports prefect.
+            ensure_server(settings.home)
+            from flows.demo import DemoParams, demo_flow
 
-        result = demo_flow(DemoParams(duration_s=duration, seed=seed, train=not no_train))
+            result = demo_flow(DemoParams(duration_s=duration, seed=seed, train=not no_train))
+        finally:
+            if not keep_running:
+                if not had_broker:
+                    broker.stop(settings.home)
+                if not had_prefect:
+                    stop_server(settings.home)
+        result["home"] = str(settings.home)
         emit(result, json_, _render)
 
 
@@ -60,4 +78,6 @@ def _render(r: dict[str, Any]) -> None:
             if val:
                 c.print(f"  {name}: validation accuracy {val['accuracy']:.3f}, "
                         f"macro F1 {val['macro_f1']:.3f} ({val['samples']} samples)")
-    c.print(f"done in {r['seconds']} s")
+    c.print(f"done in {r['seconds']} s; state under {r['home']} "
+            "(try `surgflow data show cholecystectomy`, `surgflow feedback tasks`, "
+            "`surgflow runs list`)")
