@@ -190,3 +190,53 @@ def test_two_consumers_in_one_group_share_the_work(
     want = _reference(stream, tmp_path, "ref")
     assert got["fingerprint"] == want["fingerprint"]
     assert got["events_applied"] == want["events_applied"] == len(stream) - len(synthetic_corpus)
+
+
+def test_follow_commits_every_n_events_or_t_seconds(kafka, synthetic_corpus):
+    from surgflow.feedback.consumer import FeedbackConsumer
+
+    v = synthetic_corpus[0]
+    with Publisher.from_settings(get_settings()) as pub:
+        pub.video(video_event(v))
+        for i in range(24):
+            seg = {"start_frame": i, "end_frame": i + 5, "label": "Preparation"}
+            pub.inference(inference_event(v, f"n{i}", i, confidences=[0.9], segments=[seg]))
+        pub.flush()
+
+    batches: list[int] = []
+    stop = threading.Event()
+
+    def follow(max_events: int, max_seconds: float) -> None:
+        with FeedbackConsumer(get_settings()) as consumer:
+            consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
+                            on_batch=lambda r: batches.append(r.consumed))
+
+    # N first: 25 waiting messages, batches of 10, the last 5 wait for T (60 s) or the stop
+    thread = threading.Thread(target=follow, args=(10, 60.0))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while sum(batches) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert batches == [10, 10]
+    stop.set()
+    thread.join(30)
+    assert batches == [10, 10, 5]  # stopping merges the batch in hand
+
+    # T first: one message, N far away: merged after about T seconds
+    batches.clear()
+    stop.clear()
+    thread = threading.Thread(target=follow, args=(1000, 0.5))
+    thread.start()
+    time.sleep(0.5)
+    with Publisher.from_settings(get_settings()) as pub:
+        pub.annotation(annotation_event(v, "t-first", 99, v.segments[:1]))
+        pub.flush()
+    t0 = time.monotonic()
+    while not batches and time.monotonic() - t0 < 20:
+        time.sleep(0.02)
+    before_stop = list(batches)
+    stop.set()
+    thread.join(30)
+    assert before_stop == [1]
+    assert cli("data", "show", "cholecystectomy")[1]["events_applied"] == 25

@@ -81,7 +81,7 @@ def test_each_poison_message_is_dead_lettered_with_its_reason(kafka, synthetic_c
         d = by_value[value]
         assert reason in d.reason, f"{name}: {d.reason!r}"
         assert d.topic == kafka.topic(topic)
-        assert d.offset >= 0 and d.partition >= 0
+        assert _message_at(kafka.bootstrap, d.topic, d.partition, d.offset) == value, name
     # the conflict names both hashes
     conflict = by_value[poison["conflicting-content"][1]].reason
     registry = VideoRegistry(kafka.home, get_settings().resolved_video_roots())
@@ -93,3 +93,21 @@ def test_each_poison_message_is_dead_lettered_with_its_reason(kafka, synthetic_c
 
     _, again, _ = cli("feedback", "run", "--once")
     assert again["consumed"] == 0 and again["dead_lettered"] == 0
+
+
+def _message_at(bootstrap: str, topic: str, partition: int, offset: int) -> bytes:
+    """The value of the message at a position, read back from the source topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        for _ in range(50):
+            for record in consumer.poll(timeout_ms=200).get(tp, []):
+                if record.offset == offset:
+                    return record.value
+        raise AssertionError(f"no message at {topic}:{partition}@{offset}")
+    finally:
+        consumer.close()

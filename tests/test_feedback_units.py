@@ -9,6 +9,7 @@ import pytest
 
 from surgflow.data.labels import resolve
 from surgflow.feedback.checkpoint import Checkpoint
+from surgflow.feedback.dlq import DeadLetter
 from surgflow.feedback.merge import to_label_event
 from surgflow.feedback.parking import ParkingLot, make
 from surgflow.feedback.schemas import WireError, decode
@@ -95,3 +96,13 @@ def test_checkpoint_moves_forward_only_and_per_cluster(tmp_path):
     assert cp.advance("c1", {"p.videos:0": 2}) == {"p.videos:0": 5, "p.videos:1": 3}
     assert cp.positions("c2") == {}
     assert Checkpoint(tmp_path).positions("c1")["p.videos:1"] == 3
+
+
+def test_dead_letter_headers_are_the_spec_names():
+    d = DeadLetter("p.inference", 2, 41, b"raw", b"case-1", "message is not JSON:\n  at 1")
+    assert d.headers() == [
+        ("surgflow.error", b"message is not JSON: at 1"),
+        ("surgflow.source.topic", b"p.inference"),
+        ("surgflow.source.partition", b"2"),
+        ("surgflow.source.offset", b"41"),
+    ]

@@ -127,3 +127,19 @@ def test_view_dataset_makes_missing_proxies_once(surgflow_home: Path, synthetic_
     assert [v.proxy for v in again.videos] == [v.proxy for v in made.videos]
     item = made[len(made) - 1]
     assert item["clip"].shape == (3, 2, 64, 64)
+
+
+@pytest.mark.parametrize("short_side", [16, 24, 48, 72])
+def test_proxies_avoid_widths_decord_cannot_read(tmp_path: Path, short_side: int) -> None:
+    src = generate_video(tmp_path / "square.mp4", seed=1, duration_s=2, fps=10, width=96,
+                         height=96)
+    spec = ProxySpec(step=2, short_side=short_side, gop=8)
+    proxy = ProxyStore(tmp_path / "home").ensure(src.path, sha256_file(src.path), spec)
+    assert proxy.height == short_side and proxy.width >= short_side
+    frames = decord.VideoReader(proxy.path, num_threads=1).get_batch([0, 1, 2]).asnumpy()
+    assert frames.shape == (3, proxy.height, proxy.width, 3)
+    clip = ClipSpec(frames=1, stride=1, fps=5.0, size=short_side)
+    video = ClipVideo(src.video_id, str(src.path), 10.0, src.num_frames, 96, 96, proxy)
+    reader = FrameReader()
+    assert reader.source_for(video, np.array([4]), clip.size)[0] == proxy.path
+    assert reader.frames(video, [4], clip.size).shape == (1, short_side, short_side, 3)

@@ -66,11 +66,23 @@ class Proxy(BaseModel, frozen=True):
         )
 
 
+#: Frame widths whose RGB frames decord 0.6 cannot copy out ("DECORDArrayCopyFromTo: The size
+#: must exactly match"), at any height, natively or scaled (measured on widths 8..520).
+DECORD_BAD_WIDTHS = frozenset({8, 16, 24, 48, 72})
+
+
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """``(w, h)`` with the short side ``short_side`` (never upscaled), aspect kept, both even."""
+    """``(w, h)`` with the short side ``short_side`` (never upscaled), aspect kept, both even.
+
+    A width decord cannot read back is widened to the next multiple of 8 it can (the loader
+    crops the extra columns), so a proxy is always readable.
+    """
     scale = min(1.0, short_side / min(width, height))
     w, h = round(width * scale), round(height * scale)
-    return max(2, w + (w % 2)), max(2, h + (h % 2))
+    w, h = max(2, w + (w % 2)), max(2, h + (h % 2))
+    while w in DECORD_BAD_WIDTHS:
+        w += 8
+    return w, h
 
 
 class ProxyStore:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from surgflow.data.clip_sampling import ClipSpec, clip_span, frame_step
 from surgflow.data.clips import ClipDataset, ClipVideo
+from surgflow.data.proxies import ProxyStore
 from surgflow.data.views import ResolvedView, ViewSpec, ViewVideo, parse_source, resolve_view
 from surgflow.errors import BadInput, NotFound
 
@@ -81,8 +82,19 @@ def _loader_kw(num_workers: int, cuda: bool) -> dict[str, Any]:
     return kw
 
 
+def write_proxies(view: ResolvedView, home: Path) -> None:
+    """Write the short-GOP proxies the view's clip spec can read (once; later calls find them).
+
+    Run on the driver before the ranks start, so ranks only look proxies up."""
+    ClipDataset.from_view(view, proxies=ProxyStore(home), make_proxies=True)
+
+
+def _dataset(view: ResolvedView, home: Path | None) -> ClipDataset:
+    return ClipDataset.from_view(view, proxies=ProxyStore(home) if home else None)
+
+
 def train_loader(view: ResolvedView, optim: Any, rank: int, world: int,
-                 cuda: bool = False) -> tuple[DataLoader, Any]:
+                 cuda: bool = False, home: Path | None = None) -> tuple[DataLoader, Any]:
     """Training clips of ``view`` for one rank, read in decode-friendly chunks, balanced as the
     view says; returns the loader and its sampler (``set_epoch`` it every epoch)."""
     if len(view) == 0:
@@ -90,15 +102,15 @@ def train_loader(view: ResolvedView, optim: Any, rank: int, world: int,
     sampler = view.sampler(batch_size=optim.batch_size, num_workers=optim.num_workers,
                            chunk_size=optim.chunk_size, rank=rank, world_size=world,
                            num_samples=optim.clips_per_epoch)
-    loader = DataLoader(ClipDataset.from_view(view), batch_size=optim.batch_size,
+    loader = DataLoader(_dataset(view, home), batch_size=optim.batch_size,
                         sampler=sampler, **_loader_kw(optim.num_workers, cuda))
     return loader, sampler
 
 
 def val_loader(view: ResolvedView, optim: Any, rank: int, world: int,
-               cuda: bool = False) -> DataLoader:
+               cuda: bool = False, home: Path | None = None) -> DataLoader:
     """This rank's ``rank::world`` share of the validation clips, in order, none repeated."""
-    ds = ClipDataset.from_view(view)
+    ds = _dataset(view, home)
     return DataLoader(Subset(ds, range(rank, len(ds), world)), batch_size=optim.batch_size,
                       **_loader_kw(optim.num_workers, cuda))
 

@@ -113,8 +113,9 @@ class _StageTrainer:
         val_view = data.resolve(r, self.sources, "val", self.home)
         self._check_classes(train_view.classes)
         train, sampler = data.train_loader(train_view, r.optim, ctx.rank, ctx.world_size,
-                                           self.cuda)
-        val = data.val_loader(val_view, r.optim, ctx.rank, ctx.world_size, self.cuda)
+                                           self.cuda, home=self.home)
+        val = data.val_loader(val_view, r.optim, ctx.rank, ctx.world_size, self.cuda,
+                              home=self.home)
         result = self._train("clip", model, r.optim, train, val, sampler, clip_step)
         result["clips"] = {"train": len(train_view), "val": len(val_view)}
         return model, result
