@@ -91,6 +91,9 @@ def test_each_poison_message_is_dead_lettered_with_its_reason(kafka, synthetic_c
     assert [q.video_id for q in quarantined] == ["broken"]
     assert registry.find("outside") is None
 
+    _, listed, _ = cli("feedback", "dlq")
+    assert sorted(d["reason"] for d in listed) == sorted(d.reason for d in letters)
+
     _, again, _ = cli("feedback", "run", "--once")
     assert again["consumed"] == 0 and again["dead_lettered"] == 0
 

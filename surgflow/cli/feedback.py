@@ -91,3 +91,13 @@ def register(app: typer.Typer) -> None:
             raise BadInput(f"--status must be open or completed, got {status!r}")
         rows = TaskLedger(get_settings().home).list()
         emit([t for t in rows if status is None or t["status"] == status], as_json)
+
+    @app.command("dlq")
+    @handle_errors
+    def dead_letters(as_json: bool = JsonOption) -> None:
+        """Dead letters: each rejected message, where it came from and why."""
+        from surgflow.feedback import broker, dlq
+
+        settings = get_settings()
+        letters = dlq.read_all(broker.bootstrap(settings), settings.topic("dlq"))
+        emit([d.as_dict() for d in letters], as_json)
