@@ -21,6 +21,8 @@ from typing import Any
 from prefect import flow, task
 from pydantic import BaseModel, Field
 
+from flows.feedback import feedback_flow
+from flows.training import TrainingParams, training_flow
 from surgflow.config import get_settings
 from surgflow.data.splits import split_of
 from surgflow.data.synthetic import SyntheticVideo, generate_video
@@ -28,8 +30,6 @@ from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
 from surgflow.feedback import simulation
 from surgflow.feedback.client import Publisher
-from surgflow.feedback.consumer import FeedbackConsumer
-from surgflow.feedback.events import emit_version_events
 from surgflow.feedback.tasks import TaskLedger
 
 PROCEDURE = "cholecystectomy"
@@ -100,15 +100,6 @@ def publish_events(videos: list[SyntheticVideo], seed: int) -> dict[str, int]:
     return counts
 
 
-@task(name="feedback-run")
-def feedback_once() -> dict[str, Any]:
-    """One ``feedback run --once``: merge what is on the topics into new dataset versions."""
-    with FeedbackConsumer(get_settings()) as consumer:
-        report = consumer.run_once()
-    emit_version_events(report.versions)
-    return report.as_json()
-
-
 @task(name="answer-feedback-tasks")
 def answer_tasks(videos: list[SyntheticVideo]) -> int:
     """Annotators refine every open task's range with the ground truth."""
@@ -153,9 +144,9 @@ def demo_flow(params: DemoParams) -> dict[str, Any]:
     started = time.monotonic()
     videos = make_videos(params)
     published = publish_events(videos, params.seed)
-    first = feedback_once()
+    first = feedback_flow(once=True)
     answered = answer_tasks(videos)
-    second = feedback_once()
+    second = feedback_flow(once=True)
     summary: dict[str, Any] = {
         "videos": len(videos),
         "published": published,
@@ -165,8 +156,6 @@ def demo_flow(params: DemoParams) -> dict[str, Any]:
         "dataset": dataset_summary(),
     }
     if params.train:
-        from flows.training import TrainingParams, training_flow
-
         record = training_flow(TrainingParams(recipe_path=params.recipe_path))
         summary["training"] = record
     summary["seconds"] = round(time.monotonic() - started, 1)

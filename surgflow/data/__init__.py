@@ -1,1 +1,4 @@
-"""Videos, taxonomies, versioned datasets, views and clip loading. Knows nothing of Kafka or Prefect."""
+"""Videos, taxonomies, versioned datasets, views and clip loading.
+
+Knows nothing of Kafka, models or Prefect.
+"""

@@ -204,6 +204,7 @@ class _StageTrainer:
                              device=ctx.device, amp=amp)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
+            self.util.sample()  # every epoch has a sample per rank, however short it was
             samples = [s for part in D.gather_objects(self.util.drain()) for s in part]
             # first_step_at (first epoch of an attempt): launch overhead, measured on rank 0
             metrics = {"train": m_train, "val": m_val, "lr": lr, "finished_at": now_iso(),
