@@ -105,16 +105,21 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def status(home: Path) -> EmbeddedBroker | None:
-    """The embedded broker recorded under ``home`` if it is alive and answering, else None."""
+def _recorded(home: Path) -> EmbeddedBroker | None:
+    """The broker recorded under ``home`` (alive or not); None if none or unreadable."""
     path = _state_path(home)
     if not path.is_file():
         return None
     try:
-        broker = EmbeddedBroker(**json.loads(path.read_text()))
+        return EmbeddedBroker(**json.loads(path.read_text()))
     except (ValueError, TypeError):
         return None
-    if _alive(broker.pid) and _answers(broker.host, broker.port):
+
+
+def status(home: Path) -> EmbeddedBroker | None:
+    """The embedded broker recorded under ``home`` if it is alive and answering, else None."""
+    broker = _recorded(home)
+    if broker is not None and _alive(broker.pid) and _answers(broker.host, broker.port):
         return broker
     return None
 
@@ -171,11 +176,8 @@ def stop(home: Path, timeout_s: float = 10.0) -> EmbeddedBroker | None:
     """Stop the embedded broker recorded under ``home``; returns what was stopped (or None)."""
     with _lock(home):
         path = _state_path(home)
-        if not path.is_file():
-            return None
-        try:
-            broker = EmbeddedBroker(**json.loads(path.read_text()))
-        except (ValueError, TypeError):
+        broker = _recorded(home)
+        if broker is None:
             path.unlink(missing_ok=True)
             return None
         stopped = None
