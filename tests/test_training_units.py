@@ -120,3 +120,18 @@ def test_utilisation_sampler_measures_this_process():
     assert sum(s["loader_wait_s"] for s in samples) == pytest.approx(0.25)
     assert max(s["cpu_percent"] for s in samples) > 10
     assert samples[0]["rss_mb"] > 50 and samples[0]["gpu_util_percent"] is None
+
+
+def test_uint8_batches_are_normalised_on_the_device_like_float_clips() -> None:
+    from surgflow.data.clips import to_tensor
+    from surgflow.training.loop import as_input
+
+    frames = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    as_float = to_tensor(frames)
+    raw = to_tensor(frames, dtype=torch.uint8)
+    assert raw.dtype == torch.uint8
+    batch = as_input(torch.stack([raw, raw]))
+    assert batch.dtype == torch.float32
+    torch.testing.assert_close(batch[1], as_float)
+    features = torch.randn(2, 5, 7)
+    assert as_input(features) is features

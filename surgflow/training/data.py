@@ -90,7 +90,10 @@ def write_proxies(view: ResolvedView, home: Path) -> None:
 
 
 def _dataset(view: ResolvedView, home: Path | None) -> ClipDataset:
-    return ClipDataset.from_view(view, proxies=ProxyStore(home) if home else None)
+    # uint8 clips cross from loader workers at a quarter of float32's bytes; the training loop
+    # normalises them on the device (see loop.as_input).
+    return ClipDataset.from_view(view, proxies=ProxyStore(home) if home else None,
+                                 dtype=torch.uint8)
 
 
 def train_loader(view: ResolvedView, optim: Any, rank: int, world: int,

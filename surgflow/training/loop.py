@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgflow.data.clips import normalise
 from surgflow.training import distributed as D
 from surgflow.training.models import temporal_loss
 
@@ -64,6 +65,12 @@ def _reduce(loss_sum: float, n: int, cm: torch.Tensor, device: torch.device) -> 
     return out | scores(cm_all)
 
 
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """Model input from a batch: uint8 clips ``(B, C, T, H, W)`` are normalised here, on the
+    device they were moved to; float batches (already normalised, or features) pass through."""
+    return normalise(x) if x.dtype == torch.uint8 else x
+
+
 def train_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -93,7 +100,7 @@ def train_epoch(
         waited += dt
         if on_wait:
             on_wait(dt)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = as_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp):
             loss, preds, targets = step(model, x, y)
@@ -131,7 +138,7 @@ def evaluate(
     model.eval()
     loss_sum, n, cm = 0.0, 0, torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
+        x, y = as_input(x.to(device)), y.to(device)
         with _autocast(device, amp):
             loss, preds, targets = step(model, x, y)
         k = int(targets.numel())
