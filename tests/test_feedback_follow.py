@@ -151,7 +151,9 @@ def _crash_loop(kafka, embedded_broker, corpus, tmp_path, kills: int, n_labels: 
         proc.kill()  # SIGKILL: no cleanup, no final batch
         proc.wait()
     producer.join()
+    joined = _count(log, "assigned")
     proc = _follow(log)
+    assert _wait_for(lambda: _count(log, "assigned") > joined, 30), "the last consumer joined"
     _wait_consumed(kafka.home, embedded_broker.cluster_id, kafka.prefix, len(stream))
     _stop(proc)
     got = cli("data", "show", "cholecystectomy")[1]

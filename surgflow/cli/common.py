@@ -137,3 +137,13 @@ def progress(description: str, total: float | None, enabled: bool = True) -> Ite
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextmanager
+def spinner(description: str, enabled: bool = True) -> Iterator[None]:
+    """A rich spinner on stderr for work whose length is not known up front."""
+    if not enabled or not stderr_console.is_terminal:
+        yield
+        return
+    with stderr_console.status(description):
+        yield

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from surgflow.cli.common import JsonOption, emit, handle_errors, log
+from surgflow.cli.common import JsonOption, emit, handle_errors, log, spinner
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
 
@@ -29,19 +29,22 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
     ) -> None:
         """Merge videos, inference outputs and annotations into new dataset versions."""
+        stop = threading.Event()
+        if not once:
+            # SIGTERM or Ctrl-C: finish the batch in hand, print the totals, exit 0. Installed
+            # before connecting, so a stop during start-up is a clean stop too.
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
         from surgflow.feedback.consumer import FeedbackConsumer
         from surgflow.feedback.events import emit_version_events
 
         settings = get_settings()
         with FeedbackConsumer(settings) as consumer:
             if once:
-                report = consumer.run_once()
+                with spinner("merging feedback up to the current end offsets"):
+                    report = consumer.run_once()
                 emit_version_events(report.versions, drain=True)
             else:
-                # SIGTERM or Ctrl-C: finish the batch in hand, print the totals, exit 0.
-                stop = threading.Event()
-                signal.signal(signal.SIGTERM, lambda *_: stop.set())
-                signal.signal(signal.SIGINT, lambda *_: stop.set())
 
                 def batch_done(r) -> None:
                     emit_version_events(r.versions)
