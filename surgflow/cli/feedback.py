@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         if status not in (None, "open", "completed"):
             raise BadInput(f"--status must be open or completed, got {status!r}")
         rows = TaskLedger(get_settings().home).list()
-        emit([t for t in rows if status is None or t["status"] == status], as_json)
+        emit([t for t in rows if status is None or t["status"] == status], as_json, _render_tasks)
 
     @app.command("dlq")
     @handle_errors
@@ -104,3 +104,15 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         letters = dlq.read_all(broker.bootstrap(settings), settings.topic("dlq"))
         emit([d.as_dict() for d in letters], as_json)
+
+
+def _render_tasks(rows: list[dict]) -> None:
+    from surgflow.cli.common import render_auto
+
+    render_auto([
+        {"task": t["task_id"], "video": t["video_id"],
+         "frames": f"{t['start_frame']}-{t['end_frame']}", "predicted": t["predicted_label"],
+         "confidence": f"{t['confidence']:.2f}",
+         "model": f"{t['model']['name']}@{t['model']['version']}", "status": t["status"]}
+        for t in rows
+    ])

@@ -50,14 +50,15 @@ def model_output(
     rng = np.random.default_rng(seed)
     jitter = int(2 * video.fps)
     segments, cursor = [], 0
+    min_len = max(1, int(video.fps) // 2)
     for i, seg in enumerate(video.segments):
-        last = i == len(video.segments) - 1
-        end = (
-            video.num_frames if last else seg["end_frame"] + int(rng.integers(-jitter, jitter + 1))
-        )
-        end = min(max(end, cursor + 1), video.num_frames - (len(video.segments) - 1 - i))
-        if end <= cursor:
-            continue
+        if i == len(video.segments) - 1:
+            end = video.num_frames
+        else:
+            end = seg["end_frame"] + int(rng.integers(-jitter, jitter + 1))
+            end = min(end, video.num_frames - min_len)
+            if end - cursor < min_len:
+                continue  # a phase shorter than the jitter is swallowed by its neighbour
         label, confidence = seg["label"], float(rng.uniform(0.8, 0.99))
         if rng.random() < error_rate:
             idx = labels.index(label)
