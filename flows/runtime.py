@@ -12,8 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import httpx
 
 from surgflow.config import get_settings
 from surgflow.errors import ConfigError, SurgflowError
+from surgflow.processes import free_port, pid_alive, terminate
 
 
 @dataclass
@@ -51,18 +50,12 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(prefect_home: Path, *, port: int | None = None,
                  timeout: float = 120.0) -> ServerProcess:
     """Start ``prefect server start`` on loopback and wait until /api/health answers."""
     prefect_home = Path(prefect_home)
     prefect_home.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
@@ -99,14 +92,6 @@ def export(api_url: str) -> None:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, ValueError):
-        return False
-    return pid > 0
-
-
 def _wait_healthy(url: str, pid: int, timeout: float) -> bool:
     """True once the recorded server answers; a busy machine may make a live server slow to
     answer, so wait for it while its process lives rather than start a second one."""
@@ -114,7 +99,7 @@ def _wait_healthy(url: str, pid: int, timeout: float) -> bool:
     while True:
         if healthy(url):
             return True
-        if not _alive(pid) or time.monotonic() >= deadline:
+        if not pid_alive(pid) or time.monotonic() >= deadline:
             return False
         time.sleep(0.5)
 
@@ -164,12 +149,4 @@ def stop_server(home: Path, timeout: float = 20.0) -> bool:
         return False
     pid = int(json.loads(state.read_text()).get("pid", 0))
     state.unlink()
-    if not _alive(pid):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    return True
+    return terminate(pid, timeout)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
 import pytest
 
 from surgflow.feedback.checkpoint import Checkpoint
+from surgflow.processes import free_port, pid_alive
 from tests.feedback_helpers import cli
 
 pytestmark = pytest.mark.integration
@@ -28,9 +28,9 @@ def test_broker_start_status_stop(surgflow_home):
         _, stopped, _ = cli("broker", "stop")
     assert stopped["stopped"]
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(started["pid"]):
+    while time.monotonic() < deadline and pid_alive(started["pid"]):
         time.sleep(0.05)
-    assert not _alive(started["pid"])
+    assert not pid_alive(started["pid"])
     assert not cli("broker", "status")[1]["running"]
 
 
@@ -44,9 +44,7 @@ def test_feedback_uses_the_embedded_broker_when_no_bootstrap_is_set(surgflow_hom
 
 
 def test_unreachable_broker_fails_clearly_and_commits_nothing(surgflow_home, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    port = free_port()  # nothing listens here once the probing socket is closed
     monkeypatch.setenv("SURGFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
     t0 = time.monotonic()
     code, out, err = cli("feedback", "run", "--once", check=False)
@@ -56,11 +54,3 @@ def test_unreachable_broker_fails_clearly_and_commits_nothing(surgflow_home, mon
     assert time.monotonic() - t0 < 60
     assert not (surgflow_home / "datasets").exists()
     assert not Checkpoint(surgflow_home).path.exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

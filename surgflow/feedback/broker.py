@@ -21,7 +21,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import TypeVar
 from surgflow.config import Settings
 from surgflow.data.storage import json_bytes, write_atomic
 from surgflow.errors import BrokerError
+from surgflow.processes import free_port, pid_alive, terminate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,33 +76,12 @@ def _state_path(home: Path) -> Path:
     return Path(home) / STATE_FILE
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of this process still answers kill(0); reap it if so.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
-
-
 def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _recorded(home: Path) -> EmbeddedBroker | None:
@@ -119,7 +98,7 @@ def _recorded(home: Path) -> EmbeddedBroker | None:
 def status(home: Path) -> EmbeddedBroker | None:
     """The embedded broker recorded under ``home`` if it is alive and answering, else None."""
     broker = _recorded(home)
-    if broker is not None and _alive(broker.pid) and _answers(broker.host, broker.port):
+    if broker is not None and pid_alive(broker.pid) and _answers(broker.host, broker.port):
         return broker
     return None
 
@@ -141,7 +120,7 @@ def start(home: Path) -> tuple[EmbeddedBroker, bool]:
         running = status(home)
         if running is not None:
             return running, False
-        host, port = "127.0.0.1", _free_port()
+        host, port = "127.0.0.1", free_port()
         cluster_id = f"surgflow-{uuid.uuid4().hex[:12]}"
         log_path = Path(home) / "broker.log"
         url = f"tcp://{host}:{port}"
@@ -181,13 +160,8 @@ def stop(home: Path, timeout_s: float = 10.0) -> EmbeddedBroker | None:
             path.unlink(missing_ok=True)
             return None
         stopped = None
-        if _alive(broker.pid) and _is_tansu(broker.pid):
-            os.kill(broker.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while _alive(broker.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(broker.pid):
-                os.kill(broker.pid, signal.SIGKILL)
+        if pid_alive(broker.pid) and _is_tansu(broker.pid):
+            terminate(broker.pid, timeout_s)
             stopped = broker
         path.unlink(missing_ok=True)
         return stopped

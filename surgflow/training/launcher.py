@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from surgflow.errors import BadInput, SurgflowError
+from surgflow.processes import free_port
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,6 @@ class Attempt:
 class LaunchResult:
     results: list[Any]
     attempts: list[Attempt] = field(default_factory=list)
-
-
-def free_port() -> int:
-    """A TCP port free on this host right now (run on the rank-0 worker's host)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def suitable_workers(workers: dict[str, dict[str, Any]], gpus_per_rank: int) -> list[str]:
@@ -121,7 +114,7 @@ def launch(
         workers = pick_workers(client, world_size, gpus_per_rank,
                                worker_wait_s if number > 1 else min(worker_wait_s, 10.0))
         host = urlparse(workers[0]).hostname or "127.0.0.1"
-        port = client.run(free_port, workers=[workers[0]])[workers[0]]
+        port = client.run(free_port, "", workers=[workers[0]])[workers[0]]
         attempt = Attempt(number, workers, f"{host}:{port}", time.time())
         attempts.append(attempt)
         if on_attempt:
