@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from surgflow.data.splits import split_of
+from surgflow.data.splits import ids_filling_splits
 from surgflow.data.synthetic import generate_video
 from surgflow.training.labelled import import_labelled
 from surgflow.training.recipe import Recipe, parse_recipe
@@ -32,15 +32,11 @@ from surgflow.training.runs import RunStore
 
 
 def make_home(root: Path, n_train: int = 6, n_val: int = 2) -> Path:
-    want, videos, i = {"train": n_train, "val": n_val}, [], 0
-    while any(want.values()):
-        vid = f"case-{i:04d}"
-        i += 1
-        if want.get(split_of(vid), 0) > 0:
-            want[split_of(vid)] -= 1
-            path = root / "videos" / f"{vid}.mp4"
-            generate_video(path, seed=i, duration_s=40, fps=10, width=96, height=96, gop=10)
-            videos.append(path)
+    videos = []
+    for i, vid in ids_filling_splits({"train": n_train, "val": n_val}, "case-{:04d}".format):
+        path = root / "videos" / f"{vid}.mp4"
+        generate_video(path, seed=i + 1, duration_s=40, fps=10, width=96, height=96, gop=10)
+        videos.append(path)
     home = root / "home"
     import_labelled(home, [root], videos, "cholecystectomy", "hospital-a")
     return home

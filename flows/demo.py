@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from flows.feedback import feedback_flow
 from flows.training import TrainingParams, training_flow
 from surgflow.config import get_settings
-from surgflow.data.splits import split_of
+from surgflow.data.splits import ids_filling_splits
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
@@ -53,26 +53,22 @@ class DemoParams(BaseModel):
 def make_videos(params: DemoParams) -> list[SyntheticVideo]:
     """Synthetic videos whose ids fill each split (splits come from a hash of the id)."""
     out_dir = get_settings().home / "demo" / "videos"
-    wanted = dict(params.videos_per_split)
-    videos, i = [], 0
     hospitals = ("hospital-a", "hospital-b")
-    while any(n > 0 for n in wanted.values()):
-        hospital = hospitals[i % 2]
-        video_id = f"{hospital}-case-{params.seed:02d}{i:04d}"
-        split = split_of(video_id)
-        if wanted.get(split, 0) > 0:
-            wanted[split] -= 1
-            videos.append(
-                generate_video(
-                    out_dir / f"{video_id}.mp4",
-                    seed=params.seed * 10_007 + i,
-                    duration_s=params.duration_s,
-                    hospital=hospital,
-                    width=160,
-                    height=128,
-                )
+    videos = []
+    picked = ids_filling_splits(
+        params.videos_per_split, lambda i: f"{hospitals[i % 2]}-case-{params.seed:02d}{i:04d}"
+    )
+    for i, video_id in picked:
+        videos.append(
+            generate_video(
+                out_dir / f"{video_id}.mp4",
+                seed=params.seed * 10_007 + i,
+                duration_s=params.duration_s,
+                hospital=hospitals[i % 2],
+                width=160,
+                height=128,
             )
-        i += 1
+        )
     return videos
 
 

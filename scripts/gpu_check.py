@@ -24,16 +24,11 @@ def _video(args: tuple[str, int, float, int, int]) -> str:
 
 
 def make_home(root: Path, n_train: int, n_val: int, duration: float, size: int) -> Path:
-    from surgflow.data.splits import split_of
+    from surgflow.data.splits import ids_filling_splits
     from surgflow.training.labelled import import_labelled
 
-    want, jobs, i = {"train": n_train, "val": n_val}, [], 0
-    while any(want.values()):
-        vid = f"case-{i:04d}"
-        i += 1
-        if want.get(split_of(vid), 0) > 0:
-            want[split_of(vid)] -= 1
-            jobs.append((str(root / "videos" / f"{vid}.mp4"), i, duration, 25, size))
+    picked = ids_filling_splits({"train": n_train, "val": n_val}, "case-{:04d}".format)
+    jobs = [(str(root / "videos" / f"{vid}.mp4"), i + 1, duration, 25, size) for i, vid in picked]
     with ProcessPoolExecutor(max(1, min(len(jobs), (os.cpu_count() or 2) - 2))) as pool:
         videos = [Path(p) for p in pool.map(_video, jobs)]
     home = root / "home"

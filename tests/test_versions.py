@@ -349,3 +349,15 @@ def test_bad_commits_and_lookups_say_what_is_wrong(store):
     assert parse_ref("cholecystectomy@3") == (DS, 3) and parse_ref(DS) == (DS, None)
     with pytest.raises(BadInput, match="DATASET@VERSION"):
         parse_ref("cholecystectomy@latest")
+
+
+def test_ids_filling_splits_picks_ids_by_their_stable_split() -> None:
+    from surgflow.data.splits import ids_filling_splits
+
+    picked = ids_filling_splits({"train": 3, "val": 2, "test": 1}, "v-{:03d}".format)
+    splits = [split_of(v) for _, v in picked]
+    assert sorted(splits) == ["test", "train", "train", "train", "val", "val"]
+    assert all(v == f"v-{i:03d}" for i, v in picked)
+    assert [i for i, _ in picked] == sorted(i for i, _ in picked)
+    with pytest.raises(ValueError, match="splits"):
+        ids_filling_splits({"holdout": 1}, str)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from surgflow.data.splits import split_of
+from surgflow.data.splits import ids_filling_splits
 from surgflow.data.synthetic import generate_video
 from surgflow.training.labelled import import_labelled
 from surgflow.training.recipe import Recipe, parse_recipe
@@ -15,18 +15,12 @@ def labelled_home(root: Path, *, n_train: int = 6, n_val: int = 2, duration_s: f
                   fps: int = 10, size: int = 64) -> Path:
     """``root/home`` with dataset ``cholecystectomy@1``: synthetic videos with human labels,
     ``n_train`` of them in the train split and ``n_val`` in val (ids chosen by their split)."""
-    want = {"train": n_train, "val": n_val}
-    videos, i = [], 0
-    while any(want.values()):
-        vid = f"case-{i:04d}"
-        i += 1
-        split = split_of(vid)
-        if want.get(split, 0) > 0:
-            want[split] -= 1
-            path = root / "videos" / f"{vid}.mp4"
-            generate_video(path, seed=i, duration_s=duration_s, fps=fps, width=size,
-                           height=size, gop=fps)
-            videos.append(path)
+    videos = []
+    for i, vid in ids_filling_splits({"train": n_train, "val": n_val}, "case-{:04d}".format):
+        path = root / "videos" / f"{vid}.mp4"
+        generate_video(path, seed=i + 1, duration_s=duration_s, fps=fps, width=size,
+                       height=size, gop=fps)
+        videos.append(path)
     home = root / "home"
     result = import_labelled(home, [root], videos, "cholecystectomy", "hospital-a")
     assert result.version == 1, result

@@ -7,6 +7,7 @@ of arrival, so a video never changes split between versions or datasets.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -30,3 +31,21 @@ def split_of(video_id: str, fractions: tuple[float, float, float] = DEFAULT_FRAC
         if x < edge:
             return name
     return SPLITS[-1]
+
+
+def ids_filling_splits(counts: dict[str, int], make_id: Callable[[int], str],
+                       max_tries: int = 1_000_000) -> list[tuple[int, str]]:
+    """The first ``(i, make_id(i))``, i = 0, 1, ..., whose split still needs videos, until each
+    split ``s`` has ``counts[s]`` of them (for synthetic corpora that must cover every split)."""
+    if any(s not in SPLITS or n < 0 for s, n in counts.items()):
+        raise ValueError(f"counts must map splits {SPLITS} to non-negative numbers: {counts}")
+    want, out = dict(counts), []
+    for i in range(max_tries):
+        if not any(want.values()):
+            return out
+        video_id = make_id(i)
+        split = split_of(video_id)
+        if want.get(split, 0) > 0:
+            want[split] -= 1
+            out.append((i, video_id))
+    raise ValueError(f"no {counts} split fill within {max_tries} ids")

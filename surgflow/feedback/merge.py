@@ -76,9 +76,8 @@ class RunReport:
     parked: int = 0
     tasks_created: int = 0
     versions_created: list[dict] = field(default_factory=list)
-    #: per new version: dataset, version, parent, videos, label_frames, new_sources
+    #: per new version: dataset, version, parent, videos, labelled_frames, new_sources
     versions: list[dict] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def add(self, other: RunReport) -> None:
         for name in ("consumed", "applied", "duplicates", "dead_lettered", "parked",
@@ -86,7 +85,6 @@ class RunReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.versions_created.extend(other.versions_created)
         self.versions.extend(other.versions)
-        self.dead_letters = other.dead_letters  # the latest batch's only: follow runs for days
 
     def as_json(self) -> dict:
         return {
@@ -150,7 +148,6 @@ class BatchMerger:
         if plan.dead:
             self.sender.flush()
         report.dead_lettered = len(plan.dead)
-        report.dead_letters = plan.dead
 
         for dataset in sorted(set(plan.videos) | set(plan.events)):
             self._commit(dataset, plan, positions, report)
@@ -275,7 +272,7 @@ class BatchMerger:
         video_events = plan.video_events.get(dataset, [])
         in_dataset: set[str] = set()
         if video_events and self.store.latest_version(dataset) is not None:
-            in_dataset = set(self.store.videos_table(dataset).column("video_id").to_pylist())
+            in_dataset = set(self.store.find_videos(dataset, video_events))
         released = sum(1 for p in plan.release if p.procedure == dataset)
         result = self.store.commit(
             dataset, videos=list(plan.videos[dataset].values()),
@@ -296,7 +293,6 @@ class BatchMerger:
         report.versions.append({
             "dataset": dataset, "version": result.version, "parent": result.parent,
             "videos": manifest.videos, "labelled_frames": sum(manifest.label_frames.values()),
-            "label_frames": dict(manifest.label_frames),
             "new_sources": sorted(set(manifest.sources) - old_sources),
             "fingerprint": manifest.fingerprint,
         })

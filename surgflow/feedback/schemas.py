@@ -123,7 +123,6 @@ class FeedbackTask(_Wire):
     created_at: UtcTime
 
 
-LabelWire = InferenceEvent | AnnotationEvent
 Event = VideoEvent | InferenceEvent | AnnotationEvent
 
 #: topic name (without prefix) -> the model its messages must follow
@@ -198,7 +197,3 @@ def describe(e: ValidationError) -> str:
 def encode(event: _Wire) -> bytes:
     """The wire bytes of a model (field ``schema`` under its wire name)."""
     return event.model_dump_json(by_alias=True, exclude_none=True).encode()
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -1,7 +1,7 @@
 """Everything distributed in one place: rank set-up, is_main, reductions, sampler epochs, unwrap.
 
 Every rank of a job runs the same code; only rank 0 writes checkpoints and run records
-(:func:`is_main`). A single process started without a launcher runs without a process group,
+(:attr:`RankContext.is_main`). A single process started without a launcher runs without a process group,
 so the same training code works with and without DDP; a launched job of one rank still joins a
 group of one (a 1-GPU job then runs its reductions through NCCL).
 """
@@ -85,16 +85,8 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def wrap(model: nn.Module, ctx: RankContext) -> nn.Module:
@@ -127,15 +119,6 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:

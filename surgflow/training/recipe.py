@@ -282,8 +282,3 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
             return []
         model = nested[0]
     return sorted(model.model_fields)
-
-
-def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as JSON-ready data, as stored in checkpoints and run records."""
-    return recipe.model_dump(mode="json")
