@@ -9,8 +9,6 @@ The server's address is exported as ``PREFECT_API_URL`` so child processes find 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from surgflow.config import get_settings
+from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.errors import ConfigError, SurgflowError
 from surgflow.processes import free_port, pid_alive, terminate
 
@@ -117,36 +116,39 @@ def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
         return configured
     home = Path(home or get_settings().home)
     state_dir = home / "prefect"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state = state_dir / "server.json"
-    with open(state_dir / "server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two commands starting at once share one server
-        if state.is_file():
-            known = json.loads(state.read_text())
-            url = known.get("api_url", "")
-            if url and _wait_healthy(url, int(known.get("pid", 0)), timeout):
-                export(url)
-                return url
+    with locked(state_dir / "server.lock"):  # two commands starting at once share one server
+        known = _recorded(home)
+        if known and _wait_healthy(known["api_url"], known["pid"], timeout):
+            export(known["api_url"])
+            return known["api_url"]
         server = start_server(state_dir, timeout=timeout)
-        state.write_text(json.dumps({"api_url": server.api_url, "pid": server.process.pid}))
+        write_atomic(_state_path(home),
+                     json_bytes({"api_url": server.api_url, "pid": server.process.pid}))
     export(server.api_url)
     return server.api_url
 
 
+def _state_path(home: Path) -> Path:
+    return Path(home) / "prefect" / "server.json"
+
+
+def _recorded(home: Path) -> dict | None:
+    """``{"api_url", "pid"}`` of the server recorded under ``home``; None if none or unreadable."""
+    data = read_json(_state_path(home))
+    if not isinstance(data, dict) or not data.get("api_url"):
+        return None
+    return {"api_url": str(data["api_url"]), "pid": int(data.get("pid", 0))}
+
+
 def running_server(home: Path) -> str | None:
     """The API URL of the server recorded under ``home`` if it answers, else None."""
-    state = Path(home) / "prefect" / "server.json"
-    if not state.is_file():
-        return None
-    url = json.loads(state.read_text()).get("api_url", "")
-    return url if url and healthy(url) else None
+    known = _recorded(home)
+    return known["api_url"] if known and healthy(known["api_url"]) else None
 
 
 def stop_server(home: Path, timeout: float = 20.0) -> bool:
     """Stop the server recorded under ``home``; True if one was running."""
-    state = Path(home) / "prefect" / "server.json"
-    if not state.is_file():
-        return False
-    pid = int(json.loads(state.read_text()).get("pid", 0))
-    state.unlink()
-    return terminate(pid, timeout)
+    with locked(Path(home) / "prefect" / "server.lock"):
+        known = _recorded(home)
+        _state_path(home).unlink(missing_ok=True)
+        return bool(known) and terminate(known["pid"], timeout, program=b"prefect")

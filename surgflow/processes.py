@@ -7,7 +7,9 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,9 +36,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def terminate(pid: int, timeout_s: float) -> bool:
-    """SIGTERM ``pid``, SIGKILL it if still alive after ``timeout_s``; True if it was alive."""
-    if not pid_alive(pid):
+def runs(pid: int, program: bytes) -> bool:
+    """Whether live process ``pid``'s command line mentions ``program``: a guard against
+    signalling an unrelated process that reused a recorded pid (assumed true off Linux)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return sys.platform != "linux" and pid_alive(pid)
+    return program in cmdline
+
+
+def terminate(pid: int, timeout_s: float, program: bytes | None = None) -> bool:
+    """SIGTERM ``pid``, SIGKILL it if still alive after ``timeout_s``; True if it was alive.
+
+    With ``program``, a pid whose command line does not mention it is left alone (False)."""
+    if not pid_alive(pid) or (program is not None and not runs(pid, program)):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

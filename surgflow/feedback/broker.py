@@ -17,13 +17,10 @@ Every connection is retried with exponential backoff; when the broker stays unre
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from surgflow.config import Settings
-from surgflow.data.storage import json_bytes, write_atomic
+from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.errors import BrokerError
 from surgflow.processes import free_port, pid_alive, terminate
 
@@ -86,12 +83,10 @@ def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
 
 def _recorded(home: Path) -> EmbeddedBroker | None:
     """The broker recorded under ``home`` (alive or not); None if none or unreadable."""
-    path = _state_path(home)
-    if not path.is_file():
-        return None
+    data = read_json(_state_path(home))
     try:
-        return EmbeddedBroker(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
+        return EmbeddedBroker(**data) if isinstance(data, dict) else None
+    except TypeError:
         return None
 
 
@@ -103,15 +98,8 @@ def status(home: Path) -> EmbeddedBroker | None:
     return None
 
 
-@contextlib.contextmanager
 def _lock(home: Path):
-    Path(home).mkdir(parents=True, exist_ok=True)
-    with open(Path(home) / ".broker.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locked(Path(home) / ".broker.lock")
 
 
 def start(home: Path) -> tuple[EmbeddedBroker, bool]:
@@ -160,20 +148,10 @@ def stop(home: Path, timeout_s: float = 10.0) -> EmbeddedBroker | None:
             path.unlink(missing_ok=True)
             return None
         stopped = None
-        if pid_alive(broker.pid) and _is_tansu(broker.pid):
-            terminate(broker.pid, timeout_s)
+        if terminate(broker.pid, timeout_s, program=b"tansu"):
             stopped = broker
         path.unlink(missing_ok=True)
         return stopped
-
-
-def _is_tansu(pid: int) -> bool:
-    """Guard against signalling an unrelated process that reused a recorded pid."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return sys.platform != "linux"
-    return b"tansu" in cmdline
 
 
 def bootstrap(settings: Settings) -> str:

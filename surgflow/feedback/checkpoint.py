@@ -23,13 +23,11 @@ partition during a rebalance cannot move it backwards.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from surgflow.data.storage import json_bytes, write_atomic
+from surgflow.data.storage import json_bytes, locked, write_atomic
 
 
 def position_key(topic: str, partition: int) -> str:
@@ -50,15 +48,8 @@ class Checkpoint:
     def positions(self, cluster_id: str) -> dict[str, int]:
         return dict(self._read().get(cluster_id, {}))
 
-    @contextlib.contextmanager
     def _lock(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(".progress.lock"), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return locked(self.path.with_name(".progress.lock"))
 
     def advance(self, cluster_id: str, positions: Mapping[str, int]) -> dict[str, int]:
         """Move positions forward (never back); return this cluster's positions after."""

@@ -1,9 +1,9 @@
 """Everything distributed in one place: rank set-up, is_main, reductions, sampler epochs, unwrap.
 
 Every rank of a job runs the same code; only rank 0 writes checkpoints and run records
-(:attr:`RankContext.is_main`). A single process started without a launcher runs without a process group,
-so the same training code works with and without DDP; a launched job of one rank still joins a
-group of one (a 1-GPU job then runs its reductions through NCCL).
+(:attr:`RankContext.is_main`). A single process started without a launcher runs without a
+process group, so the same training code works with and without DDP; a launched job of one
+rank still joins a group of one (a 1-GPU job then runs its reductions through NCCL).
 """
 
 from __future__ import annotations
