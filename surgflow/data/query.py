@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.segments import SEGMENTS_SCHEMA
+from surgflow.data.sql import check_read_only, lock_down, one_line, quote
 from surgflow.data.versions import DatasetStore
 from surgflow.errors import BadInput
 
@@ -45,20 +46,6 @@ def segment_files(store: DatasetStore, versions: dict[str, int | None] | None = 
     return [store.segments_path(name, version) for name, version in sorted(chosen.items())]
 
 
-def check_read_only(sql: str) -> None:
-    """BadInput unless ``sql`` is exactly one SELECT statement (as DuckDB parses it)."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as e:
-        raise BadInput(f"SQL does not parse: {_one_line(e)}") from e
-    if len(statements) != 1:
-        raise BadInput(f"expected exactly one SQL statement, got {len(statements)}")
-    kind = statements[0].type
-    if kind != duckdb.StatementType.SELECT:
-        raise BadInput(f"queries are read-only: only SELECT is allowed, got a statement of "
-                       f"type {kind.name}")
-
-
 def connect(home: Path, sql: str | None = None,
             versions: dict[str, int | None] | None = None) -> duckdb.DuckDBPyConnection:
     """A sandboxed connection with the ``segments`` and ``videos`` views.
@@ -70,16 +57,14 @@ def connect(home: Path, sql: str | None = None,
     files = [str(p) for p in segment_files(store, versions)]
     con = duckdb.connect(config={"threads": 2})
     try:
-        listed = ", ".join(_quote(f) for f in files)
+        listed = ", ".join(quote(f) for f in files)
         if not files:
             con.register("segments", SEGMENTS_SCHEMA.empty_table())
         if sql is None or "videos" in _table_names(sql):
             con.register("videos", registry_videos(home))
-        con.execute(
-            (f"CREATE VIEW segments AS SELECT * FROM read_parquet([{listed}]);" if files else "")
-            + f"SET allowed_paths = [{listed}]; SET enable_external_access = false;"
-            " SET lock_configuration = true;"
-        )
+        if files:
+            con.execute(f"CREATE VIEW segments AS SELECT * FROM read_parquet([{listed}])")
+        lock_down(con, files)
     except BaseException:
         con.close()
         raise
@@ -98,7 +83,7 @@ def query(home: Path, sql: str, versions: dict[str, int | None] | None = None) -
     except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
             duckdb.PermissionException, duckdb.InvalidInputException,
             duckdb.ConversionException) as e:
-        raise BadInput(f"query failed: {_one_line(e)}") from e
+        raise BadInput(f"query failed: {one_line(e)}") from e
     finally:
         con.close()
 
@@ -165,14 +150,6 @@ def _table_names(sql: str) -> set[str]:
         return {n.lower() for n in duckdb.get_table_names(sql)}
     except duckdb.Error:
         return {"videos"}
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
 
 
 def _plain(v: Any) -> Any:

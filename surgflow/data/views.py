@@ -274,24 +274,23 @@ def sql_filter(segments: pa.Table, videos: pa.Table, expression: str) -> pa.Tabl
     """
     import duckdb
 
+    from surgflow.data.sql import check_read_only, lock_down, one_line
+
     cols = ", ".join(f"s.{c}" for c in SEGMENT_COLUMNS)
     sql = (f"SELECT {cols} FROM segments s JOIN videos USING (video_id) WHERE ({expression})\n"
            "ORDER BY s.video_id, s.start_frame")
     try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as e:
-        raise BadInput(f"view filter {expression!r} is not valid SQL: {_first_line(e)}") from e
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise BadInput(f"view filter {expression!r} must be one boolean expression")
+        check_read_only(sql)
+    except BadInput as e:
+        raise BadInput(f"view filter {expression!r} must be one boolean expression ({e})") from e
     con = duckdb.connect()
     try:
         con.register("segments", segments)
         con.register("videos", videos)
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        lock_down(con)
         return con.sql(sql).to_arrow_table().cast(segments.schema)
     except duckdb.Error as e:
-        raise BadInput(f"view filter {expression!r} failed: {_first_line(e)}") from e
+        raise BadInput(f"view filter {expression!r} failed: {one_line(e)}") from e
     finally:
         con.close()
 
@@ -382,7 +381,3 @@ def _classes(present: list[str], procedures: list[str],
     if missing:
         raise BadInput(f"labels {missing} are not in the taxonomies of {sorted(set(procedures))}")
     return tuple(out)
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
