@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from surgflow.cli.common import JsonOption, emit, handle_errors, progress, stderr_console
+from surgflow.cli.common import (
+    JsonOption,
+    emit,
+    handle_errors,
+    progress,
+    stderr_console,
+    stdout_console,
+)
 from surgflow.config import get_settings
 from surgflow.data.registry import VideoRegistry
 
@@ -70,8 +77,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _render_ingest(report: dict) -> None:
-    from surgflow.cli.common import stdout_console
-
     for row in report["registered"]:
         stdout_console.print(
             f"registered {row['video_id']} ({row['num_frames']} frames @ {row['fps']:.2f} fps)"

@@ -40,10 +40,6 @@ class ClipSpec(BaseModel, frozen=True):
     size: int = Field(112, ge=8, le=4096)
     hop: int | None = Field(None, ge=1)
 
-    def step(self, video_fps: float) -> int:
-        """Source frames between two sampled frames of a video at ``video_fps``."""
-        return frame_step(video_fps, self.fps)
-
     @property
     def hop_sampled(self) -> int:
         return self.hop if self.hop is not None else self.frames * self.stride

@@ -20,7 +20,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from surgflow.data.datafiles import DataFile, group_runs
-from surgflow.data.labels import Segment
+from surgflow.data.labels import PROVENANCES, Segment
 from surgflow.data.splits import SPLITS
 
 MOD = 2**256
@@ -114,7 +114,7 @@ class Stats:
             "videos": self.videos,
             "sources": _nonzero(self.sources),
             "label_frames": _nonzero(self.labels),
-            "provenance_frames": {p: self.provenance.get(p, 0) for p in ("human", "model")},
+            "provenance_frames": {p: self.provenance.get(p, 0) for p in PROVENANCES},
             "splits": {s: self.splits.get(s, 0) for s in SPLITS},
             "fingerprint": fingerprint_of(self.total),
             "fingerprint_sum": f"{self.total % MOD:064x}",

@@ -11,18 +11,15 @@ leaves either a complete proxy or none, and concurrent writers of one proxy agre
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from surgflow.data.clip_sampling import ClipSpec, frame_step
-from surgflow.data.storage import json_bytes, write_exclusive
+from surgflow.data.storage import json_bytes, publish_exclusive, temp_path, write_exclusive
 from surgflow.errors import VideoError
 
 PROXY_FORMAT = 1
@@ -114,19 +111,15 @@ class ProxyStore:
         if found is not None:
             return found
         video, meta = self._paths(source_sha256, spec)
-        video.parent.mkdir(parents=True, exist_ok=True)
         if not video.is_file():
-            fd, tmp = tempfile.mkstemp(dir=video.parent, prefix=".tmp-", suffix=".mp4")
-            os.close(fd)
+            tmp = temp_path(video.parent, suffix=".mp4")
             try:
                 info = write_proxy(source_path, tmp, spec)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                # FileExistsError: another writer published the same content first
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, video)
-            finally:
-                os.unlink(tmp)
+            except BaseException:
+                tmp.unlink()
+                raise
+            # False: another writer published the same content first; either copy serves
+            publish_exclusive(tmp, video)
         else:
             info = _describe(video)
         proxy = Proxy(path=str(video), source_sha256=source_sha256, spec=spec, **info)

@@ -141,7 +141,6 @@ class VideoRegistry:
             duration_s=info.duration_s,
             registered_at=datetime.now(UTC),
         )
-        self.root.mkdir(parents=True, exist_ok=True)
         if write_exclusive(self._record_path(video_id), json_bytes(record.model_dump(mode="json"))):
             return RegisterResult(status="registered", record=record)
         return self._same_or_conflict(self.get(video_id), digest, procedure)
@@ -168,7 +167,6 @@ class VideoRegistry:
             video_id=video_id, uri=uri, reason=reason, at=datetime.now(UTC), event_id=event_id
         )
         key = hashlib.sha256(json.dumps([uri, reason, event_id]).encode()).hexdigest()[:20]
-        self.quarantine_root.mkdir(parents=True, exist_ok=True)
         write_exclusive(
             self.quarantine_root / f"{key}.json", json_bytes(entry.model_dump(mode="json"))
         )

@@ -43,15 +43,30 @@ def _write_temp(directory: Path, data: bytes) -> Path:
 def write_exclusive(path: Path, data: bytes) -> bool:
     """Create ``path`` with ``data`` unless it exists; True if this call created it."""
     path = Path(path)
-    tmp = _write_temp(path.parent, data)
+    return publish_exclusive(_write_temp(path.parent, data), path)
+
+
+def publish_exclusive(tmp: Path, path: Path) -> bool:
+    """Link the finished temporary file ``tmp`` (same directory) to ``path`` unless ``path``
+    exists, then remove ``tmp``; True if this call published it."""
     try:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.link(tmp, path)
     except FileExistsError:
         return False
     finally:
         os.unlink(tmp)
-    _fsync_dir(path.parent)
+    _fsync_dir(Path(path).parent)
     return True
+
+
+def temp_path(directory: Path, suffix: str = "") -> Path:
+    """A new empty temporary file in ``directory`` (for writers that need a path)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

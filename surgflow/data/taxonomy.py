@@ -8,13 +8,12 @@ class indices that datasets and models depend on).
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 
 from pydantic import BaseModel, field_validator
 
+from surgflow.data.storage import write_atomic
 from surgflow.errors import BadInput, ConflictError, UnknownName
 
 CHOLEC80_PHASES = (
@@ -116,7 +115,6 @@ class ProcedureCatalog:
             if tuple(labels) == BUILTIN[name].labels:
                 return BUILTIN[name], False
             raise ConflictError(f"procedure {name!r} is built in and cannot be redefined")
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{name}.json"
         if path.exists():
             old = Procedure.model_validate_json(path.read_text())
@@ -127,9 +125,7 @@ class ProcedureCatalog:
                     f"procedure {name!r} has labels {list(old.labels)}; a redefinition may only "
                     f"append labels, got {list(new.labels)}"
                 )
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(new.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        write_atomic(path, new.model_dump_json(indent=2).encode())
         return new, True
 
 
@@ -138,12 +134,3 @@ def _first_error(e: ValueError) -> str:
     if callable(errors):
         return "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in errors())
     return str(e)
-
-
-def load_procedure_labels(home: Path, name: str) -> tuple[str, ...]:
-    """Labels of a procedure (shortcut used by loaders and models)."""
-    return ProcedureCatalog(home).get(name).labels
-
-
-def dump(procedures: list[Procedure]) -> list[dict]:
-    return [json.loads(p.model_dump_json()) for p in procedures]

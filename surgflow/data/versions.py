@@ -174,12 +174,6 @@ class DatasetStore:
         label, provenance, confidence (null for human labels)."""
         return pq.read_table(self.segments_path(dataset, version))
 
-    def intervals(self, dataset: str, video_ids: list[str],
-                  version: int | None = None) -> dict[str, list[Interval]]:
-        """Resolved intervals (with keys) of some videos, reading only what they need."""
-        m = self.manifest(dataset, version)
-        return self._intervals(dataset, m, video_ids)
-
     def find_videos(self, dataset: str, video_ids: list[str],
                     version: int | None = None) -> dict[str, DatasetVideo]:
         """The version's snapshots of those of ``video_ids`` it holds, reading only what they

@@ -254,7 +254,7 @@ def _keep(segments: pa.Table, records: dict[str, dict], spec: ViewSpec) -> pa.Ta
     import pyarrow.compute as pc
 
     if spec.split is not None:
-        in_split = [vid for vid, r in records.items() if _split(vid, r) == spec.split]
+        in_split = [vid for vid, r in records.items() if r["split"] == spec.split]
         segments = segments.filter(pc.is_in(segments["video_id"], pa.array(in_split, pa.string())))
     human = pc.equal(segments["provenance"], "human")
     if spec.min_confidence is None:
@@ -295,14 +295,6 @@ def sql_filter(segments: pa.Table, videos: pa.Table, expression: str) -> pa.Tabl
         con.close()
 
 
-def _split(video_id: str, record: dict) -> str:
-    if record.get("split"):
-        return record["split"]
-    from surgflow.data.splits import split_of
-
-    return split_of(video_id)
-
-
 def _clips(
     spec: ViewSpec,
     sources: list[tuple[str, int]],
@@ -338,7 +330,7 @@ def _clips(
         view_videos.append(ViewVideo(
             video_id=vid, path=rec["path"], sha256=rec["sha256"], fps=rec["fps"],
             num_frames=rec["num_frames"], width=rec["width"], height=rec["height"],
-            procedure=rec["procedure"], source=rec["source"], split=_split(vid, rec),
+            procedure=rec["procedure"], source=rec["source"], split=rec["split"],
             dataset=dataset, version=version,
         ))
         vids.append(np.full(int(ok.sum()), len(view_videos) - 1, dtype=np.int64))

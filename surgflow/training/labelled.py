@@ -15,12 +15,9 @@ from pathlib import Path
 
 from surgflow.data.labels import LabelEvent, LabelSegment
 from surgflow.data.registry import VideoRegistry
+from surgflow.data.synthetic import segments_path
 from surgflow.data.versions import CommitResult, DatasetStore
 from surgflow.errors import BadInput
-
-
-def segments_file(video: Path) -> Path:
-    return video.with_name(video.name.rsplit(".", 1)[0] + ".segments.json")
 
 
 def import_labelled(home: Path, video_roots: list[Path], videos: list[Path], procedure: str,
@@ -35,14 +32,15 @@ def import_labelled(home: Path, video_roots: list[Path], videos: list[Path], pro
     now = datetime.now(UTC)
     for path in videos:
         record = registry.get(Path(path).stem)
-        seg_path = segments_file(Path(path))
+        seg_path = segments_path(Path(path))
         if not seg_path.is_file():
             raise BadInput(f"video {path}: no label file {seg_path.name} beside it")
-        meta = json.loads(seg_path.read_text())
+        raw_bytes = seg_path.read_bytes()
+        meta = json.loads(raw_bytes)
         raw = meta["segments"] if isinstance(meta, dict) else meta
         segments = tuple(LabelSegment(int(s["start_frame"]), int(s["end_frame"]), s["label"])
                          for s in raw)
-        digest = hashlib.sha256(f"{record.sha256}:{seg_path.read_bytes().hex()}".encode())
+        digest = hashlib.sha256(f"{record.sha256}:{raw_bytes.hex()}".encode())
         events.append(LabelEvent(f"import-{digest.hexdigest()[:20]}", record.video_id, "human",
                                  now, 0, 0, segments))
         records.append(record)

@@ -54,8 +54,7 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
             )
         report = view.report()
         views[split] = {k: report[k] for k in ("videos", "clips", "digest", "labels")}
-        if split in ("train", "val"):
-            data.write_proxies(view, home)
+        data.write_proxies(view, home)
     run_id = store.create(recipe.name, {
         "recipe_name": recipe.name,
         "recipe_path": recipe_path,
