@@ -1,7 +1,7 @@
 """The feedback flow: Kafka input topics -> dataset versions -> Prefect events (SPEC §1).
 
 Thin over :mod:`surgflow.feedback`: one task merges (a ``--once`` pass, or follow mode for a
-while), one task announces each new version as the Prefect event
+while) and announces each batch's new versions as the Prefect event
 ``surgflow.dataset.version.created`` on resource ``surgflow.dataset.<name>``, which training
 deployments trigger on. Only broker errors are retried; bad messages never fail the flow (they
 go to the DLQ).
@@ -9,11 +9,13 @@ go to the DLQ).
 
 from __future__ import annotations
 
+import threading
+
 from prefect import flow, get_run_logger, task
 
 from surgflow.config import get_settings
 from surgflow.errors import BrokerError
-from surgflow.feedback.consumer import FeedbackConsumer
+from surgflow.feedback.consumer import run_feedback
 from surgflow.feedback.events import emit_version_events
 
 
@@ -30,40 +32,25 @@ def _transient(task_, task_run, state) -> bool:
 @task(name="merge-feedback", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
 def merge_feedback(once: bool = True, max_events: int = 500, max_seconds: float = 5.0,
                    follow_for_s: float | None = None) -> dict:
-    """Consume and merge; returns the run report and the new versions."""
-    import threading
-
-    settings = get_settings()
-    with FeedbackConsumer(settings) as consumer:
-        if once:
-            report = consumer.run_once()
-        else:
-            stop = threading.Event()
-            if follow_for_s is not None:
-                timer = threading.Timer(follow_for_s, stop.set)
-                timer.daemon = True
-                timer.start()
-            report = consumer.follow(
-                max_events=max_events, max_seconds=max_seconds, stop=stop,
-                on_batch=lambda r: emit_version_events(r.versions, require_api=False))
-            report.versions = []  # announced batch by batch already
-    return {"report": report.as_json(), "versions": report.versions}
-
-
-@task(name="announce-versions")
-def announce_versions(versions: list[dict]) -> int:
-    """One ``surgflow.dataset.version.created`` event per new version."""
-    return emit_version_events(versions, require_api=False)
+    """Consume and merge, announcing each batch's new versions; returns the run report."""
+    stop = threading.Event()
+    if follow_for_s is not None:
+        timer = threading.Timer(follow_for_s, stop.set)
+        timer.daemon = True
+        timer.start()
+    report = run_feedback(
+        get_settings(), once=once, max_events=max_events, max_seconds=max_seconds, stop=stop,
+        on_batch=lambda r: emit_version_events(r.versions, require_api=False))
+    return report.as_json()
 
 
 @flow(name="feedback")
 def feedback_flow(once: bool = True, max_events: int = 500, max_seconds: float = 5.0,
                   follow_for_s: float | None = None) -> dict:
     """Merge the feedback topics into new dataset versions and announce them."""
-    result = merge_feedback(once, max_events, max_seconds, follow_for_s)
-    announced = announce_versions(result["versions"])
-    get_run_logger().info("feedback: %s; %d version events", result["report"], announced)
-    return result["report"]
+    report = merge_feedback(once, max_events, max_seconds, follow_for_s)
+    get_run_logger().info("feedback: %s", report)
+    return report
 
 
 if __name__ == "__main__":

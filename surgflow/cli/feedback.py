@@ -35,23 +35,17 @@ def register(app: typer.Typer) -> None:
             # before connecting, so a stop during start-up is a clean stop too.
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
-        from surgflow.feedback.consumer import FeedbackConsumer
+        from surgflow.feedback.consumer import run_feedback
         from surgflow.feedback.events import emit_version_events
 
-        settings = get_settings()
-        with FeedbackConsumer(settings) as consumer:
-            if once:
-                with spinner("merging feedback up to the current end offsets"):
-                    report = consumer.run_once()
-                emit_version_events(report.versions, drain=True)
-            else:
+        def batch_done(r) -> None:
+            emit_version_events(r.versions, drain=once)
+            if not once:
+                log.info("batch: %s", json.dumps(r.as_json()))
 
-                def batch_done(r) -> None:
-                    emit_version_events(r.versions)
-                    log.info("batch: %s", json.dumps(r.as_json()))
-
-                report = consumer.follow(max_events=max_events, max_seconds=max_seconds,
-                                         stop=stop, on_batch=batch_done)
+        with spinner("merging feedback up to the current end offsets", enabled=once):
+            report = run_feedback(get_settings(), once=once, max_events=max_events,
+                                  max_seconds=max_seconds, stop=stop, on_batch=batch_done)
         emit(report.as_json(), as_json)
 
     @app.command("publish")

@@ -294,3 +294,24 @@ def _partitions(consumer, topic: str) -> set[int]:
     if not parts:
         raise KafkaTimeoutError(f"no partition metadata for topic {topic} yet")
     return parts
+
+
+def run_feedback(
+    settings: Settings,
+    *,
+    once: bool,
+    max_events: int = 500,
+    max_seconds: float = 5.0,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[RunReport], None] | None = None,
+) -> RunReport:
+    """One feedback run, as ``feedback run`` and the feedback flow do it: a ``--once`` pass, or
+    follow mode until ``stop`` is set. ``on_batch`` sees every batch once it is durable."""
+    with FeedbackConsumer(settings) as consumer:
+        if not once:
+            return consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
+                                   on_batch=on_batch)
+        report = consumer.run_once()
+        if on_batch:
+            on_batch(report)
+        return report
