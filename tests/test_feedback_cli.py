@@ -48,3 +48,9 @@ def test_parked_feedback_applies_when_the_video_is_ingested(kafka, synthetic_cor
     assert show["parked_events"] == 0
     _, third, _ = cli("feedback", "run", "--once")
     assert third["applied"] == 0 and third["versions_created"] == []
+
+
+def test_dead_letters_without_a_running_broker_start_none(surgflow_home):
+    assert cli("feedback", "dlq")[1] == []
+    assert cli("broker", "status")[1]["running"] is False
+    assert not (surgflow_home / "broker.json").exists()

@@ -96,6 +96,10 @@ def register(app: typer.Typer) -> None:
         from surgflow.feedback import broker, dlq
 
         settings = get_settings()
+        if settings.kafka_bootstrap is None and broker.status(settings.home) is None:
+            # a new embedded broker would hold no topics: do not start one just to read nothing
+            emit([], as_json)
+            return
         letters = dlq.read_all(broker.bootstrap(settings), settings.topic("dlq"))
         emit([d.as_dict() for d in letters], as_json)
 
