@@ -29,10 +29,19 @@ PROVENANCES: tuple[Provenance, ...] = ("human", "model")
 _RANK = {"model": 0, "human": 1}
 
 
-def _utc(ts: datetime, what: str) -> datetime:
+def as_utc(ts: datetime) -> datetime:
+    """``ts`` as a UTC instant (so ``Z`` and ``+00:00`` compare equal); ValueError if naive."""
     if not isinstance(ts, datetime) or ts.tzinfo is None or ts.utcoffset() is None:
-        raise BadInput(f"{what}: produced_at must be a timezone-aware datetime, got {ts!r}")
+        raise ValueError("must be timezone-aware: an RFC 3339 time with a time zone "
+                         f"(e.g. 2026-11-21T08:00:00Z), got {ts}")
     return ts.astimezone(UTC)
+
+
+def _utc(ts: datetime, what: str) -> datetime:
+    try:
+        return as_utc(ts)
+    except ValueError as e:
+        raise BadInput(f"{what}: produced_at {e}") from None
 
 
 @dataclass(frozen=True)

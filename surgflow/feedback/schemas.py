@@ -12,7 +12,7 @@ readable reason, which is what the dead-letter queue records.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from surgflow.data.labels import as_utc
 from surgflow.errors import BadInput
 
 VIDEO_SCHEMA = "surgflow.video/v1"
@@ -36,13 +37,7 @@ class WireError(BadInput):
     """A message that cannot be accepted as it is; the text is the dead-letter reason."""
 
 
-def _utc(v: datetime) -> datetime:
-    if v.tzinfo is None or v.utcoffset() is None:
-        raise ValueError("must be an RFC 3339 time with a time zone (e.g. 2026-11-21T08:00:00Z)")
-    return v.astimezone(UTC)
-
-
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 Text = Annotated[str, Field(min_length=1, max_length=256)]
 
 
