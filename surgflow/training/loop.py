@@ -37,7 +37,7 @@ def temporal_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 def confusion(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``num_classes²`` counts; row = true class, column = predicted class."""
-    idx = targets.long().cpu() * num_classes + preds.long().cpu()
+    idx = targets.long() * num_classes + preds.long()  # stays on the inputs' device
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, -1)
 
 
@@ -56,13 +56,22 @@ def scores(cm: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _reduce(loss_sum: float, n: int, cm: torch.Tensor, device: torch.device) -> dict[str, float]:
-    flat = [loss_sum, float(n), *cm.flatten().tolist()]
+def _reduce(loss_sum: torch.Tensor, n: int, cm: torch.Tensor,
+            device: torch.device) -> dict[str, float]:
+    # the per-step sums stayed on the device; this is the epoch's one copy to the host
+    flat = [float(loss_sum), float(n), *cm.flatten().tolist()]
     total = D.reduce_sum(flat, device)
     k = cm.shape[0]
     cm_all = torch.tensor(total[2:], dtype=torch.float64).reshape(k, k)
     out = {"loss": total[0] / max(total[1], 1.0), "samples": int(total[1])}
     return out | scores(cm_all)
+
+
+def _sums(num_classes: int, device: torch.device) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Zeroed loss sum, sample count and confusion matrix, kept on ``device`` so that adding a
+    step's results never waits for the device to finish."""
+    return (torch.zeros((), dtype=torch.float64, device=device), 0,
+            torch.zeros(num_classes, num_classes, dtype=torch.long, device=device))
 
 
 def as_input(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +95,7 @@ def train_epoch(
 ) -> dict[str, float]:
     """Train over ``batches`` once; returns metrics reduced over all ranks."""
     model.train()
-    loss_sum, n, cm = 0.0, 0, torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n, cm = _sums(num_classes, device)
     started = time.perf_counter()
     waited = 0.0
     it = iter(batches)
@@ -115,7 +124,7 @@ def train_epoch(
             on_first_step()
             on_first_step = None
         k = int(targets.numel())
-        loss_sum += float(loss.detach()) * k
+        loss_sum += loss.detach().double() * k
         n += k
         cm += confusion(preds.detach(), targets.detach(), num_classes)
     elapsed = time.perf_counter() - started
@@ -136,13 +145,13 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate over ``batches`` (each rank its own share); metrics reduced over all ranks."""
     model.eval()
-    loss_sum, n, cm = 0.0, 0, torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n, cm = _sums(num_classes, device)
     for x, y in batches:
         x, y = as_input(x.to(device)), y.to(device)
         with _autocast(device, amp):
             loss, preds, targets = step(model, x, y)
         k = int(targets.numel())
-        loss_sum += float(loss) * k
+        loss_sum += loss.double() * k
         n += k
         cm += confusion(preds, targets, num_classes)
     return _reduce(loss_sum, n, cm, device)
