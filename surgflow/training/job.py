@@ -177,13 +177,13 @@ class _StageTrainer:
         optimizer = make_optimizer(model.parameters(), optim)
         scheduler = make_scheduler(optimizer, optim)
         scaler = make_scaler(ctx.device, optim.amp)
-        done, resumed_from = 0, None
+        done, resumed_from, saved_metrics = 0, None, {}
         last = checkpoints.latest(self.run_dir, stage)
         if last is not None:
             state = checkpoints.load(last, ctx.device)
             done = checkpoints.restore(state, model=model, optimizer=optimizer,
                                        scheduler=scheduler, scaler=scaler)
-            resumed_from = done
+            resumed_from, saved_metrics = done, state["metrics"]
         ddp = D.wrap(model, ctx)
         amp = optim.amp and ctx.device.type == "cuda"
         history = []
@@ -218,11 +218,7 @@ class _StageTrainer:
                     dataset_versions=list(self.sources), metrics=metrics, extra=extra,
                 )
             D.barrier()
-        final = history[-1] if history else self._final_metrics(stage)
+        # a stage already complete on resume reports what its last checkpoint recorded
+        final = history[-1] if history else {"epoch": done, **saved_metrics}
         return {"version": checkpoints.weights_digest(D.unwrap(ddp)), "epochs": optim.epochs,
                 "resumed_from_epoch": resumed_from, "final": final}
-
-    def _final_metrics(self, stage: str) -> dict[str, Any]:
-        last = checkpoints.latest(self.run_dir, stage)
-        return {"epoch": int(last.stem.split("-")[1]) if last else 0,
-                **(checkpoints.load(last)["metrics"] if last else {})}
