@@ -45,9 +45,11 @@ class _EpochArtifacts:
             0.0, key=f"{self.key}-progress", description=f"epochs of run {run_id}")
 
     def __call__(self) -> None:
-        epochs = self.store.epochs(self.run_id)
-        if len(epochs) == self.seen:
+        # called twice a second while the group trains: read the epoch records only when a new
+        # one has appeared
+        if self.store.epoch_count(self.run_id) == self.seen:
             return
+        epochs = self.store.epochs(self.run_id)
         self.seen = len(epochs)
         update_progress_artifact(self.progress_id, 100.0 * min(1.0, self.seen / self.total))
         rows = [{"stage": e["stage"], "epoch": e["epoch"],

@@ -72,6 +72,10 @@ class RunStore:
         lines = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
         write_atomic(Path(run_dir) / "utilisation" / f"{stage}-{epoch:04d}.jsonl", lines.encode())
 
+    def epoch_count(self, run_id: str) -> int:
+        """How many epochs the run has recorded (cheap: no file is read)."""
+        return sum(1 for _ in (self.dir(run_id) / "epochs").glob("*.json"))
+
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
         d = self.dir(run_id) / "epochs"
         if not d.is_dir():
