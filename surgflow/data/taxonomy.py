@@ -26,7 +26,9 @@ CHOLEC80_PHASES = (
     "GallbladderRetraction",
 )
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: a procedure name, which is also its dataset's name
+NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+_NAME = re.compile(f"^{NAME_PATTERN}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
 

@@ -39,12 +39,12 @@ from surgflow.data.registry import VideoRecord
 from surgflow.data.segments import materialise_segments, merge_runs, read_latest
 from surgflow.data.splits import split_of
 from surgflow.data.storage import json_bytes, write_exclusive
-from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.data.taxonomy import NAME_PATTERN, ProcedureCatalog
 from surgflow.errors import BadInput, ConflictError, NotFound
 
 log = logging.getLogger(__name__)
 _MANIFEST = re.compile(r"^(\d{6,})\.json$")
-_DATASET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_DATASET = re.compile(f"^{NAME_PATTERN}$")
 DEFAULT_GC_GRACE_S = 900.0
 
 

@@ -36,9 +36,10 @@ from surgflow.data.clip_sampling import (
     clip_starts,
     frame_step,
 )
+from surgflow.data.taxonomy import NAME_PATTERN
 from surgflow.errors import BadInput, NotFound
 
-_SOURCE = re.compile(r"^(?P<dataset>[a-z0-9][a-z0-9_-]{0,63})(?:@(?P<version>[1-9][0-9]*))?$")
+_SOURCE = re.compile(f"^(?P<dataset>{NAME_PATTERN})(?:@(?P<version>[1-9][0-9]*))?$")
 SEGMENT_COLUMNS = ("dataset", "version", "video_id", "start_frame", "end_frame", "label",
                    "provenance", "confidence")
 
@@ -177,6 +178,16 @@ def parse_source(text: str) -> tuple[str, int | None]:
     return m["dataset"], int(m["version"]) if m["version"] else None
 
 
+def pin_source(store: SegmentStore, text: str) -> tuple[str, int]:
+    """``dataset@N`` → (dataset, N); a bare ``dataset`` → its latest version (NotFound if none)."""
+    dataset, version = parse_source(text)
+    if version is None:
+        version = store.latest_version(dataset)
+        if version is None:
+            raise NotFound(f"dataset {dataset!r} has no version yet")
+    return dataset, version
+
+
 def resolve(
     spec: ViewSpec,
     store: SegmentStore,
@@ -190,11 +201,7 @@ def resolve(
     """
     sources, seg_tables, video_tables = [], [], []
     for text in spec.sources:
-        dataset, version = parse_source(text)
-        if version is None:
-            version = store.latest_version(dataset)
-            if version is None:
-                raise NotFound(f"dataset {dataset!r} has no version yet")
+        dataset, version = pin_source(store, text)
         sources.append((dataset, version))
         seg_tables.append(store.segments_table(dataset, version).select(list(SEGMENT_COLUMNS)))
         video_tables.append(store.videos_table(dataset, version))

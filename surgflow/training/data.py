@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Subset
 from surgflow.data.clip_sampling import ClipSpec, clip_span, frame_step
 from surgflow.data.clips import ClipDataset, ClipVideo
 from surgflow.data.proxies import ProxyStore
-from surgflow.data.views import ResolvedView, ViewSpec, ViewVideo, parse_source, resolve_view
-from surgflow.errors import BadInput, NotFound
+from surgflow.data.views import ResolvedView, ViewSpec, ViewVideo, pin_source, resolve_view
+from surgflow.errors import BadInput
 
 SPLITS = ("train", "val")
 
@@ -34,13 +34,8 @@ def pin_sources(sources: list[str], home: Path) -> list[str]:
     store = DatasetStore(home)
     out = []
     for text in sources:
-        dataset, version = parse_source(text)
-        if version is None:
-            version = store.latest_version(dataset)
-            if version is None:
-                raise NotFound(f"data.sources: dataset {dataset!r} has no version yet")
-        else:
-            store.manifest(dataset, version)  # NotFound naming the versions that exist
+        dataset, version = pin_source(store, text)
+        store.manifest(dataset, version)  # NotFound naming the versions that exist
         out.append(f"{dataset}@{version}")
     return out
 

@@ -19,10 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surgflow.data.clip_sampling import ClipSpec as DataClipSpec
-from surgflow.errors import ConfigError
+from surgflow.errors import BadInput, ConfigError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_SOURCE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(@[1-9][0-9]*)?$")
 
 
 class _Strict(BaseModel):
@@ -59,9 +58,13 @@ class DataSpec(_Strict):
     @field_validator("sources")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
+        from surgflow.data.views import parse_source
+
         for s in v:
-            if not _SOURCE.match(s):
-                raise ValueError(f"source {s!r} must be 'dataset' or 'dataset@N' (N ≥ 1)")
+            try:
+                parse_source(s)
+            except BadInput:
+                raise ValueError(f"source {s!r} must be 'dataset' or 'dataset@N' (N ≥ 1)") from None
         return v
 
     @field_validator("balance")
