@@ -58,8 +58,11 @@ def start_server(prefect_home: Path, *, port: int | None = None,
     api_url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
+    # The UI is served too, so the "View at http://.../runs/..." links Prefect prints open; it
+    # must be told the API's own port (by default it looks for 127.0.0.1:4200).
     env |= {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api_url,
+            "PREFECT_UI_URL": ui_url(api_url), "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(port)}
     exe = Path(sys.executable).with_name("prefect")
     cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
@@ -81,6 +84,26 @@ def start_server(prefect_home: Path, *, port: int | None = None,
                         f"see {log_path}")
 
 
+def ui_url(api_url: str) -> str:
+    """The Prefect UI of the server whose API is ``api_url``."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def drain(timeout: float = 10.0) -> None:
+    """Send this process's queued Prefect logs and events now.
+
+    Call it before stopping a server this process started: at interpreter exit Prefect would
+    otherwise keep retrying them against the stopped server for about a minute.
+    """
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
+
+
 def export(api_url: str) -> None:
     """Point this process and its children at ``api_url``.
 
@@ -88,6 +111,7 @@ def export(api_url: str) -> None:
     Prefect (or a flow module); later changes need ``prefect.settings.temporary_settings``.
     """
     os.environ["PREFECT_API_URL"] = api_url
+    os.environ["PREFECT_UI_URL"] = ui_url(api_url)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
@@ -148,6 +172,7 @@ def running_server(home: Path) -> str | None:
 
 def stop_server(home: Path, timeout: float = 20.0) -> bool:
     """Stop the server recorded under ``home``; True if one was running."""
+    drain()
     with locked(Path(home) / "prefect" / "server.lock"):
         known = _recorded(home)
         _state_path(home).unlink(missing_ok=True)

@@ -46,3 +46,19 @@ def test_server_is_started_once_reused_and_stopped(tmp_path: Path) -> None:
     assert out["first"] == out["again"] == out["running"] and out["alive"]
     assert out["stopped"] and out["running_after"] is None and not out["alive_after"]
     assert out["stopped_again"] is False
+
+
+@pytest.mark.integration
+def test_server_serves_its_ui_pointing_at_its_own_api(prefect_server: str) -> None:
+    """The "View at .../runs/flow-run/..." links Prefect prints open the UI, and the UI asks
+    this server's API, not the default 127.0.0.1:4200."""
+    import httpx
+
+    from flows.runtime import ui_url
+
+    base = ui_url(prefect_server)
+    page = httpx.get(f"{base}/runs/flow-run/00000000-0000-0000-0000-000000000000",
+                     headers={"accept": "text/html"}, follow_redirects=True, timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    settings = httpx.get(f"{base}/ui-settings", timeout=30).json()
+    assert settings["api_url"] == prefect_server
