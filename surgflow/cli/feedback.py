@@ -78,14 +78,16 @@ def register(app: typer.Typer) -> None:
     @app.command("tasks")
     @handle_errors
     def tasks(
-        status: str = typer.Option(None, "--status", help="open or completed (default: all)"),
+        status: str = typer.Option(None, "--status",
+                                   help="open, completed or closed (default: all)"),
         as_json: bool = JsonOption,
     ) -> None:
-        """Feedback tasks: open, and completed by an applied annotation."""
+        """Feedback tasks: open, completed by an annotation naming them, or closed by human labels
+        that cover their range."""
         from surgflow.feedback.tasks import TaskLedger
 
-        if status not in (None, "open", "completed"):
-            raise BadInput(f"--status must be open or completed, got {status!r}")
+        if status not in (None, "open", "completed", "closed"):
+            raise BadInput(f"--status must be open, completed or closed, got {status!r}")
         rows = TaskLedger(get_settings().home).list()
         emit([t for t in rows if status is None or t["status"] == status], as_json, _render_tasks)
 

@@ -180,6 +180,12 @@ class DatasetStore:
         need (absent ids are simply missing from the result)."""
         return self._videos(dataset, self.manifest(dataset, version), list(video_ids))
 
+    def find_intervals(self, dataset: str, video_ids: list[str],
+                       version: int | None = None) -> dict[str, list[Interval]]:
+        """The version's resolved intervals of those of ``video_ids`` it holds, reading only
+        what they need (absent ids are simply missing from the result)."""
+        return self._intervals(dataset, self.manifest(dataset, version), list(video_ids))
+
     def _intervals(self, dataset: str, m: Manifest | None,
                    video_ids: list[str]) -> dict[str, list[Interval]]:
         if m is None or not video_ids:

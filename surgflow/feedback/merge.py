@@ -10,7 +10,9 @@ positions the batch reaches, and makes it durable in this order:
 3. dead letters are sent and acknowledged;
 4. one dataset version per affected dataset (the store deduplicates by ``event_id`` and
    rebases if another writer published first);
-5. feedback tasks recorded in the ledger and sent; tasks completed by applied annotations;
+5. tasks completed by applied annotations; then, against the new versions' human labels,
+   open tasks closed whose range humans labelled, and the batch's new low-confidence tasks
+   recorded in the ledger and sent unless humans labelled their range already;
 6. parked events that were applied or dead-lettered are released.
 
 Only after :meth:`BatchMerger.process` returns may the caller move its stream positions (see
@@ -49,7 +51,7 @@ from surgflow.feedback.schemas import (
     decode,
     encode,
 )
-from surgflow.feedback.tasks import TaskLedger, tasks_for
+from surgflow.feedback.tasks import TaskLedger, decide, tasks_for
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +302,28 @@ class BatchMerger:
                  dataset, result.version, result.applied, result.duplicates)
 
     def _tasks(self, plan: _Plan, report: RunReport) -> None:
-        to_send = [t for t in plan.tasks if self.ledger.create(t)]
+        now = datetime.now(UTC)
+        for task_id, event_id in plan.completions:
+            self.ledger.complete(task_id, event_id, now)
+        videos: dict[str, set[str]] = defaultdict(set)
+        annotated: set[str] = set()
+        for t in plan.tasks:
+            videos[t.procedure].add(t.video_id)
+        for dataset, events in plan.events.items():
+            for e in events:
+                if e.provenance == "human":
+                    videos[dataset].add(e.video_id)
+                    annotated.add(e.video_id)
+        # The versions just written hold every human label, this batch's included, so the
+        # decision does not depend on the order annotations and inference events arrived in.
+        intervals = {}
+        for dataset, ids in videos.items():
+            intervals |= self.store.find_intervals(dataset, sorted(ids))
+        decision = decide(plan.tasks, self.ledger.open_for(annotated), intervals)
+        for task_id, event_id in decision.close:
+            self.ledger.close(task_id, event_id, now)
+
+        to_send = [t for t in decision.create if self.ledger.create(t)]
         report.tasks_created += len(to_send)
         if not self._resent_unpublished:
             # After a crash, tasks recorded but never acknowledged on the topic go out again.
@@ -313,10 +336,6 @@ class BatchMerger:
             self.sender.flush()
             for task in to_send:
                 self.ledger.mark_published(task.task_id)
-        now = datetime.now(UTC)
-        for task_id, event_id in plan.completions:
-            self.ledger.complete(task_id, event_id, now)
-
 
 def to_label_event(event: InferenceEvent | AnnotationEvent, partition: int,
                    offset: int) -> LabelEvent:
