@@ -199,6 +199,26 @@ def resolve(
     several procedures are concatenated in order of procedure name, each label once); without
     it, the labels present are sorted by name.
     """
+    sources, segments, records = _select(spec, store)
+    return _clips(spec, sources, segments, records, procedure_labels)
+
+
+def footprint(spec: ViewSpec, home: Path) -> tuple[int, set[str]]:
+    """The labelled frames ``spec`` selects and the sources of their videos (no clips built):
+    what data triggers compare between versions."""
+    import pyarrow.compute as pc
+
+    from surgflow.data.versions import DatasetStore
+
+    _, segments, records = _select(spec, DatasetStore(home))
+    frames = pc.sum(pc.subtract(segments["end_frame"], segments["start_frame"])).as_py() or 0
+    videos = set(segments.column("video_id").to_pylist())
+    return int(frames), {str(records[v]["source"]) for v in videos}
+
+
+def _select(spec: ViewSpec,
+            store: SegmentStore) -> tuple[list[tuple[str, int]], pa.Table, dict[str, dict]]:
+    """The pinned sources, the segments the view keeps and the video records they name."""
     sources, seg_tables, video_tables = [], [], []
     for text in spec.sources:
         dataset, version = pin_source(store, text)
@@ -213,8 +233,7 @@ def resolve(
     missing = set(segments.column("video_id").to_pylist()) - set(records)
     if missing:
         raise NotFound(f"segments name videos missing from their version: {sorted(missing)[:5]}")
-    segments = _keep(segments, records, spec)
-    return _clips(spec, sources, segments, records, procedure_labels)
+    return sources, _keep(segments, records, spec), records
 
 
 def resolve_view(spec: ViewSpec, home: Path) -> ResolvedView:

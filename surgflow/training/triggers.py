@@ -1,0 +1,156 @@
+"""When a recipe retrains by itself: data growth and new sources (SPEC §9).
+
+A recipe's view has a *footprint*: the labelled frames it would train on and the sources
+(hospitals) they come from. :func:`crossings` compares the footprint of a new dataset version
+with the footprint the recipe last started a pipeline for, and names each trigger crossed:
+
+- ``growth``: labelled frames reached ``growth_factor`` × the baseline's;
+- ``new_source``: a source appears that the baseline never saw.
+
+The baseline is the larger of what the recipe's last trained run saw and what it last fired for,
+so each crossing starts exactly one pipeline: once fired, the same data (or a replay of its
+event, or the pipeline's own later writes below the next threshold) crosses nothing.
+:class:`TriggerLedger` records firings durably and claims a crossing under a lock, so two
+evaluators of the same event fire once between them. Cron schedules are Prefect's, not decided
+here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
+from surgflow.training.recipe import Recipe, TriggerSpec
+from surgflow.training.runs import now_iso
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a recipe's view holds: labelled frames and the sources they come from."""
+
+    labelled_frames: int
+    sources: frozenset[str] = field(default_factory=frozenset)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"labelled_frames": self.labelled_frames, "sources": sorted(self.sources)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Footprint:
+        return cls(int(data["labelled_frames"]), frozenset(data.get("sources", ())))
+
+
+def baseline(*seen: Footprint | None) -> Footprint | None:
+    """The footprint new data is compared with: the most frames and every source seen."""
+    known = [f for f in seen if f is not None]
+    if not known:
+        return None
+    return Footprint(max(f.labelled_frames for f in known),
+                     frozenset().union(*(f.sources for f in known)))
+
+
+def crossings(spec: TriggerSpec, current: Footprint, last: Footprint | None) -> list[str]:
+    """The data triggers ``current`` crosses against ``last`` (None: never trained)."""
+    if current.labelled_frames <= 0:
+        return []
+    out = []
+    if spec.growth_factor is not None and last is not None and last.labelled_frames > 0 \
+            and current.labelled_frames >= spec.growth_factor * last.labelled_frames:
+        out.append("growth")
+    if spec.new_source and (last is None or current.sources - last.sources):
+        out.append("new_source")
+    return out
+
+
+def describe(reasons: list[str], current: Footprint, last: Footprint | None,
+             spec: TriggerSpec) -> str:
+    """One line saying why a recipe retrains."""
+    parts = []
+    if "growth" in reasons and last is not None:
+        parts.append(f"labelled frames {last.labelled_frames} → {current.labelled_frames} "
+                     f"(≥ {spec.growth_factor:g}×)")
+    if "new_source" in reasons:
+        new = sorted(current.sources - (last.sources if last else frozenset()))
+        parts.append(f"new source{'s' if len(new) > 1 else ''} {', '.join(new)}")
+    return "; ".join(parts)
+
+
+def recipe_footprint(recipe: Recipe, home: Path, sources: list[str] | None = None) -> Footprint:
+    """The footprint of ``recipe``'s view (all splits) over ``sources`` (default: the recipe's
+    own, latest versions)."""
+    from surgflow.data.views import footprint
+    from surgflow.training.data import pin_sources, view_spec
+
+    pinned = pin_sources(sources or recipe.data.sources, home)
+    frames, found = footprint(view_spec(recipe, pinned, None), home)
+    return Footprint(frames, frozenset(found))
+
+
+def trained_footprint(recipe: Recipe, home: Path) -> Footprint | None:
+    """What the recipe's last successful run trained on (None: it never trained)."""
+    from surgflow.training.runs import RunStore
+
+    store = RunStore(home)
+    done = [r for r in store.list()
+            if r["recipe_name"] == recipe.name and r["status"] == "succeeded"]
+    if not done:
+        return None
+    pinned = store.get(done[-1]["run_id"]).get("dataset_versions") or []
+    return recipe_footprint(recipe, home, pinned) if pinned else None
+
+
+def uses_dataset(recipe: Recipe, dataset: str) -> bool:
+    """Whether ``recipe``'s view mixes (some version of) ``dataset``."""
+    from surgflow.data.views import parse_source
+
+    return any(parse_source(s)[0] == dataset for s in recipe.data.sources)
+
+
+class TriggerLedger:
+    """Firings per recipe under ``SURGFLOW_HOME/triggers/<recipe>.json``."""
+
+    def __init__(self, home: Path):
+        self.root = Path(home) / "triggers"
+
+    def _path(self, recipe: str) -> Path:
+        return self.root / f"{recipe}.json"
+
+    def firings(self, recipe: str) -> list[dict[str, Any]]:
+        data = read_json(self._path(recipe))
+        return list(data.get("firings", [])) if isinstance(data, dict) else []
+
+    def last_fired(self, recipe: str) -> Footprint | None:
+        fired = self.firings(recipe)
+        return Footprint.from_json(fired[-1]["footprint"]) if fired else None
+
+    def claim(self, recipe: Recipe, current: Footprint, trained: Footprint | None,
+              *, cause: str) -> dict[str, Any] | None:
+        """Record a firing if ``current`` crosses a trigger; None if it crosses nothing.
+
+        ``trained`` is what the recipe's last trained run saw; ``cause`` names the event
+        (e.g. ``cholecystectomy@4``). The check and the record happen under one lock.
+        """
+        with locked(self.root / f"{recipe.name}.lock"):
+            fired = self.firings(recipe.name)
+            if any(f["cause"] == cause for f in fired):
+                return None  # the same event delivered again
+            last = baseline(trained, self.last_fired(recipe.name))
+            reasons = crossings(recipe.triggers, current, last)
+            if not reasons:
+                return None
+            firing = {"recipe": recipe.name, "cause": cause, "reasons": reasons,
+                      "why": describe(reasons, current, last, recipe.triggers),
+                      "footprint": current.as_json(),
+                      "baseline": last.as_json() if last else None, "at": now_iso()}
+            write_atomic(self._path(recipe.name), json_bytes({"firings": [*fired, firing]}))
+            return firing
+
+    def all(self) -> list[dict[str, Any]]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.glob("*.json")):
+            out += json.loads(p.read_text()).get("firings", [])
+        return sorted(out, key=lambda f: f["at"])
