@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -31,10 +30,11 @@ from surgflow.data.versions import DatasetStore
 from surgflow.feedback import simulation
 from surgflow.feedback.client import Publisher
 from surgflow.feedback.tasks import TaskLedger
+from surgflow.recipes import recipe_path
 
 PROCEDURE = "cholecystectomy"
 PRODUCTION_MODEL = ("cholecystectomy-phase", 1)
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
+RECIPE = recipe_path("tiny")
 
 
 class DemoParams(BaseModel):
