@@ -1,4 +1,4 @@
-"""`surgflow data versions|show|query|diff|gc`: dataset versions and queries (SPEC §6)."""
+"""`surgflow data versions|show|query|diff|gc|pin`: versions, queries, pins (SPEC §6, §7)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from surgflow.config import get_settings
 from surgflow.data.query import diff as diff_versions
 from surgflow.data.query import query as run_query
 from surgflow.data.versions import DEFAULT_GC_GRACE_S, DatasetStore, parse_ref
+from surgflow.errors import BadInput
 
 
 def store() -> DatasetStore:
@@ -55,6 +56,21 @@ def register(app: typer.Typer) -> None:
     ):
         """Videos and labelled frames added, removed and relabelled from A to B."""
         emit(diff_versions(get_settings().home, parse_ref(a), parse_ref(b)), json_, _render_diff)
+
+    @app.command("pin")
+    @handle_errors
+    def pin(
+        ref: str = typer.Argument(..., metavar="DATASET@N"),
+        as_: str = typer.Option("field", "--as", help="What the version is pinned as: field."),
+        json_: bool = JsonOption,
+    ):
+        """Make a dataset version its procedure's field suite (the gate's ground truth)."""
+        from surgflow.data.pins import pin as pin_version
+
+        name, version = parse_ref(ref)
+        if version is None:
+            raise BadInput(f"expected DATASET@N (a version number), got {ref!r}")
+        emit(pin_version(get_settings().home, name, version, as_), json_)
 
     @app.command("gc")
     @handle_errors
