@@ -51,5 +51,9 @@ class BrokerError(SurgflowError):
     """The Kafka broker could not be reached or refused an operation."""
 
 
+class TrackingError(SurgflowError):
+    """The MLflow tracking server could not be reached or refused an operation."""
+
+
 class DecodeError(SurgflowError):
     """Decoding frames from a registered video failed after retries."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from surgflow.config import Settings, get_settings
 from surgflow.data.storage import locked
-from surgflow.errors import ConfigError
+from surgflow.errors import TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -58,11 +58,30 @@ def client(settings: Settings | None = None) -> MlflowClient:
         return c
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        _probe(uri)
         c.search_experiments(max_results=1)
     except Exception as e:
-        raise ConfigError(f"MLFLOW_TRACKING_URI: no MLflow tracking server answers at {uri}: "
-                          f"{' '.join(str(e).split())[:200]}") from e
+        raise TrackingError(f"MLFLOW_TRACKING_URI: no MLflow tracking server answers at {uri}: "
+                            f"{' '.join(str(e).split())[:200]}") from e
     return c
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def _probe(uri: str) -> None:
+    """Fail in seconds when nothing answers at an HTTP tracking URI.
+
+    MLflow's own requests retry a refused connection with exponential backoff
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7: minutes); one request without retries
+    first tells an unreachable server apart at once. Any HTTP answer counts as reachable.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    timeout = min(PROBE_TIMEOUT_S, float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120))
+    requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
 
 
 def experiment_id(c: MlflowClient, name: str, settings: Settings | None = None) -> str:
