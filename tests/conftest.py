@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.prefect",
     "tests.fixtures.dask",
+    "tests.fixtures.models",
 ]

@@ -130,8 +130,10 @@ def second_labels(view: ResolvedView) -> dict[str, np.ndarray]:
     return out
 
 
-def second_clips(video: ViewVideo, clip: ClipSpec) -> ClipDataset:
-    """One clip per second of ``video``, centred on that second's frame (clamped to fit)."""
+def second_clips(video: ViewVideo | ClipVideo, clip: ClipSpec,
+                 dtype: torch.dtype = torch.float32) -> ClipDataset:
+    """One clip per second of ``video``, centred on that second's frame (clamped to fit);
+    normalised floats of ``dtype``, or raw pixels with ``torch.uint8``."""
     step = frame_step(video.fps, clip.fps)
     span = clip_span(clip, step)
     if span > video.num_frames:
@@ -143,4 +145,4 @@ def second_clips(video: ViewVideo, clip: ClipSpec) -> ClipDataset:
     v = ClipVideo(video.video_id, video.path, video.fps, video.num_frames, video.width,
                   video.height)
     zeros = np.zeros(len(starts), dtype=np.int64)
-    return ClipDataset([v], zeros, starts, zeros, clip)
+    return ClipDataset([v], zeros, starts, zeros, clip, dtype=dtype)
