@@ -108,13 +108,28 @@ def test_temporal_network_learns_phases_from_features():
     assert acc > 0.9
 
 
-def test_temporal_loss_ignores_unlabelled_seconds():
-    logits = torch.randn(2, 1, 4, 10)
-    target = torch.full((1, 10), -1)
-    target[0, :5] = 1
+def test_temporal_loss_ignores_unlabelled_and_padded_seconds():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 4, 12)  # 2 stages, 2 videos, 4 classes, 12 s
+    target = torch.full((2, 12), -1)
+    target[0, :5] = 1  # video 0: 5 labelled seconds, then unlabelled
+    target[1, 3:9] = 2  # video 1: unlabelled, labelled, then padding
+    keep = target >= 0
     changed = logits.clone()
-    assert torch.isfinite(temporal_loss(logits, target))
-    # labels of ignored seconds do not matter
-    t2 = target.clone()
-    t2[0, 7] = -1
-    assert torch.allclose(temporal_loss(logits, target), temporal_loss(changed, t2))
+    per_second = changed.permute(0, 1, 3, 2)  # S×B×L×C view of the same storage
+    per_second[:, ~keep] = 10 * torch.randn(2, int((~keep).sum()), 4)
+    loss = temporal_loss(logits, target)
+    assert torch.isfinite(loss)
+    # what the network outputs at seconds without a label does not matter, smoothing included
+    torch.testing.assert_close(temporal_loss(changed, target), loss)
+    # ...while a change at a labelled second does
+    bumped = logits.clone()
+    bumped[:, 0, 1, 2] += 3.0  # one class at labelled second 2 of video 0
+    assert not torch.allclose(temporal_loss(bumped, target), loss)
+    # smoothing counts only pairs of labelled seconds: a sequence labelled at one second alone
+    # has no smoothing term at all, however jumpy the logits
+    lone = torch.full((1, 12), -1)
+    lone[0, 4] = 0
+    jumpy = torch.randn(1, 1, 4, 12) * 10
+    ce = torch.nn.functional.cross_entropy(jumpy[0], lone, ignore_index=-1)
+    torch.testing.assert_close(temporal_loss(jumpy, lone), ce)

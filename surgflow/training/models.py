@@ -263,13 +263,17 @@ def build_temporal_model(spec: Any, in_dim: int, num_classes: int) -> MSTCN:
 def temporal_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 0.15) -> torch.Tensor:
     """MS-TCN loss: cross-entropy of every stage plus a truncated smoothing term.
 
-    ``logits`` is ``S×B×C×L``, ``target`` is ``B×L`` with -1 for unlabelled seconds.
+    ``logits`` is ``S×B×C×L``, ``target`` is ``B×L`` with -1 for unlabelled (or padded)
+    seconds. Like the cross-entropy, the smoothing term only counts transitions between two
+    labelled seconds: padding and unlabelled stretches neither add to it nor dilute it.
     """
     total = logits.new_zeros(())
+    pair = (target[:, 1:] >= 0) & (target[:, :-1] >= 0)  # B×(L-1)
+    pairs = pair.sum()
     for out in logits:
         total = total + F.cross_entropy(out, target, ignore_index=-1)
-        if out.shape[-1] > 1:
-            logp = F.log_softmax(out, dim=1)
-            diff = (logp[:, :, 1:] - logp[:, :, :-1].detach()) ** 2
-            total = total + smooth * torch.clamp(diff, 0, 16).mean()
+        if pairs > 0:
+            logp = F.log_softmax(out.float(), dim=1)
+            diff = torch.clamp((logp[:, :, 1:] - logp[:, :, :-1].detach()) ** 2, 0, 16)
+            total = total + smooth * (diff * pair[:, None]).sum() / (pairs * out.shape[1])
     return total
