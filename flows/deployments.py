@@ -1,0 +1,98 @@
+"""Every deployment, declared once: schedules, triggers, parameters.
+
+- ``nightly``: :func:`~flows.nightly.nightly_build` over the recipes directory, on a cron;
+- ``triggers``: :func:`~flows.triggers.check_triggers`, run by every
+  ``surgflow.dataset.version.created`` event with the event's dataset and version;
+- ``recipe-<name>``: one per recipe file, :func:`~flows.pipeline.recipe_pipeline` on the
+  recipe's own cron (if any) and on ``surgflow.recipe.retrain`` for its resource
+  ``surgflow.recipe.<name>`` — the event its data triggers emit.
+
+:func:`deployments` builds them; :func:`serve` runs them in this process (``surgflow up``, the
+demo), :func:`deploy` registers them with a work pool (a process pool here, a Kubernetes GPU
+pool in production: see ``deployments/``) on a self-hosted server or Prefect Cloud.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+from flows.nightly import nightly_build, recipe_files
+from flows.pipeline import recipe_pipeline
+from flows.triggers import RETRAIN_EVENT, check_triggers, recipe_resource
+from surgflow.feedback.events import EVENT as VERSION_EVENT
+from surgflow.training.recipe import load_recipe
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
+    """The deployments as plain data: ``{"flow", "name", "cron", "triggers", "parameters"}``."""
+    recipes_dir = str(Path(recipes_dir).resolve())
+    out: list[dict[str, Any]] = [
+        {"flow": nightly_build, "name": "nightly", "cron": NIGHTLY_CRON, "triggers": [],
+         "parameters": {"recipes_dir": recipes_dir, "promote": True},
+         "description": "train and release every recipe; promote the best approved"},
+        {"flow": check_triggers, "name": "triggers", "cron": None,
+         "triggers": [DeploymentEventTrigger(
+             name="on-dataset-version", expect={VERSION_EVENT},
+             match={"prefect.resource.id": "surgflow.dataset.*"},
+             parameters={"dataset": "{{ event.payload.dataset }}",
+                         "version": "{{ event.payload.version }}",
+                         "recipes_dir": recipes_dir})],
+         "parameters": {"recipes_dir": recipes_dir},
+         "description": "decide which recipes a new dataset version retrains"},
+    ]
+    for path in recipe_files(recipes_dir):
+        recipe = load_recipe(path)
+        out.append({
+            "flow": recipe_pipeline, "name": f"recipe-{recipe.name}",
+            "cron": recipe.triggers.cron,
+            "triggers": [DeploymentEventTrigger(
+                name=f"retrain-{recipe.name}", expect={RETRAIN_EVENT},
+                match={"prefect.resource.id": recipe_resource(recipe.name)},
+                parameters={"recipe_path": str(path.resolve()), "promote": True,
+                            "cause": "{{ event.payload.why }}"})],
+            "parameters": {"recipe_path": str(path.resolve()), "promote": True},
+            "description": recipe.description or f"train and release {recipe.name}",
+        })
+    return out
+
+
+def deployments(recipes_dir: str | Path) -> list[Any]:
+    """Runner deployments for :func:`serve`."""
+    return [d["flow"].to_deployment(name=d["name"], cron=d["cron"], triggers=d["triggers"],
+                                    parameters=d["parameters"], description=d["description"])
+            for d in declarations(recipes_dir)]
+
+
+def serve(recipes_dir: str | Path) -> None:
+    """Serve every deployment from this process until it is stopped (SIGTERM/SIGINT)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments(recipes_dir), print_starting_message=False)
+
+
+def deploy(recipes_dir: str | Path, work_pool: str, *, image: str | None = None,
+           source: str | None = None) -> list[str]:
+    """Register every deployment with ``work_pool``; returns their ids.
+
+    Code comes from ``source`` (a git URL or a directory the workers see; default this
+    repository) or, for a container pool, from ``image``.
+    """
+    from prefect import Flow
+
+    root = str(Path(__file__).resolve().parent.parent)
+    ids = []
+    for d in declarations(recipes_dir):
+        flow: Flow = d["flow"]
+        module = Path(flow.fn.__code__.co_filename).name
+        entry = f"flows/{module}:{flow.fn.__name__}"
+        target = flow if image else flow.from_source(source=source or root, entrypoint=entry)
+        ids.append(str(target.deploy(
+            name=d["name"], work_pool_name=work_pool, cron=d["cron"], triggers=d["triggers"],
+            parameters=d["parameters"], description=d["description"], image=image,
+            build=False, push=False, print_next_steps=False)))
+    return ids
