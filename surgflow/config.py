@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from surgflow.errors import ConfigError
@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=3, ge=1, le=1024)
     feedback_confidence_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token the inference service requires (SURGFLOW_API_TOKEN)"
+    )
+    serve_max_body_bytes: int = Field(default=65_536, ge=256, description="largest request body")
+    serve_max_video_s: float = Field(default=4 * 3600.0, gt=0, description="longest video analysed")
+    serve_max_analysis_s: float = Field(default=900.0, gt=0, description="analysis time limit")
+    serve_max_concurrent: int = Field(default=4, ge=1, description="analyses run at once")
+    serve_poll_s: float = Field(default=2.0, gt=0, description="registry production-pointer poll")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import typer
 
-from surgflow.cli import broker, datasets, demo, feedback, models, procedures, training, videos
+from surgflow.cli import (
+    broker,
+    datasets,
+    demo,
+    feedback,
+    models,
+    procedures,
+    serve,
+    training,
+    videos,
+)
 from surgflow.cli.common import setup_logging
 
 app = typer.Typer(
@@ -37,6 +47,7 @@ app.add_typer(feedback_app, name="feedback")
 app.add_typer(procedures_app, name="procedures")
 app.add_typer(models_app, name="models")
 app.add_typer(broker_app, name="broker")
+app.add_typer(serve.app)
 
 
 @app.callback()
