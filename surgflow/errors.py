@@ -39,6 +39,10 @@ class VideoError(BadInput):
         super().__init__(f"{path}: {reason}")
 
 
+class DeadlineExceeded(BadInput):
+    """An operation given a time limit (an analysis's ``deadline_s``) did not finish within it."""
+
+
 class ConflictError(BadInput):
     """Something already exists with different content (a video_id, a procedure, a version)."""
 
