@@ -46,18 +46,25 @@ def runs(pid: int, program: bytes) -> bool:
     return program in cmdline
 
 
-def terminate(pid: int, timeout_s: float, program: bytes | None = None) -> bool:
+def terminate(pid: int, timeout_s: float, program: bytes | None = None,
+              group: bool = False) -> bool:
     """SIGTERM ``pid``, SIGKILL it if still alive after ``timeout_s``; True if it was alive.
 
-    With ``program``, a pid whose command line does not mention it is left alone (False)."""
+    With ``program``, a pid whose command line does not mention it is left alone (False).
+    With ``group``, the signals go to the process group ``pid`` leads (a service started in
+    its own session), so the children it started go with it."""
     if not pid_alive(pid) or (program is not None and not runs(pid, program)):
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    send = os.killpg if group else os.kill
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        send(pid, signal.SIGTERM)
     if not _wait_gone(pid, timeout_s):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            send(pid, signal.SIGKILL)
         _wait_gone(pid, 5.0)
+    if group:  # children that outlived their leader's clean exit
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     return True
 
 

@@ -58,6 +58,11 @@ def from_record(record) -> DeadLetter:
 
 def read_all(bootstrap_servers: str, topic: str, timeout_s: float = 5.0) -> list[DeadLetter]:
     """Every dead letter in ``topic`` (the full DLQ topic name), oldest first per partition."""
+    return [from_record(r) for r in read_records(bootstrap_servers, topic, timeout_s)]
+
+
+def read_records(bootstrap_servers: str, topic: str, timeout_s: float = 5.0) -> list:
+    """Every record in ``topic`` as kafka-python records, oldest first per partition."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = broker.retry(
@@ -73,17 +78,17 @@ def read_all(bootstrap_servers: str, topic: str, timeout_s: float = 5.0) -> list
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
-        out: list[DeadLetter] = []
+        out: list = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(
             consumer.position(tp) < ends[tp] for tp in tps
         ):
             for records in consumer.poll(timeout_ms=200).values():
-                out.extend(from_record(r) for r in records)
+                out.extend(records)
         # The embedded broker may report an end offset short of a multi-record batch; one more
         # poll picks up anything after it.
         for records in consumer.poll(timeout_ms=200).values():
-            out.extend(from_record(r) for r in records)
+            out.extend(records)
         return out
     finally:
         consumer.close()
