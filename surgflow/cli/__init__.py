@@ -12,6 +12,7 @@ from surgflow.cli import (
     datasets,
     demo,
     feedback,
+    mlflow_ui,
     models,
     procedures,
     serve,
@@ -30,14 +31,12 @@ app = typer.Typer(
 data_app = typer.Typer(help="Videos and versioned datasets.", no_args_is_help=True)
 feedback_app = typer.Typer(help="The Kafka feedback loop.", no_args_is_help=True)
 procedures_app = typer.Typer(help="Procedures and their label taxonomies.", no_args_is_help=True)
-models_app = typer.Typer(help="Model architectures, trained models and runs.", no_args_is_help=True)
 broker_app = typer.Typer(help="The embedded Kafka-protocol broker.", no_args_is_help=True)
 
 videos.register(data_app)
 datasets.register(data_app)
 feedback.register(feedback_app)
 procedures.register(procedures_app)
-models.register(models_app)
 broker.register(broker_app)
 training.register(app)
 demo.register(app)
@@ -45,7 +44,8 @@ demo.register(app)
 app.add_typer(data_app, name="data")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(procedures_app, name="procedures")
-app.add_typer(models_app, name="models")
+app.add_typer(models.app, name="models")
+app.add_typer(mlflow_ui.app, name="mlflow")
 app.add_typer(broker_app, name="broker")
 app.add_typer(serve.app)
 

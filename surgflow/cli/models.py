@@ -1,19 +1,170 @@
-"""`surgflow models architectures`: what the model registry can build."""
+"""`surgflow models architectures|list|show|gate|promote|rollback|history` (SPEC §7):
+what can be built, and the registered chains with their stage pointers and seals."""
 
 from __future__ import annotations
 
+import getpass
+import socket
+
 import typer
+from rich.table import Table
 
-from surgflow.cli.common import JsonOption, emit, handle_errors
+from surgflow.cli.common import JsonOption, emit, handle_errors, render_auto, stdout_console
+from surgflow.registry import ModelRegistry, parse_ref
+
+app = typer.Typer(help="Model architectures, registered chains, stage pointers and seals.",
+                  no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+def registry() -> ModelRegistry:
+    return ModelRegistry()
 
-    @app.command("architectures")
-    @handle_errors
-    def architectures(json_: bool = JsonOption):
-        """Architectures a recipe may name: clip/frame models (stage 1) and temporal models."""
-        from surgflow.training.models import architectures as rows
 
-        emit(rows(), json_)
+def who() -> str:
+    """Who moves a pointer from this command line, as the history records it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@app.command("architectures")
+@handle_errors
+def architectures(json_: bool = JsonOption):
+    """Architectures a recipe may name: clip/frame models (stage 1) and temporal models."""
+    from surgflow.training.models import architectures as rows
+
+    emit(rows(), json_)
+
+
+@app.command("list")
+@handle_errors
+def list_versions(
+    name: str | None = typer.Argument(None, help="A model name, e.g. cholecystectomy-phase."),
+    json_: bool = JsonOption,
+):
+    """Registered versions, by model then version, with their stages and verdicts."""
+    emit([v.summary() for v in registry().list(name)], json_, _render_list)
+
+
+@app.command("show")
+@handle_errors
+def show(
+    ref: str = typer.Argument(..., metavar="NAME@VERSION",
+                              help="A version number or candidate / approved / production."),
+    json_: bool = JsonOption,
+):
+    """One version: its stages, recipe, dataset versions, metrics, artifacts and seal."""
+    name, version = parse_ref(ref)
+    emit(registry().get(name, version).show(), json_, _render_show)
+
+
+@app.command("gate")
+@handle_errors
+def gate(
+    ref: str = typer.Argument(..., metavar="NAME@VERSION"),
+    json_: bool = JsonOption,
+):
+    """Evaluate a version on the field suite against production and seal the verdict (or
+    return the seal it already has). Exits 0 whatever the verdict."""
+    from surgflow.evaluation.gate import gate_version
+
+    name, version = parse_ref(ref)
+    reg = registry()
+    seal = gate_version(reg, name, reg.get(name, version).version)
+    emit(seal, json_, _render_seal)
+
+
+@app.command("promote")
+@handle_errors
+def promote(
+    ref: str = typer.Argument(..., metavar="NAME@VERSION"),
+    to: str = typer.Option("production", "--to", help="production or approved."),
+    force: bool = typer.Option(False, "--force",
+                               help="Promote to production without an approving seal."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)."),
+    json_: bool = JsonOption,
+):
+    """Move a pointer to a version after re-hashing its artifacts and re-running ONNX parity;
+    needs an approving seal against the current production unless --force --reason."""
+    name, version = parse_ref(ref)
+    moved = registry().promote(name, version, to=to, force=force, reason=reason, by=who())
+    emit(moved, json_, _render_move)
+
+
+@app.command("rollback")
+@handle_errors
+def rollback(
+    name: str = typer.Argument(..., help="A model name, e.g. cholecystectomy-phase."),
+    json_: bool = JsonOption,
+):
+    """Point production back at the version it held before, after the same artifact checks."""
+    emit(registry().rollback(name, by=who()), json_, _render_move)
+
+
+@app.command("history")
+@handle_errors
+def history(
+    name: str = typer.Argument(..., help="A model name, e.g. cholecystectomy-phase."),
+    json_: bool = JsonOption,
+):
+    """Every pointer move of a model, oldest first."""
+    emit(registry().history(name), json_, _render_history)
+
+
+def _v(version: int | None) -> str:
+    return "-" if version is None else str(version)
+
+
+def _render_list(rows: list[dict]) -> None:
+    if not rows:
+        stdout_console.print("(no registered versions)")
+        return
+    table = Table("model", "version", "created", "recipe", "stages", "verdict", "run")
+    for r in rows:
+        table.add_row(r["name"], str(r["version"]), r["created_at"][:19], r["recipe"] or "",
+                      ", ".join(r["stages"]), r["verdict"] or "", (r["run_id"] or "")[:12])
+    stdout_console.print(table)
+
+
+def _render_show(d: dict) -> None:
+    stdout_console.print(f"[bold]{d['name']}@{d['version']}[/bold]  "
+                         f"stages: {', '.join(d['stages']) or '-'}  verdict: {d['verdict'] or '-'}")
+    render_auto({k: d[k] for k in ("created_at", "run_id", "recipe", "dataset_versions",
+                                   "metrics")})
+    table = Table("artifact", "sha256")
+    for a in d["artifacts"]:
+        table.add_row(a["path"], a["sha256"])
+    stdout_console.print(table)
+    if d["seal"]:
+        _render_seal(d["seal"])
+    else:
+        stdout_console.print("seal: (none)")
+
+
+def _render_seal(seal: dict) -> None:
+    stdout_console.print(f"seal: [bold]{seal['verdict']}[/bold] {seal['model']} against "
+                         f"{seal.get('baseline') or '(no baseline)'} on {seal['field_suite']} "
+                         f"at {seal.get('sealed_at')}")
+    table = Table("check", "value", "baseline", "threshold", "passed", "reason")
+    for c in seal.get("checks", []):
+        table.add_row(*[str(c.get(k, "")) if c.get(k) is not None else ""
+                        for k in ("name", "value", "baseline", "threshold", "passed", "reason")])
+    stdout_console.print(table)
+
+
+def _render_move(m: dict) -> None:
+    same = " (already there)" if m["from"] == m["to"] else ""
+    stdout_console.print(f"{m['name']}: {m['stage']} {_v(m['from'])} -> {_v(m['to'])}{same}")
+
+
+def _render_history(moves: list[dict]) -> None:
+    if not moves:
+        stdout_console.print("(no pointer moves)")
+        return
+    table = Table("at", "stage", "from", "to", "by", "reason")
+    for m in moves:
+        table.add_row(m["at"][:19], m["stage"], _v(m["from"]), _v(m["to"]), m["by"],
+                      m["reason"])
+    stdout_console.print(table)

@@ -1,0 +1,96 @@
+"""Seals: the gate's immutable verdicts, one file per (version, baseline, field suite).
+
+A seal (SPEC §7) is written once with :func:`surgflow.data.storage.write_exclusive` under
+``SURGFLOW_HOME/registry/<name>/seals/<version>/<key>.json``; the key is a digest of its
+baseline and field suite, so the same inputs always name the same file and a second writer
+gets the stored seal back unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from surgflow.data.storage import json_bytes, read_json, write_exclusive
+from surgflow.errors import BadInput
+
+VERDICTS = ("approved", "rejected")
+
+
+def key(baseline: str | None, field_suite: str) -> str:
+    return hashlib.sha256(json.dumps([baseline, field_suite]).encode()).hexdigest()[:20]
+
+
+def validate(seal: dict, ref: str) -> dict:
+    """``seal`` checked against SPEC §7 for the version ``ref`` (``NAME@VERSION``)."""
+    if not isinstance(seal, dict):
+        raise BadInput(f"seal for {ref}: expected a JSON object, got {type(seal).__name__}")
+    missing = [k for k in ("model", "verdict", "baseline", "field_suite", "sealed_at", "checks")
+               if k not in seal]
+    if missing:
+        raise BadInput(f"seal for {ref}: missing {', '.join(missing)}")
+    if seal["model"] != ref:
+        raise BadInput(f"seal for {ref}: its model is {seal['model']!r}")
+    if seal["verdict"] not in VERDICTS:
+        raise BadInput(f"seal for {ref}: verdict {seal['verdict']!r}, expected one of "
+                       f"{', '.join(VERDICTS)}")
+    if not isinstance(seal["field_suite"], str) or not seal["field_suite"]:
+        raise BadInput(f"seal for {ref}: field_suite {seal['field_suite']!r}, expected "
+                       "DATASET@VERSION")
+    if seal["baseline"] is not None and not isinstance(seal["baseline"], str):
+        raise BadInput(f"seal for {ref}: baseline {seal['baseline']!r}, expected NAME@VERSION "
+                       "or null")
+    checks = seal["checks"]
+    if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+        raise BadInput(f"seal for {ref}: checks must be a list of objects")
+    failed = failing(seal)
+    if seal["verdict"] == "approved" and failed:
+        raise BadInput(f"seal for {ref}: verdict approved but checks failed: "
+                       f"{', '.join(c.get('name', '?') for c in failed)}")
+    return seal
+
+
+def failing(seal: dict) -> list[dict]:
+    """The checks of ``seal`` that did not pass (an ONNX record that failed counts)."""
+    out = [c for c in seal.get("checks", []) if not c.get("passed")]
+    onnx = seal.get("onnx")
+    if isinstance(onnx, dict) and onnx.get("passed") is False:
+        out.append({"name": "onnx.parity", "passed": False,
+                    "reason": f"ONNX parity failed (max |Δ| {onnx.get('max_abs_diff')})"})
+    return out
+
+
+def describe_failures(seal: dict) -> str:
+    parts = [f"{c.get('name', '?')} ({c.get('reason') or 'failed'})" for c in failing(seal)]
+    return "; ".join(parts) or "verdict rejected"
+
+
+class SealStore:
+    """The seals of one registered model."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def put(self, version: int, seal: dict) -> dict:
+        """Store ``seal`` unless one with its key exists; return the stored seal."""
+        path = self.root / str(version) / f"{key(seal['baseline'], seal['field_suite'])}.json"
+        if not write_exclusive(path, json_bytes(seal)):
+            stored = read_json(path)
+            if stored is None:
+                raise BadInput(f"{path}: stored seal is not valid JSON")
+            return stored
+        return seal
+
+    def get(self, version: int, baseline: str | None, field_suite: str) -> dict | None:
+        return read_json(self.root / str(version) / f"{key(baseline, field_suite)}.json")
+
+    def all(self, version: int) -> list[dict]:
+        """Every seal of ``version``, oldest first."""
+        d = self.root / str(version)
+        seals = [s for p in sorted(d.glob("*.json")) if (s := read_json(p)) is not None]
+        return sorted(seals, key=lambda s: str(s.get("sealed_at", "")))
+
+    def latest(self, version: int) -> dict | None:
+        seals = self.all(version)
+        return seals[-1] if seals else None
