@@ -1,158 +1,299 @@
-"""The demo: the whole loop end to end on the embedded default, on one laptop, no GPU.
+"""The demo: the whole loop, closed, on the embedded default, on one laptop, no GPU.
 
-1. a hospital uploads synthetic surgical videos (Kafka ``videos``);
-2. the production model's outputs arrive (``inference``), annotators label some videos fully
-   (``annotations``);
-3. the feedback flow merges them into dataset version 1 and raises feedback tasks for the
-   model's low-confidence segments (``feedback-tasks``);
-4. annotators answer those tasks; the feedback flow makes version 2;
-5. the training flow trains the demo recipe on version 2 with DDP on a local Dask cluster.
+1. Hospitals A and B upload synthetic surgical videos with annotators' labels (Kafka
+   ``videos``, ``annotations``); the feedback flow merges them into dataset version 1, which is
+   pinned as the field suite. Its version event crosses the demo recipe's new-source trigger,
+   and the served deployments train v1 by themselves: DDP on the Dask cluster, ONNX export,
+   parity, the gate (a first model: minimums only), promotion to production.
+2. The inference service (fleet mode) analyses hospital C's longer videos with v1 and publishes
+   its outputs (``inference``); the feedback flow merges them and raises feedback tasks for the
+   low-confidence segments.
+3. Simulated annotators answer the tasks and label C's held-out videos; the merged version is
+   pinned as the new field suite and crosses the new-source trigger again (hospital C), which
+   starts v2's pipeline by itself; v2 is gated against v1 and promoted only if it passes; the
+   service hot-swaps to it.
 
-Thin over the library; each step is one task.
+The demo drives only what outside parties would do (uploads, annotations, pinning the field
+suite) and waits for the system to do the rest. Everything it starts is recorded as a stack
+(:mod:`flows.stack`) and stopped at the end unless ``keep_running``.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
-from pydantic import BaseModel, Field
+import httpx
+import yaml
 
-from flows.feedback import feedback_flow
-from flows.training import TrainingParams, training_flow
-from surgflow.config import get_settings
-from surgflow.data.splits import ids_filling_splits
+from surgflow.config import Settings
+from surgflow.data.splits import ids_filling_splits, split_of
 from surgflow.data.synthetic import SyntheticVideo, generate_video
-from surgflow.data.taxonomy import ProcedureCatalog
-from surgflow.data.versions import DatasetStore
+from surgflow.errors import SurgflowError
 from surgflow.feedback import simulation
 from surgflow.feedback.client import Publisher
-from surgflow.feedback.tasks import TaskLedger
-from surgflow.recipes import recipe_path
 
 PROCEDURE = "cholecystectomy"
-PRODUCTION_MODEL = ("cholecystectomy-phase", 1)
-RECIPE = recipe_path("tiny")
+MODEL = f"{PROCEDURE}-phase"
+FIRST_HOSPITALS = ("hospital-a", "hospital-b")
+NEW_HOSPITAL = "hospital-c"
 
 
-class DemoParams(BaseModel):
-    """How big the demo is."""
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: videos per split, their lengths, the training epochs."""
 
-    videos_per_split: dict[str, int] = Field(
-        default={"train": 6, "val": 2, "test": 2}, description="videos to upload per split"
-    )
-    duration_s: float = Field(default=40.0, gt=1, description="length of each video")
-    seed: int = 0
-    recipe_path: str = Field(default=str(RECIPE), description="recipe trained at the end")
-    train: bool = Field(default=True, description="run the training step")
+    first: dict[str, int]
+    first_duration_s: float
+    new: dict[str, int]
+    new_duration_s: float
+    clip_epochs: int
+    temporal_epochs: int
+    timeout_s: float
 
 
-@task(name="upload-videos")
-def make_videos(params: DemoParams) -> list[SyntheticVideo]:
-    """Synthetic videos whose ids fill each split (splits come from a hash of the id)."""
-    out_dir = get_settings().home / "demo" / "videos"
-    hospitals = ("hospital-a", "hospital-b")
-    videos = []
+SIZES = {
+    "small": DemoSize({"train": 4, "val": 2, "test": 2}, 24, {"train": 2, "val": 1, "test": 1},
+                      60, 3, 10, 900),
+    "default": DemoSize({"train": 6, "val": 2, "test": 2}, 40,
+                        {"train": 4, "val": 1, "test": 2}, 240, 4, 15, 1500),
+    "large": DemoSize({"train": 12, "val": 4, "test": 4}, 90,
+                      {"train": 8, "val": 2, "test": 3}, 600, 8, 30, 5400),
+}
+
+
+@dataclass
+class DemoReport:
+    """What the demo did, step by step (the CLI renders it)."""
+
+    size: str
+    home: str
+    log: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    firings: list[dict[str, Any]] = field(default_factory=list)
+    report_path: str | None = None
+    highlights: str | None = None
+    served: dict[str, Any] | None = None
+    urls: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+Step = Callable[[str], Any]  # a context manager factory: with step("doing x"): ...
+
+
+def demo_recipe(size: DemoSize, out_dir: Path) -> Path:
+    """The shipped tiny recipe, sized for this demo, retraining on new sources and growth."""
+    from surgflow.recipes import recipe_path
+
+    data = yaml.safe_load(recipe_path("tiny").read_text())
+    data["name"] = "cholec-demo"
+    data["description"] = "demo: tiny frame encoder → causal MS-TCN, retrained on new hospitals"
+    data["data"]["min_confidence"] = None  # human labels only: a source appears when labelled
+    data["optim"]["epochs"] = size.clip_epochs
+    data["temporal"]["optim"]["epochs"] = size.temporal_epochs
+    data["triggers"] = {"new_source": True, "growth_factor": 2.0}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "cholec-demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def make_videos(out_dir: Path, per_split: dict[str, int], hospitals: tuple[str, ...],
+                duration_s: float, seed: int, tag: str) -> list[SyntheticVideo]:
     picked = ids_filling_splits(
-        params.videos_per_split, lambda i: f"{hospitals[i % 2]}-case-{params.seed:02d}{i:04d}"
-    )
-    for i, video_id in picked:
-        videos.append(
-            generate_video(
-                out_dir / f"{video_id}.mp4",
-                seed=params.seed * 10_007 + i,
-                duration_s=params.duration_s,
-                hospital=hospitals[i % 2],
-                width=160,
-                height=128,
-            )
-        )
-    return videos
+        per_split, lambda i: f"{hospitals[i % len(hospitals)]}-{tag}-{seed:02d}{i:04d}")
+    return [generate_video(out_dir / f"{vid}.mp4", seed=seed * 10_007 + i + len(tag),
+                           duration_s=duration_s, hospital=hospitals[i % len(hospitals)],
+                           width=160, height=128)
+            for i, vid in picked]
 
 
-@task(name="publish-events")
-def publish_events(videos: list[SyntheticVideo], seed: int) -> dict[str, int]:
-    """Uploads, production-model outputs for every video, full annotations for half of them."""
-    settings = get_settings()
-    labels = list(ProcedureCatalog(settings.home).get(PROCEDURE).labels)
-    t0 = datetime.now(UTC) - timedelta(hours=1)
-    counts = {"videos": 0, "inference": 0, "annotations": 0}
+def publish_uploads(settings: Settings, videos: list[SyntheticVideo], annotate: bool,
+                    at: datetime) -> None:
     with Publisher.from_settings(settings) as pub:
-        for i, v in enumerate(videos):
-            pub.video(simulation.video_event(v, PROCEDURE, recorded_at=t0))
-            pub.inference(
-                simulation.model_output(
-                    v, PROCEDURE, labels, PRODUCTION_MODEL, t0 + timedelta(minutes=1), seed=seed + i
-                )
-            )
-            counts["videos"] += 1
-            counts["inference"] += 1
-            if i % 2 == 0:
-                pub.annotation(simulation.annotation(v, "annotator-1", t0 + timedelta(minutes=5)))
-                counts["annotations"] += 1
+        for v in videos:
+            pub.video(simulation.video_event(v, PROCEDURE, recorded_at=at))
+            if annotate:
+                pub.annotation(simulation.annotation(v, "annotator-1", at + timedelta(minutes=5)))
         pub.flush()
-    return counts
 
 
-@task(name="answer-feedback-tasks")
-def answer_tasks(videos: list[SyntheticVideo]) -> int:
-    """Annotators refine every open task's range with the ground truth."""
-    settings = get_settings()
+def answer_tasks(settings: Settings, videos: list[SyntheticVideo], held_out: set[str]) -> int:
+    """Annotators answer every open task on ``videos`` and fully label the held-out ones."""
+    from surgflow.feedback.tasks import TaskLedger
+
     by_id = {v.video_id: v for v in videos}
-    answered = 0
     at = datetime.now(UTC)
+    answered = 0
     with Publisher.from_settings(settings) as pub:
         for t in TaskLedger(settings.home).list():
-            if t["status"] != "open" or t["video_id"] not in by_id:
-                continue
-            pub.annotation(
-                simulation.annotation(
-                    by_id[t["video_id"]],
-                    "annotator-2",
-                    at,
-                    t["start_frame"],
-                    t["end_frame"],
-                    task_id=t["task_id"],
-                )
-            )
-            answered += 1
+            if t["status"] == "open" and t["video_id"] in by_id:
+                pub.annotation(simulation.annotation(
+                    by_id[t["video_id"]], "annotator-2", at, t["start_frame"], t["end_frame"],
+                    task_id=t["task_id"]))
+                answered += 1
+        for vid in sorted(held_out):
+            pub.annotation(simulation.annotation(by_id[vid], "annotator-qa", at))
         pub.flush()
     return answered
 
 
-@task(name="dataset-summary")
-def dataset_summary() -> dict[str, Any]:
-    m = DatasetStore(get_settings().home).manifest(PROCEDURE)
-    return {
-        "dataset": PROCEDURE,
-        "version": m.version,
-        "videos": m.videos,
-        "provenance_frames": m.provenance_frames,
-        "splits": m.splits,
-    }
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float,
+             every_s: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise SurgflowError(f"demo: timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
 
 
-@flow(name="surgflow-demo", validate_parameters=True)
-def demo_flow(params: DemoParams) -> dict[str, Any]:
-    """Run the loop once end to end and return what each step produced."""
+def sealed(version: int) -> Callable[[], dict | None]:
+    def check() -> dict | None:
+        from surgflow.registry import ModelRegistry
+
+        reg = ModelRegistry()
+        try:
+            return reg.seal(MODEL, version)
+        except SurgflowError:
+            return None
+
+    return check
+
+
+def production() -> int | None:
+    from surgflow.registry import ModelRegistry
+
+    try:
+        return ModelRegistry().production(MODEL)
+    except SurgflowError:
+        return None
+
+
+def served_version(url: str) -> int | None:
+    try:
+        models = httpx.get(f"{url}/v1/models", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    entry = models.get(PROCEDURE) if isinstance(models, dict) else None
+    return entry.get("version") if isinstance(entry, dict) else None
+
+
+def inference_published(settings: Settings, video_ids: set[str]) -> bool:
+    """Whether the ``inference`` topic holds an event for every one of ``video_ids``."""
+    from surgflow.feedback import broker, dlq
+
+    topic = settings.topic("inference")
+    keys = {r.key.decode() for r in dlq.read_records(broker.bootstrap(settings), topic)
+            if r.key}
+    return video_ids <= keys
+
+
+def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
+             keep_running: bool = False, log_path: Path) -> DemoReport:
+    """Run the loop (see the module docstring); ``step(text)`` wraps each stage."""
+    from flows.feedback import feedback_flow
+    from flows.pipeline import ensure_gpu_limit
+    from flows.stack import Stack, down
+    from surgflow.data.pins import pin
+    from surgflow.data.versions import DatasetStore
+    from surgflow.registry import ModelRegistry
+    from surgflow.training.triggers import TriggerLedger
+
+    size = SIZES[size_name]
     started = time.monotonic()
-    videos = make_videos(params)
-    published = publish_events(videos, params.seed)
-    first = feedback_flow(once=True)
-    answered = answer_tasks(videos)
-    second = feedback_flow(once=True)
-    summary: dict[str, Any] = {
-        "videos": len(videos),
-        "published": published,
-        "feedback_first": first,
-        "tasks_answered": answered,
-        "feedback_second": second,
-        "dataset": dataset_summary(),
-    }
-    if params.train:
-        record = training_flow(TrainingParams(recipe_path=params.recipe_path))
-        summary["training"] = record
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    return summary
+    home = settings.home
+    report = DemoReport(size=size_name, home=str(home), log=str(log_path))
+    root = home / "demo"
+    recipes = root / "recipes"
+    shutil.rmtree(recipes, ignore_errors=True)
+    demo_recipe(size, recipes)
+    stack = Stack(settings)
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    try:
+        with step("starting Prefect, the broker, Dask, MLflow and the served deployments"):
+            stack.start_core()
+            ensure_gpu_limit(1)
+            stack.start_dask(2)
+            stack.start_mlflow_ui()
+            stack.start_deployments(recipes)
+        with step(f"hospitals A and B upload {sum(size.first.values())} annotated videos"):
+            first = make_videos(root / "videos", size.first, FIRST_HOSPITALS,
+                                size.first_duration_s, seed, "case")
+            publish_uploads(settings, first, annotate=True, at=t0)
+        with step("feedback flow merges them; the version is pinned as the field suite"):
+            run1 = feedback_flow(once=True)
+            v1_data = DatasetStore(home).latest_version(PROCEDURE)
+            pin(home, PROCEDURE, v1_data)
+        report.steps.append({"step": "feedback", "result": run1})
+        with step("new sources → the trigger trains, gates and promotes v1 by itself"):
+            seal1 = wait_for("v1's seal", sealed(1), size.timeout_s)
+            if seal1["verdict"] != "approved":
+                raise SurgflowError(f"demo: v1 was rejected: {_failing(seal1)}")
+            wait_for("v1 in production", lambda: production() == 1, 120)
+        with step("the inference service starts in fleet mode with v1"):
+            svc = stack.start_service(consume=True)
+            wait_for("the service to load v1", lambda: served_version(svc.url) == 1, 180)
+        new = make_videos(root / "videos", size.new, (NEW_HOSPITAL,), size.new_duration_s,
+                          seed + 1, "case")
+        minutes = size.new_duration_s / 60
+        with step(f"hospital C uploads {len(new)} videos of {minutes:.0f} min; the fleet "
+                  "analyses them with v1"):
+            publish_uploads(settings, new, annotate=False, at=t0 + timedelta(hours=1))
+            wait_for("the fleet's inference events",
+                     lambda: inference_published(settings, {v.video_id for v in new}),
+                     size.timeout_s)
+        with step("feedback flow merges the model's outputs and raises feedback tasks"):
+            run2 = feedback_flow(once=True)
+        report.steps.append({"step": "feedback", "result": run2})
+        held_out = {v.video_id for v in new if split_of(v.video_id) != "train"}
+        with step("annotators answer the tasks and label C's held-out videos"):
+            answered = answer_tasks(settings, new, held_out)
+            run3 = feedback_flow(once=True)
+            pin(home, PROCEDURE, DatasetStore(home).latest_version(PROCEDURE))
+        report.steps.append({"step": "annotate", "answered": answered, "result": run3})
+        with step("hospital C is a new source → the trigger starts v2's pipeline by itself"):
+            seal2 = wait_for("v2's seal", sealed(2), size.timeout_s)
+        if seal2["verdict"] == "approved":
+            with step("v2 approved against v1 → promoted; the service hot-swaps to it"):
+                wait_for("v2 in production", lambda: production() == 2, 120)
+                wait_for("the service to swap to v2", lambda: served_version(svc.url) == 2, 180)
+        report.served = httpx.get(f"{svc.url}/v1/models", timeout=5).json()
+        with step("highlight reel of one of hospital C's videos"):
+            report.highlights = _highlights(settings, root, sorted(held_out)[0])
+        registry = ModelRegistry()
+        report.models = [registry.get(MODEL, v).model_dump(mode="json") for v in (1, 2)]
+        report.report_path = (report.models[1].get("seal") or {}).get("report_path")
+        report.versions = [m.summary() | {"sources": dict(m.sources)}
+                           for m in DatasetStore(home).versions(PROCEDURE)]
+        report.firings = TriggerLedger(home).all()
+        if keep_running:
+            report.urls = stack.urls()
+    finally:
+        if not keep_running:
+            down(home)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def _failing(seal: dict[str, Any]) -> str:
+    return "; ".join(c["reason"] for c in seal.get("checks", []) if not c["passed"])
+
+
+def _highlights(settings: Settings, root: Path, video_id: str) -> str:
+    from surgflow.serving.highlights import make_highlights
+
+    out = root / "highlights" / f"{video_id}.mp4"
+    return str(make_highlights(settings, video_id, out)["out"])

@@ -11,11 +11,13 @@ from surgflow.cli import (
     broker,
     datasets,
     demo,
+    deployments,
     feedback,
     mlflow_ui,
     models,
     procedures,
     serve,
+    stack,
     training,
     videos,
 )
@@ -39,7 +41,10 @@ feedback.register(feedback_app)
 procedures.register(procedures_app)
 broker.register(broker_app)
 training.register(app)
-demo.register(app)
+app.command("demo")(demo.demo)
+app.command("up")(stack.up)
+app.command("down")(stack.down)
+app.command("nightly")(deployments.nightly)
 
 app.add_typer(data_app, name="data")
 app.add_typer(feedback_app, name="feedback")
@@ -48,6 +53,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(mlflow_ui.app, name="mlflow")
 app.add_typer(broker_app, name="broker")
 app.add_typer(serve.app)
+app.add_typer(deployments.app, name="deployments")
 
 
 @app.callback()

@@ -1,83 +1,143 @@
-"""`surgflow demo`: the whole loop end to end on the embedded default."""
+"""`surgflow demo`: the whole loop, closed, on the embedded default (see :mod:`flows.demo`).
+
+The terminal shows one line per stage with its time; everything Prefect, Dask, uvicorn and
+MLflow log goes to ``SURGFLOW_HOME/logs/`` (this process's own to ``demo.log``).
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
-from surgflow.cli.common import JsonOption, emit, handle_errors, stdout_console
+from surgflow.cli.common import JsonOption, emit, handle_errors, stderr_console, stdout_console
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("demo")
-    @handle_errors
-    def demo(
-        duration: float = typer.Option(40.0, "--duration", help="Seconds per synthetic video."),
-        seed: int = typer.Option(0, "--seed"),
-        no_train: bool = typer.Option(False, "--no-train", help="Stop after the datasets."),
-        keep_running: bool = typer.Option(
-            False, "--keep-running",
-            help="Leave the embedded broker and Prefect server the demo started running.",
-        ),
-        json_: bool = JsonOption,
-    ):
-        """Synthetic videos → Kafka → dataset versions → feedback tasks → DDP training."""
-        import os
+@handle_errors
+def demo(
+    size: str = typer.Option("default", "--size", help="small | default | large: how many "
+                             "videos, how long, how many epochs."),
+    seed: int = typer.Option(0, "--seed"),
+    keep_running: bool = typer.Option(
+        False, "--keep-running",
+        help="Leave the stack running and print its URLs (stop it with `surgflow down`)."),
+    json_: bool = JsonOption,
+) -> None:
+    """The whole loop, closed: two hospitals → v1 → a third hospital → v2, by itself.
 
-        from flows.runtime import ensure_server, running_server, stop_server
-        from surgflow.config import get_settings
-        from surgflow.feedback import broker
+    Hospitals A and B upload annotated videos; v1 trains, is gated and promoted; the inference
+    service analyses hospital C's videos with v1; annotators answer the feedback tasks; the new
+    source triggers v2's pipeline, which is gated against v1 and hot-swapped in if it passes.
+    """
+    from flows.runtime import ensure_server
+    from surgflow.config import get_settings
+    from surgflow.errors import BadInput
 
-        settings = get_settings()
-        had_prefect = bool(os.environ.get("PREFECT_API_URL") or running_server(settings.home))
-        had_broker = bool(settings.kafka_bootstrap or broker.status(settings.home))
+    settings = get_settings()
+    from flows.demo import SIZES
+
+    if size not in SIZES:
+        raise BadInput(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    log_path = settings.home / "logs" / "demo.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_server(settings.home)  # Prefect reads PREFECT_API_URL when first imported
+    with _logs_to(log_path):
+        from flows.demo import run_demo
+
+        report = run_demo(settings, size, _step(not json_), seed=seed,
+                          keep_running=keep_running, log_path=log_path)
+    emit(report.as_json(), json_, _render)
+
+
+@contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Send every library's log records to ``path`` instead of the terminal."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def reroute() -> None:
+        for logger in [logging.getLogger(), *(
+                logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]:
+            for h in list(logger.handlers):
+                to_terminal = (isinstance(h, logging.StreamHandler)
+                               and not isinstance(h, logging.FileHandler)
+                               and getattr(h, "stream", None) in (sys.stderr, sys.stdout))
+                if to_terminal or type(h).__name__ == "PrefectConsoleHandler":
+                    logger.removeHandler(h)
+        root = logging.getLogger()
+        if handler not in root.handlers:
+            root.addHandler(handler)
+        surgflow = logging.getLogger("surgflow")
+        if handler not in surgflow.handlers:
+            surgflow.addHandler(handler)
+
+    import prefect  # noqa: F401 (configures its logging on import; reroute after)
+
+    reroute()
+    try:
+        yield
+    finally:
+        handler.flush()
+
+
+def _step(show: bool):
+    @contextmanager
+    def step(text: str) -> Iterator[None]:
+        started = time.monotonic()
+        logging.getLogger("surgflow.demo").info("step: %s", text)
+        if not show:
+            yield
+            return
         try:
-            # Prefect reads PREFECT_API_URL when it is first imported: start or find the
-            # server before anything imports prefect.
-            ensure_server(settings.home)
-            from flows.demo import DemoParams, demo_flow
+            with stderr_console.status(text):
+                yield
+        except BaseException:
+            stderr_console.print(f"[red]✗[/red] {text} ({time.monotonic() - started:.0f} s)")
+            raise
+        stderr_console.print(f"[green]✓[/green] {text} [dim]({time.monotonic() - started:.0f} s)"
+                             "[/dim]")
 
-            result = demo_flow(DemoParams(duration_s=duration, seed=seed, train=not no_train))
-        finally:
-            if not keep_running:
-                if not had_broker:
-                    broker.stop(settings.home)
-                if not had_prefect:
-                    stop_server(settings.home)
-        result["home"] = str(settings.home)
-        emit(result, json_, _render)
+    return step
 
 
 def _render(r: dict[str, Any]) -> None:
     c = stdout_console
-    c.print(f"[bold]uploaded[/bold] {r['videos']} videos; published {r['published']}")
-    for key, title in (("feedback_first", "feedback run 1"), ("feedback_second", "feedback run 2")):
-        f = r[key]
-        versions = ", ".join(f"{v['dataset']}@{v['version']}" for v in f["versions_created"])
-        c.print(
-            f"[bold]{title}[/bold]: consumed {f['consumed']}, applied {f['applied']}, "
-            f"tasks created {f['tasks_created']}, dead-lettered {f['dead_lettered']} "
-            f"→ {versions or 'no new version'}"
-        )
-    c.print(f"[bold]annotators answered[/bold] {r['tasks_answered']} feedback tasks")
-    d = r["dataset"]
-    c.print(
-        f"[bold]dataset[/bold] {d['dataset']}@{d['version']}: {d['videos']} videos, "
-        f"frames by provenance {d['provenance_frames']}, splits {d['splits']}"
-    )
-    t = r.get("training")
-    if t:
-        result = t.get("result") or {}
-        c.print(
-            f"[bold]training run[/bold] {t['run_id']}: {t['status']}, "
-            f"model {result.get('model_version')}"
-        )
-        for name, stage in (result.get("stages") or {}).items():
-            val = (stage.get("final") or {}).get("val") or {}
-            if val:
-                c.print(f"  {name}: validation accuracy {val['accuracy']:.3f}, "
-                        f"macro F1 {val['macro_f1']:.3f} ({val['samples']} samples)")
-    c.print(f"done in {r['seconds']} s; state under {r['home']} "
-            "(try `surgflow data show cholecystectomy`, `surgflow feedback tasks`, "
-            "`surgflow runs list`)")
+    versions = Table("dataset version", "videos", "sources", "events", title="datasets")
+    for v in r["versions"]:
+        versions.add_row(f"cholecystectomy@{v['version']}", str(v["videos"]),
+                         ", ".join(f"{k} {n}" for k, n in sorted(v["sources"].items())),
+                         str(v["events_applied"]))
+    c.print(versions)
+    models = Table("model", "trained on", "verdict", "field macro-F1 by hospital", "stages",
+                   title="models")
+    for m in r["models"]:
+        seal = m.get("seal") or {}
+        models.add_row(f"{m['name']}@{m['version']}", ", ".join(m.get("dataset_versions") or []),
+                       str(m.get("verdict")), _by_source(seal), ", ".join(m.get("stages") or []))
+    c.print(models)
+    firings = Table("recipe", "fired on", "why", title="trigger firings")
+    for f in r["firings"]:
+        firings.add_row(f["recipe"], f["cause"], f["why"])
+    c.print(firings)
+    for label, key in (("comparison report", "report_path"), ("highlight reel", "highlights"),
+                       ("log", "log")):
+        if r.get(key):
+            c.print(f"[bold]{label:18}[/bold] {r[key]}")
+    for label, url in (r.get("urls") or {}).items():
+        if url:
+            c.print(f"[bold]{label:18}[/bold] {url}")
+    if r.get("urls"):
+        c.print("the stack is still running; stop it with `surgflow down`")
+    c.print(f"done in {r['seconds']:.0f} s; state under {r['home']}")
+
+
+def _by_source(seal: dict[str, Any]) -> str:
+    per = (seal.get("metrics") or {}).get("per_source") or {}
+    return ", ".join(f"{s} {m.get('macro_f1', 0):.2f}" for s, m in sorted(per.items())) or "–"
