@@ -1,0 +1,314 @@
+"""The inference service over real HTTP on loopback: a trained chain from the real registry
+(embedded MLflow), real ONNX sessions, real decoded synthetic videos, the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surgflow.data.synthetic import generate_video
+from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.data.versions import DatasetStore
+from surgflow.feedback.client import Publisher
+from surgflow.feedback.consumer import run_feedback
+from surgflow.feedback.schemas import InferenceEvent, decode
+from surgflow.inference import ChainRunner
+from surgflow.registry import ModelRegistry
+from surgflow.serving.server import BackgroundServer, Service, build_service
+from tests.feedback_helpers import video_event
+from tests.serving_helpers import (
+    NAME,
+    TOKEN,
+    frames_of,
+    http,
+    promote,
+    read_topic,
+    register_bundle,
+    serving_settings,
+    truth,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Env:
+    settings: object
+    url: str
+    service: Service
+    root: Path
+    videos: Path
+    heldout: object
+    bundle: object
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_chain_bundle, embedded_broker):
+    root = tmp_path_factory.mktemp("serving")
+    videos = root / "videos"
+    heldout = generate_video(videos / "held-out-0001.mp4", seed=901, duration_s=20, fps=10,
+                             width=64, height=64, gop=10)
+    settings = serving_settings(root, embedded_broker.bootstrap, [videos], serve_poll_s=0.3)
+    promote(settings, register_bundle(settings, tiny_chain_bundle.bundle_dir))
+    service = build_service(settings, token=TOKEN)
+    try:
+        with BackgroundServer(service) as server:
+            yield Env(settings, server.url, service, root, videos, heldout, tiny_chain_bundle)
+    finally:
+        service.close()
+
+
+def _body(env: Env, uri: str, **over) -> dict:
+    return {"video_id": "case-x", "uri": uri, "procedure": "cholecystectomy"} | over
+
+
+def _accuracy(runner: ChainRunner, path: Path) -> float:
+    a = runner.analyze(path)
+    return float((np.asarray(a.timeline.labels) == truth(path)).mean())
+
+
+def test_health_needs_no_token_and_models_lists_production(env):
+    with http(env.url, token=None) as c:
+        r = c.get("/healthz")
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+    with http(env.url) as c:
+        models = c.get("/v1/models").json()
+    assert models["cholecystectomy"]["name"] == NAME
+    assert models["cholecystectomy"]["version"] == 1
+    assert models["cholecystectomy"]["loaded_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", TOKEN + "x", TOKEN[:-1]])
+def test_missing_or_wrong_token_is_401_everywhere(env, token):
+    with http(env.url, token=token) as c:
+        for method, path in [("GET", "/v1/models"), ("POST", "/v1/analyze"),
+                             ("GET", "/openapi.json"), ("GET", "/no-such-route")]:
+            r = c.request(method, path, json=_body(env, env.heldout.path.as_uri()))
+            assert r.status_code == 401, (method, path, r.text)
+            assert "bearer token" in r.json()["error"]
+    with http(env.url, token=None) as c:
+        r = c.get("/v1/models", headers={"Authorization": f"Basic {TOKEN}"})
+        assert r.status_code == 401
+
+
+def test_analyze_a_held_out_video_publishes_the_same_timeline_and_the_feedback_flow_merges_it(
+        env):
+    v = env.heldout
+    with Publisher.from_settings(env.settings) as pub:  # the hospital registers the video
+        pub.video(video_event(v, uri=v.path.as_uri()))
+    with http(env.url) as c:
+        r = c.post("/v1/analyze", json=_body(env, v.path.as_uri(), video_id=v.video_id))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": NAME, "version": 1}
+    assert body["num_frames"] == v.num_frames and body["fps"] == pytest.approx(v.fps)
+    got = frames_of(body["segments"], v.num_frames)
+    accuracy = float((got == truth(v.path)).mean())
+    # the served chain is as good on a new video as on the validation videos it was exported with
+    runner = ChainRunner.load(env.bundle.bundle_dir)
+    val = np.mean([_accuracy(runner, p) for p in env.bundle.val_videos])
+    assert accuracy >= 0.6 and accuracy >= val - 0.15, (accuracy, val)
+    # key moments are exactly the transitions between segments
+    starts = [s["start_frame"] for s in body["segments"][1:]]
+    assert [m["frame"] for m in body["key_moments"]] == starts
+    for m, (a, b) in zip(body["key_moments"], zip(body["segments"], body["segments"][1:],
+                                                  strict=False), strict=True):
+        assert (m["from_label"], m["to_label"]) == (a["label"], b["label"])
+        assert m["time_s"] == pytest.approx(m["frame"] / v.fps, abs=1e-3)
+
+    records = read_topic(env.settings.kafka_bootstrap, env.settings.topic("inference"))
+    mine = [m for m in records if m.key == v.video_id.encode()]
+    assert len(mine) == 1
+    event = decode("inference", mine[0].value)
+    assert isinstance(event, InferenceEvent)
+    assert [s.model_dump() for s in event.segments] == body["segments"]
+    assert event.model.version == 1 and event.procedure == "cholecystectomy"
+    raw = json.loads(mine[0].value)
+    assert set(raw) == {"schema", "event_id", "video_id", "procedure", "model", "produced_at",
+                        "segments"}  # ids and the timeline, nothing from the file
+
+    report = run_feedback(env.settings, once=True)
+    assert report.applied >= 2 and report.dead_lettered == 0, report
+    table = DatasetStore(env.settings.home).segments_table("cholecystectomy").to_pylist()
+    merged = [s for s in table if s["video_id"] == v.video_id]
+    assert {s["provenance"] for s in merged} == {"model"}
+    assert sum(s["end_frame"] - s["start_frame"] for s in merged) == v.num_frames
+
+
+def test_uris_outside_the_roots_or_of_other_schemes_are_403_without_being_opened(env):
+    outside = env.root / "outside"
+    outside.mkdir(exist_ok=True)
+    secret = outside / "secret.mp4"
+    secret.write_bytes(env.heldout.path.read_bytes())
+    link = env.videos / "escape.mp4"
+    if not link.is_symlink():
+        link.symlink_to(secret)
+    traversal = f"{env.videos}/../outside/secret.mp4"
+    cases = [traversal, "file://" + traversal, str(link), link.as_uri(), str(secret),
+             "s3://bucket/case.mp4", "http://example.org/case.mp4", "ftp://h/x.mp4",
+             "file://other-host" + str(env.heldout.path)]
+    with http(env.url) as c:
+        for uri in cases:
+            r = c.post("/v1/analyze", json=_body(env, uri))
+            assert r.status_code == 403, (uri, r.text)
+            assert r.json()["error"]
+    assert os.stat(secret).st_atime  # still there; nothing opened it for writing
+
+
+def test_missing_undecodable_and_unknown_procedure(env):
+    garbage = env.videos / "garbage.mp4"
+    garbage.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    (env.videos / "adir.mp4").mkdir(exist_ok=True)
+    with http(env.url) as c:
+        r = c.post("/v1/analyze", json=_body(env, str(env.videos / "nope.mp4")))
+        assert r.status_code == 404 and "no such file" in r.json()["error"]
+        r = c.post("/v1/analyze", json=_body(env, str(env.videos / "adir.mp4")))
+        assert r.status_code == 404
+        r = c.post("/v1/analyze", json=_body(env, garbage.as_uri()))
+        assert r.status_code == 422 and "decode" in r.json()["error"]
+        r = c.post("/v1/analyze", json=_body(env, env.heldout.path.as_uri(),
+                                             procedure="appendectomy-x"))
+        assert r.status_code == 404 and "unknown procedure" in r.json()["error"]
+
+
+def test_a_procedure_without_a_production_model_is_409(env):
+    ProcedureCatalog(env.settings.home).add("hernia", ["Access", "Repair", "Closure"])
+    with http(env.url) as c:
+        r = c.post("/v1/analyze", json=_body(env, env.heldout.path.as_uri(), procedure="hernia"))
+    assert r.status_code == 409 and "no production model" in r.json()["error"]
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    (b"{not json", "JSON"), (b"[]", "body"), (b'{"video_id": "a"}', "uri"),
+    (b'{"video_id": "../x", "uri": "/a", "procedure": "p"}', "video_id"),
+    (b'{"video_id": "a", "uri": "", "procedure": "p"}', "uri"),
+    (b'{"video_id": 7, "uri": "/a", "procedure": "p"}', "video_id"),
+])
+def test_bodies_failing_the_schema_are_422_with_a_reason(env, body, what):
+    with http(env.url) as c:
+        r = c.post("/v1/analyze", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert what.lower() in r.json()["error"].lower()
+
+
+def test_errors_of_the_framework_are_json_too(env):
+    with http(env.url) as c:
+        r = c.get("/no/such/route")
+        assert r.status_code == 404 and r.json() == {"error": "no route GET /no/such/route"}
+        r = c.get("/v1/analyze")
+        assert r.status_code == 405 and r.json()["error"]
+        r = c.post("/v1/analyze", content=b"x" * (env.settings.serve_max_body_bytes + 1),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "SURGFLOW_SERVE_MAX_BODY_BYTES" in r.json()["error"]
+
+
+def test_video_duration_and_analysis_time_limits_refuse_with_a_reason(env):
+    for over, needle in [({"serve_max_video_s": 5.0}, "SURGFLOW_SERVE_MAX_VIDEO_S"),
+                         ({"serve_max_analysis_s": 1e-4}, "deadline")]:
+        settings = env.settings.model_copy(update=over)
+        service = Service(settings, pool=env.service.pool, sink=env.service.sink, token=TOKEN)
+        with BackgroundServer(service) as server, http(server.url) as c:
+            r = c.post("/v1/analyze", json=_body(env, env.heldout.path.as_uri()))
+        assert r.status_code == 422 and needle in r.json()["error"], r.text
+
+
+def test_openapi_schema_is_served_and_schemathesis_finds_no_server_error(env):
+    import schemathesis
+    from hypothesis import HealthCheck, settings
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    with http(env.url) as c:
+        spec = c.get("/openapi.json").json()
+    assert set(spec["paths"]) == {"/healthz", "/v1/models", "/v1/analyze"}
+    schema = schemathesis.openapi.from_dict(spec)
+    failures = []
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_schema_conformance]
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=25, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def run(case):
+            try:
+                case.call_and_validate(base_url=env.url, checks=checks,
+                                       headers={"Authorization": f"Bearer {TOKEN}"})
+            except Exception as e:  # collect, report all at the end
+                failures.append(f"{case.method} {case.path}: {e}")
+                raise
+
+        from hypothesis import given
+
+        given(case=operation.as_strategy())(run)()
+    assert not failures
+
+
+def test_fifty_concurrent_requests_while_a_promotion_happens_all_succeed(env):
+    v2 = register_bundle(env.settings, env.bundle.bundle_dir, recipe_name="tiny-again")
+    assert v2 == 2
+    uri = env.heldout.path.as_uri()
+    results: list = []
+    started = threading.Event()
+
+    def one(i: int):
+        with http(env.url) as c:
+            started.set()
+            r = c.post("/v1/analyze", json=_body(env, uri, video_id=f"load-{i:03d}"))
+            return r.status_code, r.json().get("model", {}).get("version")
+
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(one, i) for i in range(50)]
+        started.wait(10)
+        time.sleep(0.2)
+        promote(env.settings, v2)
+        results = [f.result() for f in futures]
+    assert [s for s, _ in results] == [200] * 50, results
+    assert {v for _, v in results} <= {1, 2}
+    deadline = time.monotonic() + 30
+    with http(env.url) as c:
+        while c.get("/v1/models").json()["cholecystectomy"]["version"] != 2:
+            assert time.monotonic() < deadline, "version 2 was never swapped in"
+            time.sleep(0.2)
+        r = c.post("/v1/analyze", json=_body(env, uri, video_id="after-promotion"))
+    assert r.status_code == 200 and r.json()["model"]["version"] == 2
+
+
+def test_a_version_failing_its_parity_check_is_never_swapped_in(env):
+    from surgflow.registry import model as M
+    from surgflow.registry.artifacts import file_hashes
+
+    env.service.pool.stop()  # promote and spoil v3 before the service looks at it
+    try:
+        registry = ModelRegistry(env.settings)
+        v3 = register_bundle(env.settings, env.bundle.bundle_dir, recipe_name="tiny-spoilt")
+        promote(env.settings, v3)
+        bundle = registry.bundle(NAME, v3, verify=False)
+        golden = dict(np.load(bundle / "golden.npz"))
+        golden["chain_logits"] = golden["chain_logits"] + 1.0
+        np.savez(bundle / "golden.npz", **golden)
+        # the registry's hash now matches the spoilt file: only the parity check can tell
+        registry.client.set_model_version_tag(
+            NAME, str(v3), f"{M.SHA256_PREFIX}golden.npz", file_hashes(bundle)["golden.npz"])
+        assert env.service.pool.refresh() == []
+    finally:
+        env.service.pool.start()
+    with http(env.url) as c:
+        models = c.get("/v1/models").json()["cholecystectomy"]
+        assert models["version"] == 2
+        assert models["rejected"]["version"] == v3
+        assert "parity" in models["rejected"]["reason"]
+        r = c.post("/v1/analyze", json=_body(env, env.heldout.path.as_uri()))
+    assert r.status_code == 200 and r.json()["model"]["version"] == 2
