@@ -71,8 +71,10 @@ class Stack:
         if (old := recorded(self.home)) and any(pid_alive(s["pid"]) for s in old["services"]):
             raise BadInput(f"a stack is already running under {self.home} (started "
                            f"{old['started_at']}); stop it with `surgflow down`")
-        started_prefect = not (os.environ.get("PREFECT_API_URL") or running_server(self.home))
         api_url = ensure_server(self.home)
+        # the server recorded under this home (started by `up`, the demo or `surgflow train`)
+        # is this stack's to stop; one configured from outside is not
+        started_prefect = running_server(self.home) == api_url
         started_broker = False
         if self.settings.kafka_bootstrap:
             bootstrap = self.settings.kafka_bootstrap
@@ -107,7 +109,7 @@ class Stack:
         self.save()
         return service
 
-    def wait_http(self, service: Service, path: str = "/", timeout_s: float = 180.0) -> None:
+    def wait_http(self, service: Service, path: str = "/", timeout_s: float = 300.0) -> None:
         url = f"{service.url}{path}"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -144,20 +146,23 @@ class Stack:
         self.save()
         return address
 
-    def start_mlflow_ui(self, port: int | None = None) -> Service:
+    def start_mlflow_ui(self, port: int | None = None, wait: bool = True) -> Service:
         port = port or free_port()
         ui = self.spawn("mlflow-ui", surgflow_cmd("mlflow", "ui", "--port", str(port)),
                         url=f"http://127.0.0.1:{port}")
-        self.wait_http(ui)
+        if wait:
+            self.wait_http(ui)
         return ui
 
-    def start_service(self, port: int | None = None, consume: bool = True) -> Service:
+    def start_service(self, port: int | None = None, consume: bool = True,
+                      wait: bool = True) -> Service:
         port = port or free_port()
         auth = [] if self.env.get("SURGFLOW_API_TOKEN") else ["--insecure-local"]
         svc = self.spawn("inference-service", surgflow_cmd(
             "serve", "--host", "127.0.0.1", "--port", str(port),
             *(["--consume"] if consume else []), *auth), url=f"http://127.0.0.1:{port}")
-        self.wait_http(svc, "/healthz")
+        if wait:
+            self.wait_http(svc, "/healthz")
         return svc
 
     def start_feedback_follow(self) -> Service:
@@ -191,10 +196,13 @@ def up(recipes_dir: Path, *, workers: int = 2, settings: Settings | None = None,
         try:
             stack.start_core()
             stack.start_dask(workers)
-            stack.start_mlflow_ui(mlflow_port)
-            stack.start_service(serve_port)
+            # everything starts at once; then wait for those that answer HTTP
+            ui = stack.start_mlflow_ui(mlflow_port, wait=False)
+            svc = stack.start_service(serve_port, wait=False)
             stack.start_feedback_follow()
             stack.start_deployments(recipes_dir)
+            stack.wait_http(ui)
+            stack.wait_http(svc, "/healthz")
         except BaseException:
             down(stack.home)
             raise
