@@ -179,3 +179,88 @@ def test_recipe_file_with_an_unknown_gate_metric_exits_2(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
     assert "unknown metric 'f2'" in r.stderr and "known: accuracy" in r.stderr
+
+
+# -- gate_version on real chain bundles and the embedded MLflow registry ----------------------
+
+NAME = "cholecystectomy-phase"
+
+
+def _register(reg, trained, bundle_dir, gate: dict):
+    from surgflow import tracking
+
+    c = reg.client
+    run = c.create_run(tracking.experiment_id(c, "surgflow/cholecystectomy", reg.settings))
+    recipe = trained.recipe.model_dump(mode="json") | {"gate": gate}
+    return reg.register(procedure="cholecystectomy", bundle_dir=bundle_dir,
+                        run_id=run.info.run_id, recipe_name=trained.recipe.name, recipe=recipe,
+                        recipe_path=None, dataset_versions=["cholecystectomy@1"],
+                        code_version="git:test", metrics={})
+
+
+@pytest.mark.slow
+def test_gate_version_on_real_bundles(surgflow_home, tiny_chain_bundle, tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from surgflow.data.pins import pin
+    from surgflow.evaluation.gate import gate_version
+    from surgflow.registry import ModelRegistry
+
+    # the labelled dataset the bundle was trained on; its val videos become the field suite
+    shutil.copytree(tiny_chain_bundle.home / "datasets", surgflow_home / "datasets")
+    reg = ModelRegistry()
+    bundle = tiny_chain_bundle.bundle_dir
+    v1 = _register(reg, tiny_chain_bundle, bundle,
+                   {"min": {"macro_f1": 0.0}, "chain_vs_encoder": False})
+
+    unpinned = gate_version(reg, NAME, v1.version)
+    assert unpinned["verdict"] == "rejected" and unpinned["field_suite"] is None
+    assert unpinned["checks"][0]["name"] == "field_suite"
+    assert unpinned["checks"][0]["reason"].startswith(
+        "no field suite pinned for cholecystectomy; run surgflow data pin cholecystectomy@N")
+    assert reg.seal(NAME, v1.version) is None  # nothing sealed without a field suite
+
+    pin(surgflow_home, "cholecystectomy", 1)
+    first = gate_version(reg, NAME, v1.version)
+    assert first["verdict"] == "approved", first["checks"]
+    assert (first["model"], first["baseline"], first["field_suite"]) == (
+        f"{NAME}@1", None, "cholecystectomy@1")
+    assert [c["name"] for c in first["checks"]] == ["macro_f1.min", "onnx.parity"]
+    assert first["onnx"]["passed"] is True and len(first["onnx"]["sha256"]) == 64
+    assert reg.pointers(NAME)["approved"] == 1
+    report = Path(first.pop("report_path"))
+    assert report.is_file() and "data:image/png;base64," in report.read_text()
+    assert reg.seal(NAME, 1) == first
+    run_files = [f.path for f in reg.client.list_artifacts(v1.run_id, "gate")]
+    assert run_files == [f"gate/{report.name}"]
+    # the same inputs again: the stored seal, sealed_at and all; a seal never changes
+    assert {**gate_version(reg, NAME, 1), "report_path": None} == {**first, "report_path": None}
+    forged = {**first, "verdict": "rejected", "checks": [{**first["checks"][0], "passed": False}]}
+    assert reg.put_seal(NAME, 1, forged) == first
+
+    # a second candidate against production: the same chain, so nothing regresses
+    reg.promote(NAME, 1, by="test")
+    v2 = _register(reg, tiny_chain_bundle, bundle, {"min": {"macro_f1": 0.0}})
+    second = gate_version(reg, NAME, v2.version)
+    by_name = {c["name"]: c for c in second["checks"]}
+    assert second["baseline"] == f"{NAME}@1"
+    for name in ("macro_f1.regression", "accuracy.regression",
+                 "macro_f1.source.hospital-a", "macro_f1.bootstrap"):
+        assert by_name[name]["passed"], by_name[name]
+    assert by_name["macro_f1.regression"]["value"] == by_name["macro_f1.regression"]["baseline"]
+    cve = by_name["macro_f1.chain_vs_encoder"]  # the chain against its own encoder alone
+    assert cve["passed"] == (cve["value"] >= cve["baseline"])
+    assert second["verdict"] == ("approved" if cve["passed"] else "rejected")
+
+    # a chain whose classes are not the procedure's, in order: bad input, nothing sealed
+    odd = tmp_path / "odd-bundle"
+    shutil.copytree(bundle, odd)
+    spec = json.loads((odd / "chain.json").read_text())
+    spec["labels"] = spec["labels"][::-1]
+    (odd / "chain.json").write_text(json.dumps(spec))
+    v3 = _register(reg, tiny_chain_bundle, odd, {})
+    with pytest.raises(BadInput, match="predicts classes"):
+        gate_version(reg, NAME, v3.version)
+    assert reg.seal(NAME, v3.version) is None
