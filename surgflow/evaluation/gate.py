@@ -102,11 +102,15 @@ def gate_spec(recipe: dict | None, ref: str) -> GateSpec:
         raise ConfigError(f"{ref}: the recipe's gate block is invalid: {why}") from e
 
 
-def onnx_record(bundle: Path, hashes: dict[str, str]) -> dict:
+def onnx_record(bundle: Path, hashes: dict[str, str]) -> dict | None:
     """The seal's ``onnx`` block: parity figures from the bundle's ``parity.json`` and
     ``sha256``, a digest of the chain's ONNX graphs (sha256 over the lines ``<path> <sha256>``
-    of its ``.onnx`` files in path order; each file's own hash is in ``models show``)."""
-    parity = json.loads((Path(bundle) / "parity.json").read_text())
+    of its ``.onnx`` files in path order; each file's own hash is in ``models show``).
+    None without a parity record (the parity check then fails)."""
+    path = Path(bundle) / "parity.json"
+    if not path.is_file():
+        return None
+    parity = json.loads(path.read_text())
     lines = "".join(f"{p} {h}\n" for p, h in sorted(hashes.items()) if p.endswith(".onnx"))
     return {"sha256": hashlib.sha256(lines.encode()).hexdigest(),
             "max_abs_diff": parity.get("max_abs_diff"),
