@@ -181,11 +181,6 @@ def title(metric: str) -> str:
     return words
 
 
-def failing(seal: Mapping) -> list[str]:
-    """The names and reasons of a seal's failed checks (for messages that refuse a promotion)."""
-    return [f"{c['name']}: {c['reason']}" for c in seal.get("checks", []) if not c["passed"]]
-
-
 def _drop_check(name: str, metric: str, c: float | None, b: float | None, drop: float,
                 against: str, what: str | None = None) -> dict:
     what = what or title(metric)
