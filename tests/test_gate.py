@@ -198,7 +198,6 @@ def _register(reg, trained, bundle_dir, gate: dict):
                         code_version="git:test", metrics={})
 
 
-@pytest.mark.slow
 def test_gate_version_on_real_bundles(surgflow_home, tiny_chain_bundle, tmp_path):
     import json
     import shutil
