@@ -221,6 +221,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     shutil.rmtree(recipes, ignore_errors=True)
     demo_recipe(size, recipes)
     stack = Stack(settings)
+    stack.check_not_running()
     t0 = datetime.now(UTC) - timedelta(hours=2)
     try:
         with step("starting Prefect, the broker, Dask, MLflow and the served deployments"):

@@ -63,14 +63,17 @@ class Stack:
         self.state: dict[str, Any] = {}
         self.env: dict[str, str] = {}
 
+    def check_not_running(self) -> None:
+        old = recorded(self.home)
+        if old and any(pid_alive(s["pid"]) for s in old["services"]):
+            raise BadInput(f"a stack is already running under {self.home} (started "
+                           f"{old['started_at']}); stop it with `surgflow down`")
+
     def start_core(self) -> None:
         """The Prefect server and the broker (each only if not configured from outside)."""
         from flows.runtime import ensure_server, running_server
         from surgflow.feedback import broker
 
-        if (old := recorded(self.home)) and any(pid_alive(s["pid"]) for s in old["services"]):
-            raise BadInput(f"a stack is already running under {self.home} (started "
-                           f"{old['started_at']}); stop it with `surgflow down`")
         api_url = ensure_server(self.home)
         # the server recorded under this home (started by `up`, the demo or `surgflow train`)
         # is this stack's to stop; one configured from outside is not
@@ -193,6 +196,7 @@ def up(recipes_dir: Path, *, workers: int = 2, settings: Settings | None = None,
     """Start the whole stack (see the module docstring); returns its URLs and services."""
     stack = Stack(settings)
     with locked(stack.home / "stack.lock"):
+        stack.check_not_running()
         try:
             stack.start_core()
             stack.start_dask(workers)

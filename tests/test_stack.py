@@ -1,0 +1,77 @@
+"""`surgflow up` starts the local stack; `surgflow down` leaves no process of it behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+
+def _processes_of(home: Path) -> list[psutil.Process]:
+    """Live processes started with this SURGFLOW_HOME in their environment."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get("SURGFLOW_HOME") == str(home):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.integration
+def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SURGFLOW_", "PREFECT_", "MLFLOW_"))}
+    env |= {"SURGFLOW_HOME": str(home)}
+
+    def surgflow(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "surgflow", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    try:
+        up = surgflow("up", "--json")
+        assert up.returncode == 0, up.stderr[-2000:]
+        urls = json.loads(up.stdout)
+        assert {s["name"] for s in urls["services"]} == {
+            "dask-scheduler", "dask-workers", "mlflow-ui", "inference-service",
+            "feedback-follow", "deployments"}
+        assert httpx.get(f"{urls['inference_service']}/healthz", timeout=10).json() == {
+            "status": "ok"}
+        assert httpx.get(urls["mlflow_ui"], timeout=10).status_code == 200
+        assert httpx.get(urls["dask_dashboard"], timeout=10).status_code == 200
+        page = httpx.get(f"{urls['prefect_ui']}/deployments", headers={"accept": "text/html"},
+                         timeout=10)
+        assert page.status_code == 200
+        again = surgflow("up", "--json")
+        assert again.returncode == 2 and "already running" in again.stderr
+        # the served deployments register themselves with the server
+        from prefect.client.orchestration import SyncPrefectClient
+
+        deadline = time.monotonic() + 240
+        names: set[str] = set()
+        with SyncPrefectClient(f"{urls['prefect_ui']}/api") as client:
+            while time.monotonic() < deadline and "nightly" not in names:
+                names = {d.name for d in client.read_deployments()}
+                time.sleep(2)
+        assert {"nightly", "triggers", "recipe-cholec-tiny"} <= names
+        assert _processes_of(home), "the stack's processes carry its SURGFLOW_HOME"
+    finally:
+        down = surgflow("down", "--json", timeout=180)
+    assert down.returncode == 0, down.stderr
+    stopped = set(json.loads(down.stdout)["stopped"])
+    assert {"deployments", "inference-service", "mlflow-ui", "broker", "prefect-server"} <= stopped
+    deadline = time.monotonic() + 30
+    while _processes_of(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [(p.pid, " ".join(p.cmdline())[:120]) for p in _processes_of(home)]
+    assert left == [], left
+    assert json.loads(surgflow("down", "--json").stdout) == {"stopped": []}
