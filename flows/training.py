@@ -2,7 +2,8 @@
 
 Thin over :mod:`surgflow.training.pipeline`. Parameters are a pydantic model, so the Prefect
 server validates them against the flow's schema (deployments enforce it). While the DDP group
-trains, each finished epoch updates a progress artifact and a table artifact of the metrics.
+trains, each finished epoch updates a progress artifact and a table artifact of the metrics,
+read from the run's MLflow run (where the ranks log them).
 """
 
 from __future__ import annotations
@@ -72,7 +73,21 @@ def prepare(params: TrainingParams) -> str:
     if not params.recipe_path:
         raise BadInput("training flow: give params.recipe_path or params.resume_run")
     recipe = load_recipe(params.recipe_path)
-    return prepare_run(recipe, home, recipe_path=str(Path(params.recipe_path).resolve()))
+    return prepare_run(recipe, home, recipe_path=str(Path(params.recipe_path).resolve()),
+                       resolve_production=production_bundle)
+
+
+def production_bundle(procedure: str) -> Path:
+    """The local, hash-checked bundle of ``procedure``'s production chain (for a recipe that
+    reuses one of its stages); BadInput when the procedure has no production model yet."""
+    from surgflow.registry import ModelRegistry, model_name
+
+    registry, name = ModelRegistry(), model_name(procedure)
+    version = registry.production(name)
+    if version is None:
+        raise BadInput(f"the recipe reuses a stage of the production chain, but {name} has no "
+                       "production version yet; train it whole first")
+    return registry.bundle(name, version)
 
 
 @task(name="train-run")

@@ -91,21 +91,29 @@ def test_second_clips_are_centred_on_each_second_and_stay_inside_the_video():
         second_clips(_video(20, 25.0), ClipSpec(frames=8, stride=1, fps=5, size=32))
 
 
-def test_run_store_keeps_one_record_per_epoch_and_summarises_utilisation(tmp_path):
+def test_run_store_creates_reads_and_lists_runs(tmp_path):
     store = RunStore(tmp_path)
     run_id = store.create("r", {"recipe_name": "r"})
-    d = store.dir(run_id)
-    metrics = {"train": {"loss": 1.0}, "val": {"accuracy": 0.5}, "finished_at": "x"}
-    sample = {"t": 1.0, "rank": 0, "cpu_percent": 50.0, "rss_mb": 100.0, "loader_wait_s": 0.5,
-              "gpu_util_percent": None, "gpu_mem_mb": None}
-    store.record_epoch(d, "clip", 1, metrics, [sample, sample | {"rank": 1, "t": 1.5}])
-    store.record_epoch(d, "clip", 1, metrics, [sample])  # the epoch re-run after a restart
-    shown = store.show(run_id)
-    assert len(shown["epochs"]) == 1 and shown["utilisation"]["samples"] == 1
-    assert shown["utilisation"]["per_rank"]["0"]["cpu_percent_mean"] == 50.0
+    assert store.update(run_id, status="running")["status"] == "running"
     assert [r["run_id"] for r in store.list()] == [run_id]
+    # metrics live in MLflow: a record without an MLflow run has none, and no files for them
+    assert store.show(run_id)["epochs"] == [] and store.epoch_count(run_id) == 0
+    assert sorted(p.name for p in store.dir(run_id).iterdir()) == ["run.json"]
     with pytest.raises(NotFound, match="does not exist"):
         store.get("missing-run")
+
+
+def test_utilisation_summary_per_rank():
+    from surgflow.training.runs import _summarise
+
+    sample = {"t": 1.0, "rank": 0, "cpu_percent": 50.0, "rss_mb": 100.0, "loader_wait_s": 0.5,
+              "gpu_util_percent": None, "gpu_mem_mb": None}
+    out = _summarise([sample, sample | {"cpu_percent": 30.0, "rss_mb": 120.0},
+                      sample | {"rank": 1, "gpu_util_percent": 80.0, "gpu_mem_mb": 900.0}])
+    assert out["0"] == {"samples": 2, "cpu_percent_mean": 40.0, "rss_mb_max": 120.0,
+                        "loader_wait_s_total": 1.0, "gpu_util_percent_mean": None,
+                        "gpu_mem_mb_max": None}
+    assert out["1"]["gpu_util_percent_mean"] == 80.0 and out["1"]["gpu_mem_mb_max"] == 900.0
 
 
 def test_utilisation_sampler_measures_this_process():

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from surgflow.cli.common import JsonOption, emit, handle_errors
+from surgflow.cli.common import JsonOption, emit, handle_errors, stderr_console, stdout_console
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
 
@@ -24,6 +24,27 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
             "seconds": result.get("seconds"), "stages": stages}
 
 
+def _render_preview(p: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    c = stdout_console
+    reused = ", ".join(p["reused_from_production"]) or "none"
+    c.print(f"[bold]recipe[/bold] {p['recipe']} ({p['procedure']}): "
+            f"{'chain' if p['chain'] else 'single model'}, stages from production: {reused}")
+    c.print(f"[bold]dataset versions[/bold] {', '.join(p['dataset_versions'])}; "
+            f"balance {p['balance']} by {p['balance_by']}")
+    for split, s in p["splits"].items():
+        sources = ", ".join(f"{k} {v['videos']} videos / {v['clips']} clips"
+                            for k, v in s["sources"].items())
+        c.print(f"[bold]{split}[/bold]: {s['videos']} videos, {s['clips']} clips ({sources})")
+        table = Table("label", "clips", "natural", "target", "achieved")
+        for label, row in s["labels"].items():
+            target = "" if row["target"] is None else f"{row['target']:.1%}"
+            table.add_row(label, str(row["clips"]), f"{row['natural']:.1%}", target,
+                          f"{row['achieved']:.1%}")
+        c.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train`` and the ``runs`` group to ``app``."""
     runs_app = typer.Typer(help="Training runs: records, metrics, utilisation.",
@@ -35,23 +56,44 @@ def register(app: typer.Typer) -> None:
     def train(
         recipe: Path = typer.Argument(None, help="Recipe file (YAML).", dir_okay=False),
         resume: str = typer.Option(None, "--resume", help="Resume this unfinished run."),
+        dry_run: bool = typer.Option(
+            False, "--dry-run",
+            help="Validate the recipe and show the data it would train on; start nothing."),
         json_: bool = JsonOption,
     ):
         """Train a recipe on the Dask cluster under a Prefect flow; prints the run record."""
         if recipe is None and resume is None:
             raise BadInput("give a RECIPE file, or --resume RUN")
+        if dry_run and recipe is None:
+            raise BadInput("--dry-run previews a RECIPE file; give one")
         from surgflow.training.recipe import load_recipe
 
         if recipe is not None:
-            load_recipe(recipe)  # a bad recipe fails here, before any server or cluster starts
-        from flows.runtime import ensure_server
+            loaded = load_recipe(recipe)  # a bad recipe fails here, before anything starts
+            if dry_run:
+                from surgflow.training.pipeline import preview
 
+                emit(preview(loaded, get_settings().home), json_, _render_preview)
+                return
+        import os
+
+        from flows.runtime import ensure_server, running_server
+
+        home = get_settings().home
+        started = not (os.environ.get("PREFECT_API_URL") or running_server(home))
         # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
-        ensure_server(get_settings().home)
-        from flows.training import TrainingParams, training_flow
+        url = ensure_server(home)
+        try:
+            from flows.training import TrainingParams, training_flow
 
-        params = TrainingParams(recipe_path=str(recipe) if recipe else None, resume_run=resume)
-        emit(_summary(training_flow(params)), json_)
+            params = TrainingParams(recipe_path=str(recipe) if recipe else None,
+                                    resume_run=resume)
+            emit(_summary(training_flow(params)), json_)
+        finally:
+            if started:
+                stderr_console.print(
+                    f"the Prefect server started for this run is still running at {url}; "
+                    "`surgflow down` stops it", soft_wrap=True, highlight=False)
 
     @runs_app.command("list")
     @handle_errors

@@ -103,6 +103,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP does at the start
+    of each forward: after an epoch each rank's buffers last saw its own batches. Call before
+    evaluating or saving the bare model, so every rank holds the same model."""
+    if not dist.is_initialized():
+        return
+    for buf in unwrap(model).buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a list of numbers over all ranks."""
     if not dist.is_initialized():

@@ -14,6 +14,7 @@ A restarted group finds finished stages by their last checkpoint and skips them.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -28,8 +29,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.errors import BadInput, ConfigError
-from surgflow.training import checkpoints, data
+from surgflow.training import checkpoints, data, tracker
 from surgflow.training import distributed as D
+from surgflow.training.augment import augment
 from surgflow.training.chain import (
     SequenceDataset,
     chain_version,
@@ -49,7 +51,7 @@ from surgflow.training.loop import (
 )
 from surgflow.training.models import build_clip_model, build_temporal_model
 from surgflow.training.recipe import Recipe, parse_recipe
-from surgflow.training.runs import RunStore, now_iso
+from surgflow.training.runs import now_iso
 from surgflow.training.utilisation import UtilisationSampler
 
 
@@ -62,16 +64,31 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int, master_addr: str,
                   gpu=bool(job.get("gpu")), local_rank=local_rank,
                   timeout_s=float(job.get("rendezvous_timeout_s", 120)))
     gpu_index = ctx.device.index if ctx.device.type == "cuda" else None
-    sampler = UtilisationSampler(rank, float(job.get("sample_interval_s", 1.0)), gpu_index).start()
+    live = _live_log(job)
+    sampler = UtilisationSampler(rank, float(job.get("sample_interval_s", 1.0)), gpu_index,
+                                 on_sample=live.add_sample if live else None).start()
     try:
-        return _run(Path(job["run_dir"]), Path(job["home"]), ctx, sampler, job)
+        return _run(Path(job["run_dir"]), Path(job["home"]), ctx, sampler, job, live)
     finally:
         sampler.stop()
+        if live is not None:
+            live.close()
         D.teardown()
 
 
+def _live_log(job: dict[str, Any]) -> tracker.LiveLog | None:
+    """This rank's live log into the run's MLflow run (none for a job without one)."""
+    if not job.get("mlflow_run_id"):
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=job["mlflow_tracking_uri"])
+    return tracker.LiveLog(client, job["mlflow_run_id"],
+                           float(job.get("log_interval_s", 2.0))).start()
+
+
 def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler,
-         job: dict[str, Any]) -> dict[str, Any]:
+         job: dict[str, Any], live: tracker.LiveLog | None) -> dict[str, Any]:
     recipe = parse_recipe(json.loads((run_dir / "recipe.json").read_text()))
     if recipe.optim.num_workers and multiprocessing.current_process().daemon:
         raise ConfigError(
@@ -82,7 +99,7 @@ def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler
         )
     out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "rank": ctx.rank,
                            "stages": {}}
-    trainer = _StageTrainer(run_dir, home, recipe, ctx, util, job)
+    trainer = _StageTrainer(run_dir, home, recipe, ctx, util, job, live)
     model, clip_result = trainer.clip_stage()
     out["stages"]["clip"] = clip_result
     if recipe.temporal is None:
@@ -97,15 +114,20 @@ def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler
 
 class _StageTrainer:
     def __init__(self, run_dir: Path, home: Path, recipe: Recipe, ctx: D.RankContext,
-                 util: UtilisationSampler, job: dict[str, Any]):
+                 util: UtilisationSampler, job: dict[str, Any], live: tracker.LiveLog | None):
         self.run_dir, self.home, self.recipe, self.ctx, self.util = run_dir, home, recipe, ctx, util
-        self.job = job
+        self.job, self.live = job, live
         self.sources = recipe.data.sources  # pinned to dataset@N by the driver
-        self.classes = len(ProcedureCatalog(home).get(recipe.procedure).labels)
+        self.labels = list(ProcedureCatalog(home).get(recipe.procedure).labels)
+        self.classes = len(self.labels)
+        self.reuse: dict[str, str] = job.get("reuse") or {}
         self.cuda = ctx.device.type == "cuda"
 
     def clip_stage(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         r, ctx = self.recipe, self.ctx
+        if "encoder" in self.reuse:
+            model = self._reused("encoder").to(ctx.device)
+            return model, self._reused_result(model, "encoder")
         seed_everything(r.optim.seed)
         model = build_clip_model(r.model.architecture, self.classes,
                                  pretrained=r.model.pretrained, dropout=r.model.dropout)
@@ -116,7 +138,9 @@ class _StageTrainer:
                                            self.cuda, home=self.home)
         val = data.val_loader(val_view, r.optim, ctx.rank, ctx.world_size, self.cuda,
                               home=self.home)
-        result = self._train("clip", model, r.optim, train, val, sampler, clip_step)
+        augmented = (functools.partial(augment, spec=r.augment) if r.augment.enabled else None)
+        result = self._train("clip", model, r.optim, train, val, sampler, clip_step,
+                             prepare=augmented)
         result["clips"] = {"train": len(train_view), "val": len(val_view)}
         return model, result
 
@@ -145,9 +169,11 @@ class _StageTrainer:
                        labels: dict[str, dict]) -> dict[str, Any]:
         spec = self.recipe.temporal
         assert spec is not None
+        cache = FeatureCache(self.home)
+        if "temporal" in self.reuse:
+            return self._reused_temporal(stage1_version, in_dim, labels, cache)
         seed_everything(spec.optim.seed)
         model = build_temporal_model(spec, in_dim, self.classes)
-        cache = FeatureCache(self.home)
         train_set = SequenceDataset(labels["train"]["videos"], labels["train"]["labels"], cache,
                                     stage1_version)
         val_videos = labels["val"]["videos"][self.ctx.rank :: self.ctx.world_size]
@@ -162,6 +188,34 @@ class _StageTrainer:
         return result | {"stage1_version": stage1_version,
                          "videos": {"train": len(train_set), "val": len(labels["val"]["videos"])}}
 
+    def _reused(self, stage: str) -> torch.nn.Module:
+        from surgflow.training.reuse import load_stage
+
+        return load_stage(self.reuse[stage], stage, labels=self.labels, clip=self.recipe.clip)
+
+    def _reused_result(self, model: torch.nn.Module, stage: str) -> dict[str, Any]:
+        return {"version": checkpoints.weights_digest(model), "epochs": 0,
+                "resumed_from_epoch": None, "final": None, "reused": self.reuse[stage]}
+
+    def _reused_temporal(self, stage1_version: str, in_dim: int, labels: dict[str, dict],
+                         cache: FeatureCache) -> dict[str, Any]:
+        """Production's temporal network over this run's features: nothing to train, so the
+        stage reports how the chain it makes does on the validation videos."""
+        model = self._reused("temporal").to(self.ctx.device)
+        if model.in_dim != in_dim:
+            raise BadInput(
+                f"production chain {self.reuse['temporal']}: its temporal stage reads "
+                f"{model.in_dim}-dim features but this run's encoder gives {in_dim}"
+            )
+        val_videos = labels["val"]["videos"][self.ctx.rank :: self.ctx.world_size]
+        val_set = SequenceDataset(val_videos, labels["val"]["labels"], cache, stage1_version)
+        val = DataLoader(val_set, batch_size=1, collate_fn=collate_sequences)
+        m_val = evaluate(model, val, step=temporal_step, num_classes=self.classes,
+                         device=self.ctx.device)
+        return self._reused_result(model, "temporal") | {
+            "final": {"epoch": 0, "val": m_val}, "stage1_version": stage1_version,
+            "videos": {"train": 0, "val": len(labels["val"]["videos"])}}
+
     def _check_classes(self, classes: tuple[str, ...]) -> None:
         if len(classes) != self.classes:
             raise BadInput(
@@ -171,7 +225,8 @@ class _StageTrainer:
 
     def _train(self, stage: str, model: torch.nn.Module, optim: Any, train: DataLoader,
                val: DataLoader, sampler: Any, step: Callable,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None,
+               prepare: Callable | None = None) -> dict[str, Any]:
         ctx = self.ctx
         model.to(ctx.device)
         optimizer = make_optimizer(model.parameters(), optim)
@@ -199,19 +254,24 @@ class _StageTrainer:
             first_step = mark_first_step if epoch == done + 1 else None
             m_train = train_epoch(ddp, train, optimizer, step=step, num_classes=self.classes,
                                   device=ctx.device, amp=amp, scaler=scaler,
-                                  on_wait=self.util.add_wait, on_first_step=first_step)
-            m_val = evaluate(ddp, val, step=step, num_classes=self.classes,
+                                  on_wait=self.util.add_wait, on_first_step=first_step,
+                                  prepare=prepare)
+            # each rank evaluates its own share on the bare model (DDP's forward is for
+            # training: it expects a backward), holding rank 0's buffers like the saved model
+            D.sync_buffers(ddp)
+            m_val = evaluate(D.unwrap(ddp), val, step=step, num_classes=self.classes,
                              device=ctx.device, amp=amp)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             self.util.sample()  # every epoch has a sample per rank, however short it was
-            samples = [s for part in D.gather_objects(self.util.drain()) for s in part]
             # first_step_at (first epoch of an attempt): launch overhead, measured on rank 0
             metrics = {"train": m_train, "val": m_val, "lr": lr, "finished_at": now_iso(),
                        **(launch if epoch == done + 1 else {})}
             history.append({"epoch": epoch, **metrics})
             if ctx.is_main:
-                RunStore(self.home).record_epoch(self.run_dir, stage, epoch, metrics, samples)
+                if self.live is not None:
+                    self.live.add(tracker.epoch_metrics(stage, epoch, metrics))
+                    self.live.flush()
                 checkpoints.save(
                     self.run_dir, stage, epoch, model=D.unwrap(ddp), optimizer=optimizer,
                     scheduler=scheduler, scaler=scaler, recipe=self.recipe.model_dump(mode="json"),

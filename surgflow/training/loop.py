@@ -92,8 +92,11 @@ def train_epoch(
     scaler: Any = None,
     on_wait: Callable[[float], None] | None = None,
     on_first_step: Callable[[], None] | None = None,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train over ``batches`` once; returns metrics reduced over all ranks."""
+    """Train over ``batches`` once; returns metrics reduced over all ranks. ``prepare`` turns a
+    batch on the device into model input (default :func:`as_input`; training augmentation)."""
+    prepare = prepare or as_input
     model.train()
     loss_sum, n, cm = _sums(num_classes, device)
     started = time.perf_counter()
@@ -109,7 +112,7 @@ def train_epoch(
         waited += dt
         if on_wait:
             on_wait(dt)
-        x, y = as_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp):
             loss, preds, targets = step(model, x, y)

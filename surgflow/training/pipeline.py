@@ -26,13 +26,24 @@ from surgflow.training.runs import RunStore, now_iso
 log = logging.getLogger(__name__)
 
 
+def _mlflow(home: Path) -> Any:
+    from surgflow import tracking
+    from surgflow.config import get_settings
+
+    return tracking.client(get_settings(home=home))
+
+
 def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
-                recipe_path: str | None = None) -> str:
+                recipe_path: str | None = None,
+                resolve_production: Callable[[str], Path] | None = None) -> str:
     """A run ready to launch: new, or ``resume``'s unfinished run (resumed by hand).
 
     A new run pins the recipe's sources to the dataset versions that are latest now and
     resolves their views once, so a run with no training or validation clips fails here, before
-    any worker is used.
+    any worker is used. It is also an MLflow run (its id is ``mlflow_run_id`` in run.json).
+    A recipe that reuses a stage of the production chain (``{from: production}``) needs
+    ``resolve_production(procedure)``: the local directory of that procedure's production
+    chain bundle, kept in run.json as ``reuse`` (stage → directory).
     """
     store = RunStore(home)
     if resume is not None:
@@ -40,7 +51,12 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
         if record["status"] == "succeeded":
             raise BadInput(f"run {resume!r} already finished; start a new run instead")
         store.update(resume, status="resuming")
+        if record.get("mlflow_run_id"):
+            from surgflow.training import tracker
+
+            tracker.reopen_run(_mlflow(home), record["mlflow_run_id"])
         return resume
+    reuse = _reused_stages(recipe, resolve_production)
     pinned = data.pin_sources(recipe.data.sources, home)
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"sources": pinned})})
     views = {}
@@ -71,9 +87,72 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
         },
         "dataset_versions": pinned,
         "views": views,
+        "reuse": reuse,
     })
-    write_atomic(store.dir(run_id) / "recipe.json", json_bytes(recipe.model_dump(mode="json")))
+    run_dir = store.dir(run_id)
+    write_atomic(run_dir / "recipe.json", json_bytes(recipe.model_dump(mode="json")))
+    from surgflow.training import checkpoints, tracker
+
+    mlflow_id = tracker.open_run(
+        _mlflow(home), procedure=recipe.procedure, run_id=run_id,
+        recipe=recipe.model_dump(mode="json"),
+        recipe_file=Path(recipe_path) if recipe_path else None,
+        run_dir=run_dir, dataset_versions=pinned, code_version=checkpoints.code_version(),
+    )
+    store.update(run_id, mlflow_run_id=mlflow_id)
     return run_id
+
+
+def _reused_stages(recipe: Recipe,
+                   resolve_production: Callable[[str], Path] | None) -> dict[str, str]:
+    """Stage name → bundle directory of each stage the recipe takes from production."""
+    wanted = recipe.reused_stages
+    if not wanted:
+        return {}
+    if resolve_production is None:
+        raise BadInput(
+            f"recipe {recipe.name!r} reuses the {' and '.join(wanted)} stage of the production "
+            f"chain of {recipe.procedure!r}, but no model registry was given to find it"
+        )
+    bundle = Path(resolve_production(recipe.procedure))
+    return {stage: str(bundle) for stage in wanted}
+
+
+def preview(recipe: Recipe, home: Path) -> dict[str, Any]:
+    """What ``recipe`` would train on now, without starting anything: the dataset versions its
+    sources pin to and, per split, videos and clips (in all and per source), and the label
+    shares the balancing targets against those it achieves (training clips are balanced;
+    validation clips are not)."""
+    import numpy as np
+
+    pinned = data.pin_sources(recipe.data.sources, home)
+    out: dict[str, Any] = {
+        "recipe": recipe.name, "procedure": recipe.procedure, "dataset_versions": pinned,
+        "chain": recipe.is_chain, "reused_from_production": recipe.reused_stages,
+        "clip": recipe.clip.model_dump(mode="json"), "balance": recipe.data.balance,
+        "balance_by": recipe.data.balance_by, "splits": {},
+    }
+    for split in data.SPLITS:
+        view = data.resolve(recipe, pinned, split, home)
+        per_video = np.bincount(view.video, minlength=len(view.videos))
+        sources: dict[str, dict[str, int]] = {}
+        for v, n in zip(view.videos, per_video.tolist(), strict=True):
+            row = sources.setdefault(v.source, {"videos": 0, "clips": 0})
+            row["videos"] += 1
+            row["clips"] += n
+        report = view.report()
+        groups = report["distribution"]
+        by_label = recipe.data.balance_by == "label"
+        labels = {c: {"clips": int(np.sum(view.label == i)),
+                      "natural": report["labels"][c]["natural"],
+                      "target": groups[c]["target"] if by_label and c in groups else None,
+                      "achieved": report["labels"][c]["achieved"]}
+                  for i, c in enumerate(view.classes) if c in report["labels"]}
+        out["splits"][split] = {"videos": len(view.videos), "clips": len(view),
+                                "sources": dict(sorted(sources.items())), "labels": labels}
+        if not by_label:  # the shares of what is balanced (sources or videos)
+            out["splits"][split]["groups"] = groups
+    return out
 
 
 def load_run_recipe(home: Path, run_id: str) -> Recipe:
@@ -99,10 +178,18 @@ def execute_run(
     recipe = load_run_recipe(home, run_id)
     res = recipe.resources
     threads = res.threads_per_rank or max(1, (os.cpu_count() or 1) // res.world_size)
+    record = store.get(run_id)
+    mlflow_id = record.get("mlflow_run_id")
     job = {"run_dir": str(store.dir(run_id)), "home": str(home), "gpu": res.gpus_per_rank > 0,
            "rendezvous_timeout_s": res.rendezvous_timeout_s, "threads": threads,
-           **(job_extra or {})}
-    attempts: list[dict[str, Any]] = list(store.get(run_id).get("attempts", []))
+           "reuse": record.get("reuse") or {}, **(job_extra or {})}
+    if mlflow_id:
+        from surgflow import tracking
+        from surgflow.config import get_settings
+
+        job |= {"mlflow_run_id": mlflow_id,
+                "mlflow_tracking_uri": tracking.tracking_uri(get_settings(home=home))}
+    attempts: list[dict[str, Any]] = list(record.get("attempts", []))
     base = len(attempts)
 
     def record_attempt(a: Attempt) -> None:
@@ -113,6 +200,12 @@ def execute_run(
             attempts.append(row)
         store.update(run_id, status="running", attempts=attempts)
 
+    def close(failed: bool) -> None:
+        if mlflow_id:
+            from surgflow.training import tracker
+
+            tracker.close_run(_mlflow(home), mlflow_id, failed=failed)
+
     started = time.time()
     try:
         out = launch(client, run_rank, job, world_size=res.world_size,
@@ -120,10 +213,12 @@ def execute_run(
                      on_tick=on_tick, on_attempt=record_attempt)
     except BadInput:
         store.update(run_id, status="failed", finished_at=now_iso())
+        close(failed=True)
         raise
-    except Exception as e:
+    except BaseException as e:
         store.update(run_id, status="failed", finished_at=now_iso(),
                      error=f"{type(e).__name__}: {e}")
+        close(failed=True)
         raise
     main = next(r for r in out.results if r["rank"] == 0)
     result = {
@@ -136,5 +231,8 @@ def execute_run(
     versions = {r["model_version"] for r in out.results}
     if len(versions) != 1:
         store.update(run_id, status="failed", finished_at=now_iso(), error="ranks diverged")
+        close(failed=True)
         raise SurgflowError(f"run {run_id}: ranks ended with different weights: {sorted(versions)}")
-    return store.update(run_id, status="succeeded", finished_at=now_iso(), result=result)
+    record = store.update(run_id, status="succeeded", finished_at=now_iso(), result=result)
+    close(failed=False)
+    return record

@@ -7,6 +7,10 @@ recipe raises :class:`~surgflow.errors.ConfigError` whose message names the file
 A recipe with a ``temporal`` section defines a chain: ``model`` is stage 1 (a frame encoder or a
 clip model trained on short clips) and ``temporal`` is stage 2, a causal temporal network trained
 on the per-second stage-1 features of whole videos.
+
+Either stage may instead be taken from the procedure's production chain (``model: {from:
+production}`` or ``temporal: {from: production}``), so that a candidate can be "production with
+one model swapped"; such a section names nothing else, since the stage is what production runs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,40 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Reusable(_Strict):
+    """A stage section that may say ``from: production`` instead of describing the stage."""
+
+    # "from" is a Python keyword: the field is ``from_``, read and written as ``from``
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+    from_: Literal["production"] | None = Field(
+        default=None, alias="from",
+        description="take this stage from the procedure's production chain instead of training it",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_alone(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("from", data.get("from_")) is None:
+            return data
+        defaults = cls.model_construct().model_dump(mode="json")
+        # a dumped recipe repeats every default; only values that differ describe a stage
+        named = sorted(k for k, v in data.items()
+                       if k not in ("from", "from_") and defaults.get(k, object()) != v)
+        if named:
+            raise ValueError(
+                f"'from: {data.get('from', data.get('from_'))}' reuses a trained stage, so it "
+                f"cannot be combined with {', '.join(repr(k) for k in named)}; drop those "
+                "fields or drop 'from'"
+            )
+        return data
+
+    @property
+    def reused(self) -> bool:
+        return self.from_ is not None
 
 
 class ClipSpec(DataClipSpec):
@@ -91,7 +129,7 @@ class DataSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(_Reusable):
     """Stage-1 model (or the only model): an architecture picked by name from the registry."""
 
     architecture: str = "tiny2d"
@@ -132,7 +170,32 @@ class OptimSpec(_Strict):
     )
 
 
-class TemporalSpec(_Strict):
+class AugmentSpec(_Strict):
+    """Training-time augmentation of stage-1 clips (the same transform for every frame of a
+    clip); never applied to validation, to features for the temporal stage, or at inference."""
+
+    enabled: bool = True
+    crop_scale: tuple[float, float] = Field(
+        default=(0.6, 1.0), description="share of the frame's area a random crop keeps (min, max)")
+    crop_ratio: tuple[float, float] = Field(
+        default=(0.75, 1.333), description="aspect ratio range of the random crop")
+    flip: float = Field(default=0.5, ge=0.0, le=1.0, description="horizontal flip probability")
+    brightness: float = Field(default=0.25, ge=0.0, lt=1.0, description="factor in 1 ± this")
+    contrast: float = Field(default=0.25, ge=0.0, lt=1.0, description="factor in 1 ± this")
+    saturation: float = Field(default=0.25, ge=0.0, lt=1.0, description="factor in 1 ± this")
+    hue: float = Field(default=0.03, ge=0.0, le=0.5, description="shift in ± this of the wheel")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        low, high = v
+        top = 1.0 if info.field_name == "crop_scale" else 10.0
+        if not 0.0 < low <= high <= top:
+            raise ValueError(f"must be [low, high] with 0 < low ≤ high ≤ {top:g}")
+        return v
+
+
+class TemporalSpec(_Reusable):
     """Stage 2 of a chain: a causal multi-stage temporal conv net over per-second features."""
 
     architecture: Literal["mstcn"] = "mstcn"
@@ -265,6 +328,7 @@ class Recipe(_Strict):
         default_factory=lambda: ClipSpec(frames=8, stride=1, fps=5, size=112)
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
     temporal: TemporalSpec | None = None
     optim: OptimSpec = Field(default_factory=OptimSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
@@ -284,6 +348,13 @@ class Recipe(_Strict):
     def _consistent(self) -> Recipe:
         from surgflow.training.models import CLIP_ARCHITECTURES
 
+        if self.model.reused:
+            if self.temporal is None or self.temporal.reused:
+                raise ValueError(
+                    "'model: {from: production}' needs a temporal section to train: with every "
+                    "stage taken from production there is nothing to train"
+                )
+            return self  # the clip must match production's; checked against its bundle
         info = CLIP_ARCHITECTURES[self.model.architecture]
         if info.fixed_frames and self.clip.frames != info.fixed_frames:
             raise ValueError(
@@ -305,6 +376,12 @@ class Recipe(_Strict):
     @property
     def is_chain(self) -> bool:
         return self.temporal is not None
+
+    @property
+    def reused_stages(self) -> list[str]:
+        """The chain stages (``encoder``, ``temporal``) taken from the production chain."""
+        out = ["encoder"] if self.model.reused else []
+        return out + (["temporal"] if self.temporal is not None and self.temporal.reused else [])
 
 
 def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:

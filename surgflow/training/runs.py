@@ -1,15 +1,17 @@
 """Run records under ``SURGFLOW_HOME/runs/<run_id>``.
 
-Layout of one run, each file with a single writer so that no two processes race on a file:
+A run record keeps what launching and resuming need, each file with a single writer so that no
+two processes race on a file:
 
-- ``run.json`` — the driver: recipe, parameters, status, attempts, result;
+- ``run.json`` — the driver: recipe, parameters, status, attempts, result, ``mlflow_run_id``
+  (the MLflow run that holds the run's metrics and utilisation) and ``reuse`` (stages taken
+  from the production chain: stage name → bundle directory);
 - ``recipe.json`` — the driver: the recipe with its sources pinned to ``dataset@N``;
-- ``epochs/<stage>-NNNN.json`` — rank 0: metrics of one finished epoch;
-- ``utilisation/<stage>-NNNN.jsonl`` — rank 0: every rank's utilisation samples of that epoch;
-- ``checkpoints/<stage>/epoch-NNNN.pt`` — rank 0 (see :mod:`surgflow.training.checkpoints`).
+- ``checkpoints/<stage>/epoch-NNNN.pt`` — rank 0 (see :mod:`surgflow.training.checkpoints`);
+  each checkpoint keeps its epoch's metrics, which is all a resumed stage needs of them.
 
-Re-running an epoch after a restart rewrites its files, so a run's record never holds an epoch
-twice.
+Per-epoch metrics and utilisation live in MLflow only (:mod:`surgflow.training.tracker`);
+:meth:`RunStore.epochs`, :meth:`RunStore.utilisation` and :meth:`RunStore.show` read them there.
 """
 
 from __future__ import annotations
@@ -64,33 +66,35 @@ class RunStore:
         write_atomic(self.dir(run_id) / "run.json", json_bytes(record))
         return record
 
-    def record_epoch(self, run_dir: Path, stage: str, epoch: int, metrics: dict[str, Any],
-                     samples: list[dict[str, Any]]) -> None:
-        """Rank 0: one finished epoch's metrics and every rank's utilisation samples."""
-        write_atomic(Path(run_dir) / "epochs" / f"{stage}-{epoch:04d}.json",
-                     json_bytes({"stage": stage, "epoch": epoch, **metrics}))
-        lines = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
-        write_atomic(Path(run_dir) / "utilisation" / f"{stage}-{epoch:04d}.jsonl", lines.encode())
+    def _mlflow(self, run_id: str) -> tuple[Any, str | None]:
+        from surgflow import tracking
+        from surgflow.config import get_settings
+
+        mlflow_id = self.get(run_id).get("mlflow_run_id")
+        if mlflow_id is None:
+            return None, None
+        return tracking.client(get_settings(home=self.root.parent)), mlflow_id
 
     def epoch_count(self, run_id: str) -> int:
-        """How many epochs the run has recorded (cheap: no file is read)."""
-        return sum(1 for _ in (self.dir(run_id) / "epochs").glob("*.json"))
+        """How many epochs the run has finished so far (one query to MLflow)."""
+        from surgflow.training import tracker
+
+        client, mlflow_id = self._mlflow(run_id)
+        return tracker.epoch_count(client, mlflow_id) if mlflow_id else 0
 
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
-        d = self.dir(run_id) / "epochs"
-        if not d.is_dir():
-            return []
-        rows = [json.loads(p.read_text()) for p in d.glob("*.json")]
-        return sorted(rows, key=lambda r: (r.get("finished_at", ""), r["stage"], r["epoch"]))
+        """The run's finished epochs of every stage, as its MLflow run holds them."""
+        from surgflow.training import tracker
+
+        client, mlflow_id = self._mlflow(run_id)
+        return tracker.epochs(client, mlflow_id) if mlflow_id else []
 
     def utilisation(self, run_id: str) -> list[dict[str, Any]]:
-        d = self.dir(run_id) / "utilisation"
-        if not d.is_dir():
-            return []
-        rows = []
-        for p in d.glob("*.jsonl"):
-            rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        return sorted(rows, key=lambda r: (r["t"], r["rank"]))
+        """Every rank's utilisation samples, as its MLflow run holds them."""
+        from surgflow.training import tracker
+
+        client, mlflow_id = self._mlflow(run_id)
+        return tracker.utilisation(client, mlflow_id) if mlflow_id else []
 
     def show(self, run_id: str) -> dict[str, Any]:
         """The run record with its epochs and a per-rank utilisation summary."""
