@@ -78,6 +78,7 @@ class DemoReport:
     versions: list[dict[str, Any]] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)
     firings: list[dict[str, Any]] = field(default_factory=list)
+    field_by_source: dict[str, dict[str, float | None]] = field(default_factory=dict)
     report_path: str | None = None
     highlights: str | None = None
     served: dict[str, Any] | None = None
@@ -280,6 +281,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
         report.versions = [m.summary() | {"sources": dict(m.sources)}
                            for m in DatasetStore(home).versions(PROCEDURE)]
         report.firings = TriggerLedger(home).all()
+        report.field_by_source = by_source(seal2)
         if keep_running:
             report.urls = stack.urls()
     finally:
@@ -287,6 +289,14 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             down(home)
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def by_source(seal: dict[str, Any], metric: str = "macro_f1") -> dict[str, dict]:
+    """Per hospital, the field metric of the candidate and of its baseline, from a seal's
+    per-source checks (``<metric>.source.<source>``)."""
+    prefix = f"{metric}.source."
+    return {c["name"].removeprefix(prefix): {"candidate": c["value"], "baseline": c["baseline"]}
+            for c in seal.get("checks", []) if c["name"].startswith(prefix)}
 
 
 def _failing(seal: dict[str, Any]) -> str:

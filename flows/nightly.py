@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 
 from flows.pipeline import recipe_pipeline
 
@@ -76,7 +76,7 @@ async def nightly_build(recipes_dir: str = "recipes", promote: bool = True) -> l
         for row in winners(rows).values():
             await asyncio.to_thread(promote_best, row)
             row["promoted"] = True
-    create_table_artifact(
+    await acreate_table_artifact(
         [{k: _cell(row.get(k)) for k in ("recipe", "dataset_versions", "model", "verdict",
                                          "field_macro_f1", "promoted", "error")} for row in rows],
         key="nightly-build", description="nightly build: one row per recipe")

@@ -26,9 +26,12 @@ def export_chain(run_id: str) -> str:
     from surgflow.training.runs import RunStore
 
     home = get_settings().home
-    run_dir = RunStore(home).dir(run_id)
+    store = RunStore(home)
+    run_dir = store.dir(run_id)
+    # a stage the recipe took `from: production` comes from the bundle the run recorded
+    reused = set((store.get(run_id).get("reuse") or {}).values())
     out = run_dir / "bundle"
-    bundle_from_run(run_dir, out, home=home)
+    bundle_from_run(run_dir, out, home=home, reuse=Path(reused.pop()) if reused else None)
     return str(out)
 
 

@@ -115,13 +115,16 @@ def _render(r: dict[str, Any]) -> None:
                          ", ".join(f"{k} {n}" for k, n in sorted(v["sources"].items())),
                          str(v["events_applied"]))
     c.print(versions)
-    models = Table("model", "trained on", "verdict", "field macro-F1 by hospital", "stages",
-                   title="models")
+    models = Table("model", "trained on", "verdict", "stages", title="models")
     for m in r["models"]:
-        seal = m.get("seal") or {}
         models.add_row(f"{m['name']}@{m['version']}", ", ".join(m.get("dataset_versions") or []),
-                       str(m.get("verdict")), _by_source(seal), ", ".join(m.get("stages") or []))
+                       str(m.get("verdict")), ", ".join(m.get("stages") or []))
     c.print(models)
+    field = Table("hospital", "v1", "v2", title="field macro-F1 (pinned field suite)")
+    for source, f in sorted(r["field_by_source"].items()):
+        field.add_row(source, _num(f["baseline"]), _num(f["candidate"]))
+    if r["field_by_source"]:
+        c.print(field)
     firings = Table("recipe", "fired on", "why", title="trigger firings")
     for f in r["firings"]:
         firings.add_row(f["recipe"], f["cause"], f["why"])
@@ -138,6 +141,5 @@ def _render(r: dict[str, Any]) -> None:
     c.print(f"done in {r['seconds']:.0f} s; state under {r['home']}")
 
 
-def _by_source(seal: dict[str, Any]) -> str:
-    per = (seal.get("metrics") or {}).get("per_source") or {}
-    return ", ".join(f"{s} {m.get('macro_f1', 0):.2f}" for s, m in sorted(per.items())) or "–"
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
