@@ -229,7 +229,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             stack.start_core()
             ensure_gpu_limit(1)
             stack.start_dask(2)
-            stack.start_mlflow_ui()
+            stack.start_mlflow_ui(wait=False)
             stack.start_deployments(recipes)
         with step(f"hospitals A and B upload {sum(size.first.values())} annotated videos"):
             first = make_videos(root / "videos", size.first, FIRST_HOSPITALS,
