@@ -75,6 +75,18 @@ def _accuracy(runner: ChainRunner, path: Path) -> float:
     return float((np.asarray(a.timeline.labels) == truth(path)).mean())
 
 
+def _files(env: Env) -> set[Path]:
+    """Image, array and video files under the service's root (home and video roots)."""
+    return {p for p in env.root.rglob("*")
+            if p.is_file() and p.suffix in {".png", ".jpg", ".jpeg", ".npy", ".npz", ".mp4",
+                                             ".raw", ".bmp", ".avi"}}
+
+
+def test_events_go_out_through_an_idempotent_acks_all_producer(env):
+    config = env.service.sink.publisher._producer.config
+    assert config["enable_idempotence"] is True and config["acks"] == -1
+
+
 def test_health_needs_no_token_and_models_lists_production(env):
     with http(env.url, token=None) as c:
         r = c.get("/healthz")
@@ -104,8 +116,11 @@ def test_analyze_a_held_out_video_publishes_the_same_timeline_and_the_feedback_f
     v = env.heldout
     with Publisher.from_settings(env.settings) as pub:  # the hospital registers the video
         pub.video(video_event(v, uri=v.path.as_uri()))
+    before = _files(env)
     with http(env.url) as c:
         r = c.post("/v1/analyze", json=_body(env, v.path.as_uri(), video_id=v.video_id))
+    written = _files(env) - before
+    assert not written, f"an analysis wrote {sorted(written)}"  # no frames, no copies, nothing
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == {"name": NAME, "version": 1}
@@ -312,3 +327,49 @@ def test_a_version_failing_its_parity_check_is_never_swapped_in(env):
         assert "parity" in models["rejected"]["reason"]
         r = c.post("/v1/analyze", json=_body(env, env.heldout.path.as_uri()))
     assert r.status_code == 200 and r.json()["model"]["version"] == 2
+
+
+def test_serve_refuses_to_start_without_a_token_or_off_loopback_when_insecure(env):
+    import subprocess
+
+    from tests.feedback_helpers import SURGFLOW
+
+    base = {k: v for k, v in os.environ.items() if k != "SURGFLOW_API_TOKEN"}
+    base |= {"SURGFLOW_HOME": str(env.settings.home),
+             "SURGFLOW_KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap}
+    for args, reason in [(["--port", "1"], "SURGFLOW_API_TOKEN is not set"),
+                         (["--insecure-local", "--host", "0.0.0.0"], "loopback only")]:
+        p = subprocess.run([SURGFLOW, "serve", *args], env=base, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 2 and reason in p.stderr, p.stderr
+        assert p.stderr.startswith("error: ")
+
+
+def test_serve_insecure_local_answers_on_loopback(env):
+    import subprocess
+
+    import httpx
+
+    from surgflow.processes import free_port, terminate
+    from tests.feedback_helpers import SURGFLOW
+
+    port = free_port()
+    e = {k: v for k, v in os.environ.items() if k != "SURGFLOW_API_TOKEN"}
+    e |= {"SURGFLOW_HOME": str(env.settings.home), "SURGFLOW_TOPIC_PREFIX":
+          env.settings.topic_prefix, "SURGFLOW_KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap}
+    proc = subprocess.Popen([SURGFLOW, "serve", "--insecure-local", "--port", str(port)],
+                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "surgflow serve did not answer"
+                time.sleep(0.3)
+        assert r.status_code == 200 and r.json()["cholecystectomy"]["name"] == NAME
+    finally:
+        terminate(proc.pid, 20)
+        proc.wait(10)
