@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -30,8 +32,6 @@ def ui(
     is the UI: its URL is printed and nothing is started."""
     from surgflow import tracking
     from surgflow.config import get_settings
-    from surgflow.processes import terminate
-
     settings = get_settings()
     uri = tracking.tracking_uri(settings)
     root = tracking.artifact_root(settings)
@@ -45,7 +45,10 @@ def ui(
            "--default-artifact-root", root, "--host", host, "--port", str(port),
            "--workers", "1"]
     # the server's own logs go to stderr: stdout carries only the command's result
-    proc = subprocess.Popen(cmd, stdout=2, stderr=2, stdin=subprocess.DEVNULL)
+    # its own session: mlflow server runs uvicorn (and a job runner) as children, and they
+    # must stop with it
+    proc = subprocess.Popen(cmd, stdout=2, stderr=2, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -59,11 +62,31 @@ def ui(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        terminate(proc.pid, 10.0)
+        _stop_group(proc)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _stop_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left after ``timeout_s``."""
+    pgid = proc.pid  # the session leader's pid is its group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout_s)
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
 def _check_port_free(host: str, port: int) -> None:

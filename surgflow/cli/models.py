@@ -121,11 +121,15 @@ def _render_list(rows: list[dict]) -> None:
     if not rows:
         stdout_console.print("(no registered versions)")
         return
-    table = Table("model", "version", "created", "recipe", "stages", "verdict", "run")
-    for r in rows:
-        table.add_row(r["name"], str(r["version"]), r["created_at"][:19], r["recipe"] or "",
-                      ", ".join(r["stages"]), r["verdict"] or "", (r["run_id"] or "")[:12])
-    stdout_console.print(table)
+    for name in dict.fromkeys(r["name"] for r in rows):
+        table = Table("version", "created", "recipe", "stages", "verdict", "run",
+                      title=name, title_justify="left")
+        for r in rows:
+            if r["name"] == name:
+                table.add_row(str(r["version"]), r["created_at"][:19], r["recipe"] or "",
+                              ", ".join(r["stages"]), r["verdict"] or "",
+                              (r["run_id"] or "")[:12])
+        stdout_console.print(table)
 
 
 def _render_show(d: dict) -> None:
@@ -133,10 +137,10 @@ def _render_show(d: dict) -> None:
                          f"stages: {', '.join(d['stages']) or '-'}  verdict: {d['verdict'] or '-'}")
     render_auto({k: d[k] for k in ("created_at", "run_id", "recipe", "dataset_versions",
                                    "metrics")})
-    table = Table("artifact", "sha256")
+    stdout_console.print("[bold]artifacts[/bold] (sha256):")
+    width = max((len(a["path"]) for a in d["artifacts"]), default=0)
     for a in d["artifacts"]:
-        table.add_row(a["path"], a["sha256"])
-    stdout_console.print(table)
+        stdout_console.print(f"  {a['path']:<{width}}  {a['sha256']}", soft_wrap=True)
     if d["seal"]:
         _render_seal(d["seal"])
     else:
@@ -163,8 +167,10 @@ def _render_history(moves: list[dict]) -> None:
     if not moves:
         stdout_console.print("(no pointer moves)")
         return
-    table = Table("at", "stage", "from", "to", "by", "reason")
+    table = Table("at (UTC)", "stage", "from", "to", "by", "reason")
+    table.columns[0].no_wrap = True
+    table.columns[5].ratio = 1
     for m in moves:
-        table.add_row(m["at"][:19], m["stage"], _v(m["from"]), _v(m["to"]), m["by"],
-                      m["reason"])
+        table.add_row(m["at"][:19].replace("T", " "), m["stage"], _v(m["from"]), _v(m["to"]),
+                      m["by"], m["reason"])
     stdout_console.print(table)

@@ -86,10 +86,15 @@ class SealStore:
         return read_json(self.root / str(version) / f"{key(baseline, field_suite)}.json")
 
     def all(self, version: int) -> list[dict]:
-        """Every seal of ``version``, oldest first."""
+        """Every seal of ``version``, oldest first (by ``sealed_at``, then when stored)."""
         d = self.root / str(version)
-        seals = [s for p in sorted(d.glob("*.json")) if (s := read_json(p)) is not None]
-        return sorted(seals, key=lambda s: str(s.get("sealed_at", "")))
+        found = []
+        for p in d.glob("*.json"):
+            seal = read_json(p)
+            if seal is not None:
+                # sealed_at may tie (second resolution); the file's age orders those
+                found.append(((str(seal.get("sealed_at", "")), p.stat().st_mtime_ns), seal))
+        return [seal for _, seal in sorted(found, key=lambda t: t[0])]
 
     def latest(self, version: int) -> dict | None:
         seals = self.all(version)

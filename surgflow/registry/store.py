@@ -280,12 +280,7 @@ class ModelRegistry:
         return self.get(name, version)
 
     def _version_of_run(self, name: str, run_id: str) -> Any | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-        except MlflowException:
-            return None
+        found = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         return found[0] if found else None
 
     def _ensure_model(self, name: str, procedure: str) -> None:
@@ -321,8 +316,8 @@ class ModelRegistry:
              expected: int | None) -> dict:
         """Point ``stage`` at ``version`` if it still points at ``expected`` (the version the
         caller saw; None: unset), else ConflictError. Appends the move to the history.
-        ``approved`` needs an approving seal; a version whose parity failed at registration
-        is never moved to ``approved`` or ``production``."""
+        ``approved`` needs an approving seal against the current production; a version whose
+        parity failed at registration is never moved to ``approved`` or ``production``."""
         if stage not in M.STAGES:
             raise BadInput(f"stage {stage!r}: expected one of {', '.join(M.STAGES)}")
         if not isinstance(by, str) or not by.strip():
@@ -332,10 +327,12 @@ class ModelRegistry:
         mv = self.get(name, version)
         if stage in M.PROMOTE_TARGETS and mv.unpromotable_reason:
             raise BadInput(f"{mv.ref} can never be {stage}: {mv.unpromotable_reason}")
-        if stage == "approved" and not any(s.get("verdict") == "approved"
-                                           for s in self.seals(name, mv.version)):
-            raise BadInput(f"{mv.ref}: only an approving seal moves approved; gate it with "
-                           f"`surgflow models gate {mv.ref}`")
+        if stage == "approved":
+            blocker = self._seal_blocker(name, mv.version, self.production(name))
+            if blocker:
+                raise BadInput(f"{mv.ref}: only an approving seal against the current "
+                               f"production moves approved: {blocker}; gate it with "
+                               f"`surgflow models gate {mv.ref}`")
         with self._locked(name):
             current = self._reconcile(name, stage)
             return self._move_locked(name, stage, mv.version, by=by, reason=reason,
