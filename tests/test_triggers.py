@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from surgflow.training.recipe import TriggerSpec
 from surgflow.training.triggers import Footprint, TriggerLedger, baseline, crossings
 from tests.training_helpers import tiny_recipe
@@ -88,3 +90,26 @@ def test_footprint_of_a_recipe_view_counts_its_labelled_frames(tmp_path: Path) -
     m = DatasetStore(home).manifest("cholecystectomy")
     assert got == fp(m.provenance_frames["human"], "hospital-a")
     assert trained_footprint(recipe, home) is None
+
+
+@pytest.mark.integration
+def test_trigger_flow_fires_once_per_version_however_often_it_runs(
+        prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replayed version event (a restarted deployment, a redelivered event) fires nothing."""
+    import yaml
+
+    from flows.triggers import check_triggers
+    from tests.training_helpers import labelled_home
+
+    home = labelled_home(tmp_path, n_train=2, n_val=1, duration_s=4, size=32)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    recipe = tiny_recipe(name="retrained", triggers={"new_source": True, "growth_factor": 2.0})
+    (recipes / "r.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    (recipes / "other.yaml").write_text(yaml.safe_dump(
+        tiny_recipe(name="other", data={"sources": ["appendectomy"]}).model_dump(mode="json")))
+    monkeypatch.setenv("SURGFLOW_HOME", str(home))
+    first = check_triggers("cholecystectomy", 1, str(recipes))
+    assert [(f["recipe"], f["reasons"]) for f in first] == [("retrained", ["new_source"])]
+    assert check_triggers("cholecystectomy", 1, str(recipes)) == []
+    assert len(TriggerLedger(home).firings("retrained")) == 1
