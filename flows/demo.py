@@ -20,6 +20,7 @@ suite) and waits for the system to do the rest. Everything it starts is recorded
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ PROCEDURE = "cholecystectomy"
 MODEL = f"{PROCEDURE}-phase"
 FIRST_HOSPITALS = ("hospital-a", "hospital-b")
 NEW_HOSPITAL = "hospital-c"
+REVIEW_BELOW = 0.85
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,9 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     from surgflow.training.triggers import TriggerLedger
 
     size = SIZES[size_name]
+    # annotators review every segment the model is less than 85 % sure of (this process runs
+    # the feedback flow, which reads the threshold from the settings)
+    os.environ.setdefault("SURGFLOW_FEEDBACK_CONFIDENCE_THRESHOLD", str(REVIEW_BELOW))
     started = time.monotonic()
     home = settings.home
     report = DemoReport(size=size_name, home=str(home), log=str(log_path))
