@@ -3,6 +3,7 @@ range already; completed by an annotation naming them, closed by human labels co
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from surgflow.config import get_settings
 from surgflow.data.labels import Interval
 from surgflow.feedback import dlq
 from surgflow.feedback.client import Publisher
+from surgflow.feedback.merge import BatchMerger, Record
 from surgflow.feedback.schemas import FeedbackTask, InferenceEvent, ModelRef
 from surgflow.feedback.tasks import TaskLedger, covered, decide, human_ranges, task_id, tasks_for
 from tests.feedback_helpers import annotation_event, cli, inference_event, video_event
@@ -100,6 +102,42 @@ def test_ledger_finds_open_tasks_by_video_and_keeps_completed_apart_from_closed(
                       b.task_id: ("open", None)}
     # a task done before it was ever acknowledged on the topic is not sent again
     assert ledger.unpublished() == [b]
+
+
+class _Sent:
+    """What a batch sends, in place of the Kafka producer."""
+
+    def __init__(self):
+        self.messages: list[tuple[str, bytes]] = []
+
+    def send(self, topic, value, key, headers):
+        self.messages.append((topic, value))
+
+    def flush(self):
+        pass
+
+
+def _record(topic: str, offset: int, event: dict) -> Record:
+    return Record(topic, 0, offset, event["video_id"].encode(), json.dumps(event).encode())
+
+
+@pytest.mark.parametrize("inference_first", [True, False],
+                         ids=["inference-first", "annotation-first"])
+def test_a_batch_raises_no_task_for_frames_its_own_annotations_label(
+        surgflow_home, synthetic_corpus, inference_first):
+    """The order of the two events inside one batch (as a consumer group polls them) does not
+    matter: the decision is made against the version the batch wrote."""
+    v = synthetic_corpus[0]
+    inference = _record("inference", 0, inference_event(
+        v, "inf", 10, confidences=[0.3] * len(v.segments)))
+    annotation = _record("annotations", 0, annotation_event(v, "ann", 5, v.segments))
+    labels = [inference, annotation] if inference_first else [annotation, inference]
+    sent = _Sent()
+    report = BatchMerger(get_settings(), sent).process(
+        [_record("videos", 0, video_event(v)), *labels], {})
+    assert report.applied == 3 and report.tasks_created == 0
+    assert [topic for topic, _ in sent.messages] == []
+    assert TaskLedger(surgflow_home).list() == []
 
 
 @pytest.mark.integration
