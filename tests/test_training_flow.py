@@ -101,3 +101,32 @@ def test_models_architectures_command_lists_the_registry(tmp_path):
     out = _cli("models", "architectures", "--json", env=dict(os.environ), cwd=tmp_path)
     rows = json.loads(out.stdout)
     assert out.returncode == 0 and {"resnet50", "r3d_18", "mstcn"} <= {r["name"] for r in rows}
+
+
+def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    recipe["data"]["min_confidence"] = None
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    before = sorted(p.name for p in home.iterdir())
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"SURGFLOW_HOME": str(home), "SURGFLOW_DASK_ADDRESS": "tcp://127.0.0.1:9"}
+    out = _cli("train", str(path), "--dry-run", "--json", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    view = json.loads(out.stdout)
+    assert view["dataset_versions"] == ["cholecystectomy@1"] and view["chain"] is True
+    train, val = view["splits"]["train"], view["splits"]["val"]
+    assert (train["videos"], val["videos"]) == (6, 2)
+    assert train["sources"] == {"hospital-a": {"videos": 6, "clips": train["clips"]}}
+    shares = train["labels"]
+    assert sum(r["clips"] for r in shares.values()) == train["clips"]
+    # inverse-frequency balancing aims every label at the same share and gets there
+    assert all(r["target"] == pytest.approx(1 / len(shares)) for r in shares.values())
+    assert all(r["achieved"] == pytest.approx(r["target"], abs=1e-6) for r in shares.values())
+    assert max(r["natural"] for r in shares.values()) > 1.5 / len(shares)
+    # no server, cluster, MLflow store or run was started or written
+    assert sorted(p.name for p in home.iterdir()) == before
+    assert "Prefect" not in out.stderr
+
+    table = _cli("train", str(path), "--dry-run", env=env, cwd=tmp_path)
+    assert table.returncode == 0 and "achieved" in table.stdout and "hospital-a" in table.stdout
