@@ -133,3 +133,29 @@ def test_temporal_loss_ignores_unlabelled_and_padded_seconds():
     jumpy = torch.randn(1, 1, 4, 12) * 10
     ce = torch.nn.functional.cross_entropy(jumpy[0], lone, ignore_index=-1)
     torch.testing.assert_close(temporal_loss(jumpy, lone), ce)
+
+
+def test_a_refining_temporal_network_starts_as_its_encoder_and_learns_corrections():
+    from surgflow.training.chain import HeadOverTime
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 5)
+    net = MSTCN(16, 5, stages=3, layers=4, channels=8, dropout=0.0, refine=True)
+    net.set_prior(head)
+    x = torch.randn(2, 16, 30)
+    with torch.no_grad():
+        encoder = HeadOverTime(head)(x)[0]
+        out = net(x)
+    assert out.shape == (3, 2, 5, 30)
+    for stage in out:  # every stage, untrained, is exactly the encoder's own prediction
+        torch.testing.assert_close(stage, encoder)
+    labels = torch.arange(5).repeat_interleave(6).unsqueeze(0).expand(2, -1)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.02)
+    for _ in range(60):
+        loss = temporal_loss(net(x), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.testing.assert_close(net.prior.weight[..., 0], head.weight)  # the prior stays frozen
+    acc = (net(x)[-1].argmax(1) == labels).float().mean().item()
+    assert acc > (encoder.argmax(1) == labels).float().mean().item() + 0.3

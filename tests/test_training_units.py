@@ -143,3 +143,41 @@ def test_uint8_batches_are_normalised_on_the_device_like_float_clips() -> None:
     torch.testing.assert_close(batch[1], as_float)
     features = torch.randn(2, 5, 7)
     assert as_input(features) is features
+
+
+def test_augmentation_moves_every_frame_of_a_clip_alike_and_clips_differently():
+    from surgflow.training.augment import augment
+    from surgflow.training.loop import as_input
+    from surgflow.training.recipe import AugmentSpec
+
+    rng = np.random.default_rng(1)
+    frame = torch.from_numpy(rng.integers(0, 256, size=(3, 1, 24, 24), dtype=np.uint8))
+    clips = torch.stack([frame.repeat(1, 4, 1, 1)] * 4)  # B×C×T×H×W, all frames equal
+    torch.manual_seed(0)
+    out = augment(clips, AugmentSpec())
+    assert out.shape == clips.shape and out.dtype == torch.float32
+    for t in range(1, 4):  # one transform per clip: its frames stay equal to each other
+        torch.testing.assert_close(out[:, :, t], out[:, :, 0])
+    assert not torch.allclose(out[0], out[1])  # each clip draws its own transform
+    torch.manual_seed(0)
+    torch.testing.assert_close(augment(clips, AugmentSpec()), out)  # seeded: repeatable
+
+    still = AugmentSpec(crop_scale=(1, 1), crop_ratio=(1, 1), flip=0, brightness=0, contrast=0,
+                        saturation=0, hue=0)
+    torch.testing.assert_close(augment(clips, still), as_input(clips))
+    mirrored = augment(clips, still.model_copy(update={"flip": 1.0}))
+    torch.testing.assert_close(mirrored, as_input(clips).flip(-1))
+    brighter = augment(clips, still.model_copy(update={"brightness": 0.5}))
+    assert not torch.allclose(brighter, as_input(clips))
+
+
+def test_augment_section_is_validated():
+    from surgflow.errors import ConfigError
+    from surgflow.training.recipe import parse_recipe
+
+    base = {"name": "r", "data": {"sources": ["cholecystectomy"]}}
+    assert parse_recipe(base).augment.enabled  # on by default, for training clips only
+    with pytest.raises(ConfigError, match=r"'augment.crop_scale'.*0 < low ≤ high ≤ 1"):
+        parse_recipe(base | {"augment": {"crop_scale": [0.9, 0.5]}})
+    with pytest.raises(ConfigError, match=r"'augment\.flip'"):
+        parse_recipe(base | {"augment": {"flip": 2}})

@@ -52,6 +52,19 @@ def extract_features(
     return {"computed": computed, "cached": skipped}
 
 
+class HeadOverTime(torch.nn.Module):
+    """An encoder's linear head applied at every second of a ``B×D×L`` feature sequence, shaped
+    like a one-stage temporal network's output (``1×B×C×L``): the chain without its temporal
+    stage, scored the way the chain is."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.transpose(1, 2)).transpose(1, 2).unsqueeze(0)
+
+
 class SequenceDataset(Dataset):
     """Whole-video sequences: ``(D×L features from the cache, L per-second labels)``."""
 

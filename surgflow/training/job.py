@@ -33,6 +33,7 @@ from surgflow.training import checkpoints, data, tracker
 from surgflow.training import distributed as D
 from surgflow.training.augment import augment
 from surgflow.training.chain import (
+    HeadOverTime,
     SequenceDataset,
     chain_version,
     collate_sequences,
@@ -106,7 +107,7 @@ def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler
         out["model_version"] = clip_result["version"]
         return out
     out["stages"]["features"], labels = trainer.feature_stage(model, clip_result["version"])
-    temporal = trainer.temporal_stage(clip_result["version"], model.feature_dim, labels)
+    temporal = trainer.temporal_stage(clip_result["version"], model, labels)
     out["stages"]["temporal"] = temporal
     out["model_version"] = chain_version([clip_result["version"], temporal["version"]])
     return out
@@ -165,15 +166,19 @@ class _StageTrainer:
         return ({"computed": int(total[0]), "cached": int(total[1]),
                  "seconds": time.time() - started}, labels)
 
-    def temporal_stage(self, stage1_version: str, in_dim: int,
+    def temporal_stage(self, stage1_version: str, encoder: torch.nn.Module,
                        labels: dict[str, dict]) -> dict[str, Any]:
         spec = self.recipe.temporal
         assert spec is not None
         cache = FeatureCache(self.home)
+        in_dim = encoder.feature_dim
+        baseline = self._encoder_alone(encoder, stage1_version, labels, cache)
         if "temporal" in self.reuse:
-            return self._reused_temporal(stage1_version, in_dim, labels, cache)
+            return self._reused_temporal(stage1_version, in_dim, labels, cache) | baseline
         seed_everything(spec.optim.seed)
         model = build_temporal_model(spec, in_dim, self.classes)
+        if model.refine:
+            model.set_prior(encoder.head)
         train_set = SequenceDataset(labels["train"]["videos"], labels["train"]["labels"], cache,
                                     stage1_version)
         val_videos = labels["val"]["videos"][self.ctx.rank :: self.ctx.world_size]
@@ -185,8 +190,23 @@ class _StageTrainer:
         val = DataLoader(val_set, batch_size=1, collate_fn=collate_sequences)
         result = self._train("temporal", model, spec.optim, train, val, sampler, temporal_step,
                              extra={"stage1_version": stage1_version})
-        return result | {"stage1_version": stage1_version,
-                         "videos": {"train": len(train_set), "val": len(labels["val"]["videos"])}}
+        return result | baseline | {
+            "stage1_version": stage1_version,
+            "videos": {"train": len(train_set), "val": len(labels["val"]["videos"])}}
+
+    def _encoder_alone(self, encoder: torch.nn.Module, stage1_version: str,
+                       labels: dict[str, dict], cache: FeatureCache) -> dict[str, Any]:
+        """The encoder's own head on the validation seconds the chain is scored on: what the
+        temporal stage has to beat (logged as ``temporal/encoder_val_*``)."""
+        val_videos = labels["val"]["videos"][self.ctx.rank :: self.ctx.world_size]
+        val = DataLoader(SequenceDataset(val_videos, labels["val"]["labels"], cache,
+                                         stage1_version), batch_size=1,
+                         collate_fn=collate_sequences)
+        metrics = evaluate(HeadOverTime(encoder.head).to(self.ctx.device), val,
+                           step=temporal_step, num_classes=self.classes, device=self.ctx.device)
+        if self.ctx.is_main and self.live is not None:
+            self.live.add(tracker.named_metrics("temporal/encoder_val", metrics))
+        return {"encoder_val": metrics}
 
     def _reused(self, stage: str) -> torch.nn.Module:
         from surgflow.training.reuse import load_stage

@@ -230,24 +230,52 @@ class _Stage(nn.Module):
 
 
 class MSTCN(nn.Module):
-    """Multi-stage temporal conv net: ``B×D×L`` features → ``S×B×classes×L`` logits per stage."""
+    """Multi-stage temporal conv net: ``B×D×L`` features → ``S×B×classes×L`` logits per stage.
+
+    With ``refine=True`` the network refines the encoder's own per-second predictions instead
+    of predicting from scratch: ``prior`` holds a frozen copy of the encoder's linear head (as a
+    1×1 convolution, set by :meth:`set_prior`), the first stage adds its output to the prior's
+    logits and every later stage adds its output to the previous stage's logits. Those outputs
+    start at zero, so before training the chain is exactly its encoder, and what the temporal
+    stage learns is a correction. This matters because the network trains on the encoder's
+    features of the encoder's own training videos, which the encoder fits better than it will
+    fit new videos: a network predicting from scratch learns to trust those features more than
+    they deserve and, on new videos, ends below the encoder alone.
+    """
 
     def __init__(self, in_dim: int, num_classes: int, *, stages: int = 2, layers: int = 8,
-                 channels: int = 64, dropout: float = 0.2, causal: bool = True):
+                 channels: int = 64, dropout: float = 0.2, causal: bool = True,
+                 refine: bool = False):
         super().__init__()
-        self.in_dim, self.num_classes, self.causal = in_dim, num_classes, causal
+        self.in_dim, self.num_classes, self.causal, self.refine = in_dim, num_classes, causal, \
+            refine
         self.stages = nn.ModuleList(
             [_Stage(in_dim, channels, layers, num_classes, dropout, causal)]
             + [_Stage(num_classes, channels, layers, num_classes, dropout, causal)
                for _ in range(stages - 1)]
         )
+        if refine:
+            self.prior = nn.Conv1d(in_dim, num_classes, 1)
+            self.prior.requires_grad_(False)
+            for stage in self.stages:
+                nn.init.zeros_(stage.out.weight)
+                nn.init.zeros_(stage.out.bias)
+
+    @torch.no_grad()
+    def set_prior(self, head: nn.Linear) -> None:
+        """Start from the encoder's head (``refine`` networks only)."""
+        self.prior.weight.copy_(head.weight.detach().unsqueeze(-1))
+        self.prior.bias.copy_(head.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = []
         out = self.stages[0](x)
+        if self.refine:
+            out = out + self.prior(x)
         outs.append(out)
         for stage in self.stages[1:]:
-            out = stage(F.softmax(out, dim=1))
+            step = stage(F.softmax(out, dim=1))
+            out = out + step if self.refine else step
             outs.append(out)
         return torch.stack(outs)
 
@@ -257,7 +285,8 @@ def build_temporal_model(spec: Any, in_dim: int, num_classes: int) -> MSTCN:
     if spec.architecture not in TEMPORAL_ARCHITECTURES:
         raise UnknownName("temporal architecture", spec.architecture, list(TEMPORAL_ARCHITECTURES))
     return MSTCN(in_dim, num_classes, stages=spec.stages, layers=spec.layers,
-                 channels=spec.channels, dropout=spec.dropout, causal=spec.causal)
+                 channels=spec.channels, dropout=spec.dropout, causal=spec.causal,
+                 refine=spec.refine_encoder)
 
 
 def temporal_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 0.15) -> torch.Tensor:

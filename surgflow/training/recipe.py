@@ -204,6 +204,10 @@ class TemporalSpec(_Reusable):
     channels: int = Field(default=64, ge=4, le=1024)
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     causal: bool = True
+    refine_encoder: bool = Field(
+        default=True,
+        description="start from the encoder's own predictions and learn corrections to them "
+                    "(see models.MSTCN); false: predict from the features alone")
     optim: OptimSpec = Field(
         default_factory=lambda: OptimSpec(epochs=20, batch_size=1, lr=5e-3, schedule="constant")
     )

@@ -88,6 +88,15 @@ def epoch_metrics(stage: str, epoch: int, metrics: dict[str, Any]) -> list[Metri
     return [Metric(f"{stage}/{k}", v, ts, epoch) for k, v in values.items()]
 
 
+def named_metrics(prefix: str, values: dict[str, Any], step: int = 0) -> list[Metric]:
+    """Numbers of ``values`` as metrics ``<prefix>_<name>``, logged now."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    return [Metric(f"{prefix}_{k}", float(v), ts, step) for k, v in values.items()
+            if isinstance(v, (int, float))]
+
+
 def _epoch_time(metrics: dict[str, Any]) -> float:
     at = metrics.get("finished_at")
     if not at:
@@ -229,10 +238,12 @@ def epochs(client: MlflowClient, mlflow_run_id: str) -> list[dict[str, Any]]:
         m = _EPOCH_KEY.match(key)
         assert m is not None
         stage, name = m["stage"], m["name"]
+        split, _, field = name.partition("_")
+        if not ((split in SPLITS and field) or name in ("epoch", "lr", "first_step_at")):
+            continue  # a stage-level figure (e.g. temporal/encoder_val_*), not an epoch's
         for step, metric in _latest_by_step(_history(client, mlflow_run_id, key)).items():
             row = rows.setdefault((stage, step), {"stage": stage, "epoch": step, "train": {},
                                                   "val": {}})
-            split, _, field = name.partition("_")
             if split in SPLITS and field:
                 value: Any = metric.value
                 if field == "samples":
