@@ -48,3 +48,36 @@ def test_reel_holds_the_windows_frames_with_captions(tmp_path):
     band = got.shape[0] // 5
     assert np.abs(got[:band] - want[:band]).mean() > 20
     assert np.abs(got[band * 2:-4] - want[band * 2:-4]).mean() < 12
+
+
+@pytest.mark.integration
+def test_highlights_command_reels_the_production_chains_key_moments(tmp_path, tiny_chain_bundle):
+    import os
+
+    from surgflow.config import get_settings
+    from surgflow.data.registry import VideoRegistry
+    from tests.feedback_helpers import cli
+    from tests.serving_helpers import promote, register_bundle
+
+    videos = tmp_path / "videos"
+    v = generate_video(videos / "case-hl-0001.mp4", seed=902, duration_s=20, fps=10, width=64,
+                       height=64, gop=10)
+    settings = get_settings(home=tmp_path / "home", video_roots=[videos])
+    VideoRegistry(settings.home, settings.resolved_video_roots()).register(
+        v.path.as_uri(), "cholecystectomy", "hospital-a")
+    env = os.environ | {"SURGFLOW_HOME": str(settings.home), "SURGFLOW_VIDEO_ROOTS": str(videos)}
+    code, _, err = cli("highlights", v.video_id, check=False, env=env)
+    assert code == 2 and "no production model" in err
+    promote(settings, register_bundle(settings, tiny_chain_bundle.bundle_dir))
+    reel = tmp_path / "out" / "reel.mp4"
+    _, out, _ = cli("highlights", v.video_id, "--out", str(reel), "--before", "1", "--after",
+                    "2", env=env)
+    assert out["model"] == {"name": "cholecystectomy-phase", "version": 1}
+    assert out["out"] == str(reel) and reel.is_file()
+    moments = out["key_moments"]
+    assert moments, "the chain found no phase transition in a 7-phase video"
+    windows = reel_windows(moments, v.num_frames, 10.0, before_s=1, after_s=2)
+    assert out["clips"] == len(windows)
+    assert probe(reel).num_frames == out["frames"] == sum(w.end - w.start for w in windows)
+    code, _, err = cli("highlights", "no-such-video", check=False, env=env)
+    assert code == 2 and "not registered" in err
