@@ -201,7 +201,10 @@ class ModelPool:
 
         def watch() -> None:
             while not self._stop.wait(interval):
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception:  # e.g. the procedures folder unreadable for a moment
+                    log.exception("polling the registry's production pointers failed")
 
         self._thread = threading.Thread(target=watch, name="surgflow-model-watcher", daemon=True)
         self._thread.start()

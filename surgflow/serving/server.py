@@ -117,7 +117,7 @@ def serve(settings: Settings, *, host: str, port: int, consume: bool,
             from surgflow.serving.fleet import Fleet
 
             fleet = Fleet(settings, service.pool, service.sink)
-            fleet_thread = threading.Thread(target=fleet.run, kwargs={"stop": fleet_stop},
+            fleet_thread = threading.Thread(target=_consume, args=(fleet, fleet_stop),
                                             name="surgflow-fleet", daemon=True)
             fleet_thread.start()
         server = _uvicorn(service, host, port)
@@ -128,6 +128,17 @@ def serve(settings: Settings, *, host: str, port: int, consume: bool,
         if fleet_thread is not None:
             fleet_thread.join(timeout=60)
         service.close()
+
+
+def _consume(fleet, stop: threading.Event, backoff_s: float = 5.0) -> None:
+    """Run the fleet member until ``stop``; a broker failure restarts it after a pause
+    instead of ending fleet mode while HTTP goes on."""
+    while not stop.is_set():
+        try:
+            fleet.run(stop=stop)
+        except Exception:
+            log.exception("the fleet consumer failed; restarting it in %.0f s", backoff_s)
+            stop.wait(backoff_s)
 
 
 class BackgroundServer:
