@@ -314,3 +314,24 @@ def test_two_processes_racing_for_production_leave_one_winner(
     assert reg.production(NAME) == winners[0]["to"]
     prod = [m for m in reg.history(NAME) if m["stage"] == "production"]
     assert [(m["from"], m["to"]) for m in prod] == [(None, winners[0]["to"])]
+
+
+def test_remote_store_bundle_is_downloaded_verified_and_cached(
+    reg: ModelRegistry, tiny_chain_bundle: TrainedBundle, surgflow_home: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v = register_version(reg, tiny_chain_bundle.bundle_dir)
+    stored = reg.bundle(NAME, 1)  # the local store's own directory
+    monkeypatch.setattr("surgflow.registry.artifacts.local_path", lambda uri: None)
+    cached = reg.bundle(NAME, 1)
+    assert cached == surgflow_home / "registry" / "cache" / NAME / "1"
+    assert {p.name: sha256(p) for p in cached.iterdir()} == v.hashes
+    # a damaged cache is fetched again; a damaged store is refused
+    (cached / "golden.npz").write_bytes(b"junk")
+    assert sha256(reg.bundle(NAME, 1) / "golden.npz") == v.hashes["golden.npz"]
+    with open(stored / "encoder.onnx", "ab") as f:
+        f.write(b"\x00")
+    shutil.rmtree(cached)
+    with pytest.raises(ArtifactMismatch, match=r"encoder\.onnx has sha256"):
+        reg.bundle(NAME, 1)
+    assert not cached.exists()

@@ -27,9 +27,11 @@ def ui(
     port: int = typer.Option(5000, "--port", min=1, max=65535),
     json_: bool = JsonOption,
 ):
-    """Start the MLflow UI on the embedded store (SQLite and artifacts under SURGFLOW_HOME)
-    and print its URL; Ctrl-C stops it. With MLFLOW_TRACKING_URI set, that server already
-    is the UI: its URL is printed and nothing is started."""
+    """Start the MLflow UI on surgflow's store and print its URL; Ctrl-C stops it.
+
+    The embedded store is the SQLite database and artifact root under SURGFLOW_HOME. With
+    MLFLOW_TRACKING_URI set, that server already is the UI: its URL is printed and nothing
+    is started."""
     from surgflow import tracking
     from surgflow.config import get_settings
     settings = get_settings()

@@ -66,8 +66,10 @@ def gate(
     ref: str = typer.Argument(..., metavar="NAME@VERSION"),
     json_: bool = JsonOption,
 ):
-    """Evaluate a version on the field suite against production and seal the verdict (or
-    return the seal it already has). Exits 0 whatever the verdict."""
+    """Evaluate a version on the field suite against production and seal the verdict.
+
+    Returns the existing seal for the same baseline and field suite; exits 0 whatever the
+    verdict."""
     from surgflow.evaluation.gate import gate_version
 
     name, version = parse_ref(ref)
@@ -86,8 +88,10 @@ def promote(
     reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)."),
     json_: bool = JsonOption,
 ):
-    """Move a pointer to a version after re-hashing its artifacts and re-running ONNX parity;
-    needs an approving seal against the current production unless --force --reason."""
+    """Move production (or approved) to a version, after its artifact and parity checks.
+
+    Needs an approving seal against the current production, unless --force --reason TEXT
+    (production only; the history keeps the reason)."""
     name, version = parse_ref(ref)
     moved = registry().promote(name, version, to=to, force=force, reason=reason, by=who())
     emit(moved, json_, _render_move)
