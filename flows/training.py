@@ -52,7 +52,8 @@ class _EpochArtifacts:
             return
         epochs = self.store.epochs(self.run_id)
         self.seen = len(epochs)
-        update_progress_artifact(self.progress_id, 100.0 * min(1.0, self.seen / self.total))
+        update_progress_artifact(self.progress_id,
+                                 100.0 * min(1.0, self.seen / max(self.total, 1)))
         rows = [{"stage": e["stage"], "epoch": e["epoch"],
                  "train_loss": round(e["train"]["loss"], 4),
                  "train_accuracy": round(e["train"]["accuracy"], 4),
@@ -94,7 +95,9 @@ def production_bundle(procedure: str) -> Path:
 def train(run_id: str) -> dict[str, Any]:
     home = get_settings().home
     recipe = load_run_recipe(home, run_id)
-    total = recipe.optim.epochs + (recipe.temporal.optim.epochs if recipe.temporal else 0)
+    # stages taken from production train no epochs
+    total = (0 if recipe.model.reused else recipe.optim.epochs) + (
+        recipe.temporal.optim.epochs if recipe.temporal and not recipe.temporal.reused else 0)
     report = _EpochArtifacts(home, run_id, total)
     res = recipe.resources
     with connect(res.world_size, gpus_per_worker=res.gpus_per_rank) as client:

@@ -47,6 +47,11 @@ def test_chain_trains_both_stages_from_cached_features(dask_cluster, home):
     assert epochs[-1]["train"]["loss"] < epochs[0]["train"]["loss"]
     assert epochs[-1]["val"]["accuracy"] > 0.4  # 7 phases: chance is 1/7
     assert temporal["videos"] == {"train": 6, "val": 2}
+    # the temporal network starts as its encoder (epoch 0) and keeps its best epoch, so the
+    # chain never ends below the encoder alone on the seconds both are scored on
+    final = temporal["final"]
+    assert 0 <= final["selected_epoch"] <= 12 and final["val"]["macro_f1"] >= max(
+        final["last_val"]["macro_f1"], temporal["encoder_val"]["macro_f1"])
 
 
 def test_resume_by_hand_skips_finished_work_and_reuses_the_feature_cache(dask_cluster, home):

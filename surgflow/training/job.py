@@ -189,7 +189,7 @@ class _StageTrainer:
                            collate_fn=collate_sequences)
         val = DataLoader(val_set, batch_size=1, collate_fn=collate_sequences)
         result = self._train("temporal", model, spec.optim, train, val, sampler, temporal_step,
-                             extra={"stage1_version": stage1_version})
+                             extra={"stage1_version": stage1_version}, keep_best=spec.keep_best)
         return result | baseline | {
             "stage1_version": stage1_version,
             "videos": {"train": len(train_set), "val": len(labels["val"]["videos"])}}
@@ -246,7 +246,10 @@ class _StageTrainer:
     def _train(self, stage: str, model: torch.nn.Module, optim: Any, train: DataLoader,
                val: DataLoader, sampler: Any, step: Callable,
                extra: dict[str, Any] | None = None,
-               prepare: Callable | None = None) -> dict[str, Any]:
+               prepare: Callable | None = None, keep_best: bool = False) -> dict[str, Any]:
+        """Train ``stage`` to ``optim.epochs``, resuming from its last checkpoint. With
+        ``keep_best`` the stage ends with the weights of its epoch of best validation macro-F1,
+        epoch 0 (the untrained network) included; the last checkpoint then holds those."""
         ctx = self.ctx
         model.to(ctx.device)
         optimizer = make_optimizer(model.parameters(), optim)
@@ -261,6 +264,13 @@ class _StageTrainer:
             resumed_from, saved_metrics = done, state["metrics"]
         ddp = D.wrap(model, ctx)
         amp = optim.amp and ctx.device.type == "cuda"
+        best: dict[str, Any] | None = None
+        if keep_best:
+            best = state.get("best") if last is not None else None
+            if best is None:
+                m0 = evaluate(model, val, step=step, num_classes=self.classes,
+                              device=ctx.device, amp=amp)
+                best = {"epoch": 0, "val": m0, "model": _copy_state(model)}
         history = []
         launch: dict[str, float] = {}
 
@@ -287,10 +297,23 @@ class _StageTrainer:
             # first_step_at (first epoch of an attempt): launch overhead, measured on rank 0
             metrics = {"train": m_train, "val": m_val, "lr": lr, "finished_at": now_iso(),
                        **(launch if epoch == done + 1 else {})}
+            logged, selected = metrics, None
+            if best is not None:
+                if m_val["macro_f1"] > best["val"]["macro_f1"]:
+                    best = {"epoch": epoch, "val": m_val, "model": _copy_state(D.unwrap(ddp))}
+                extra = (extra or {}) | {"best": best}
+                if epoch == optim.epochs:
+                    # every rank holds the same best weights (ranks' models are identical)
+                    D.unwrap(ddp).load_state_dict(best["model"])
+                    selected = {"epoch": best["epoch"], **best["val"]}
+                    metrics = metrics | {"selected_epoch": best["epoch"], "last_val": m_val,
+                                         "val": best["val"]}
             history.append({"epoch": epoch, **metrics})
             if ctx.is_main:
                 if self.live is not None:
-                    self.live.add(tracker.epoch_metrics(stage, epoch, metrics))
+                    self.live.add(tracker.epoch_metrics(stage, epoch, logged))
+                    if selected is not None:
+                        self.live.add(tracker.named_metrics(f"{stage}/selected", selected))
                     self.live.flush()
                 checkpoints.save(
                     self.run_dir, stage, epoch, model=D.unwrap(ddp), optimizer=optimizer,
@@ -302,3 +325,7 @@ class _StageTrainer:
         final = history[-1] if history else {"epoch": done, **saved_metrics}
         return {"version": checkpoints.weights_digest(D.unwrap(ddp)), "epochs": optim.epochs,
                 "resumed_from_epoch": resumed_from, "final": final}
+
+
+def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

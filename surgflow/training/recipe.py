@@ -208,6 +208,10 @@ class TemporalSpec(_Reusable):
         default=True,
         description="start from the encoder's own predictions and learn corrections to them "
                     "(see models.MSTCN); false: predict from the features alone")
+    keep_best: bool = Field(
+        default=True,
+        description="end with the epoch of best validation macro-F1; with refine_encoder, "
+                    "epoch 0 is the encoder's own predictions, so the chain never ends below it")
     optim: OptimSpec = Field(
         default_factory=lambda: OptimSpec(epochs=20, batch_size=1, lr=5e-3, schedule="constant")
     )
