@@ -54,6 +54,9 @@ def session_options(intra_op_threads: int | None = None) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = intra_op_threads or cpu_threads()
     opts.inter_op_num_threads = 1
+    # Idle intra-op threads would spin for work, taking the cores the decode thread needs
+    # while the runner overlaps decoding with the encoder (measured in bench.serving).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # warnings about unused initialisers are noise here
     return opts
 
