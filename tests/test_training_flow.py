@@ -130,3 +130,22 @@ def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
 
     table = _cli("train", str(path), "--dry-run", env=env, cwd=tmp_path)
     assert table.returncode == 0 and "achieved" in table.stdout and "hospital-a" in table.stdout
+
+
+def test_train_says_it_leaves_running_the_prefect_server_it_started(tmp_path):
+    from flows.runtime import running_server, stop_server
+
+    own = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["SURGFLOW_HOME"] = str(own)
+    try:
+        out = _cli("train", "--resume", "no-such-run", "--json", env=env, cwd=tmp_path)
+        url = running_server(own)
+        assert url is not None  # started for this command, and left running
+        notes = [line for line in out.stderr.splitlines() if "still running" in line]
+        assert len(notes) == 1 and url in notes[0] and "surgflow down" in notes[0]
+        assert out.returncode == 2 and out.stdout == ""
+        again = _cli("train", "--resume", "no-such-run", "--json", env=env, cwd=tmp_path)
+        assert "still running" not in again.stderr  # it found that server; it started none
+    finally:
+        stop_server(own)
