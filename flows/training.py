@@ -54,15 +54,22 @@ class _EpochArtifacts:
         self.seen = len(epochs)
         update_progress_artifact(self.progress_id,
                                  100.0 * min(1.0, self.seen / max(self.total, 1)))
+        # an epoch read while rank 0 is still logging it (or the temporal stage's epoch 0,
+        # the encoder alone, which has no training figures) shows what it has so far
         rows = [{"stage": e["stage"], "epoch": e["epoch"],
-                 "train_loss": round(e["train"]["loss"], 4),
-                 "train_accuracy": round(e["train"]["accuracy"], 4),
-                 "val_loss": round(e["val"]["loss"], 4),
-                 "val_accuracy": round(e["val"]["accuracy"], 4),
-                 "val_macro_f1": round(e["val"]["macro_f1"], 4),
-                 "samples_per_s": round(e["train"]["samples_per_s"], 1)} for e in epochs]
+                 "train_loss": _rounded(e, "train", "loss"),
+                 "train_accuracy": _rounded(e, "train", "accuracy"),
+                 "val_loss": _rounded(e, "val", "loss"),
+                 "val_accuracy": _rounded(e, "val", "accuracy"),
+                 "val_macro_f1": _rounded(e, "val", "macro_f1"),
+                 "samples_per_s": _rounded(e, "train", "samples_per_s", 1)} for e in epochs]
         create_table_artifact(rows, key=f"{self.key}-metrics",
                               description=f"per-epoch metrics of run {self.run_id}")
+
+
+def _rounded(epoch: dict[str, Any], part: str, key: str, digits: int = 4) -> float | None:
+    v = (epoch.get(part) or {}).get(key)
+    return round(v, digits) if isinstance(v, (int, float)) else None
 
 
 @task(name="prepare-run")
