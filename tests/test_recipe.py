@@ -102,3 +102,18 @@ def test_cli_rejects_a_bad_recipe_with_exit_2_and_one_line(tmp_path):
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "'optim.epochs'" in lines[0] and "bad.yaml" in lines[0]
+
+
+def test_a_stage_from_production_names_nothing_else_and_survives_a_round_trip():
+    r = parse_recipe({**MINIMAL, "temporal": {"from": "production"}})
+    assert r.reused_stages == ["temporal"] and r.is_chain
+    again = parse_recipe(r.model_dump(mode="json"))  # run records store the dumped recipe
+    assert again.reused_stages == ["temporal"] and r.model_dump(mode="json")["temporal"][
+        "from"] == "production"
+    assert parse_recipe({**MINIMAL, "model": {"from": "production"},
+                         "temporal": {}}).reused_stages == ["encoder"]
+    msg = bad(temporal={"from": "production", "layers": 3})
+    assert "'temporal'" in msg and "'layers'" in msg and "drop" in msg
+    assert "'model.from'" in bad(model={"from": "staging"})
+    assert "nothing to train" in bad(model={"from": "production"})
+    assert "nothing to train" in bad(model={"from": "production"}, temporal={"from": "production"})
