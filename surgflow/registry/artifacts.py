@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from surgflow.errors import BadInput
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactMismatch(BadInput):
@@ -55,3 +61,32 @@ def local_path(uri: str) -> Path | None:
     if parsed.scheme == "" and uri.startswith("/"):
         return Path(uri)
     return None
+
+
+def download(client: Any, run_id: str, artifact_path: str, cached: Path,
+             expected: dict[str, str] | None, ref: str) -> Path:
+    """The run's artifacts under ``artifact_path``, downloaded once into ``cached`` from a
+    remote store; with ``expected``, verified (a damaged cache is fetched again)."""
+    if cached.is_dir():
+        try:
+            if expected is not None:
+                verify(cached, expected, ref)
+            return cached
+        except ArtifactMismatch:
+            log.warning("%s: cached artifacts in %s differ from the registry; fetching them "
+                        "again", ref, cached)
+            shutil.rmtree(cached)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".download-"))
+    try:
+        got = Path(client.download_artifacts(run_id, artifact_path, str(tmp)))
+        if expected is not None:
+            verify(got, expected, ref)
+        try:
+            got.rename(cached)
+        except OSError:
+            if not cached.is_dir():  # else another process finished the same download
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cached

@@ -61,6 +61,22 @@ def failing(seal: dict) -> list[dict]:
     return out
 
 
+def blocker(seals: list[dict], baseline: str | None) -> str | None:
+    """Why these seals of a version (oldest first) do not approve promoting it over the
+    production ``baseline`` (``NAME@VERSION``, or None with no production); None: they do."""
+    if not seals:
+        return "no seal"
+    current = [s for s in seals if s.get("baseline") == baseline]
+    if not current:
+        against = ", ".join(sorted({str(s.get("baseline")) for s in seals}))
+        return (f"no seal against the current production {baseline or '(none)'} "
+                f"(sealed against {against})")
+    seal = current[-1]
+    if seal.get("verdict") != "approved":
+        return f"its seal is {seal.get('verdict')}: {describe_failures(seal)}"
+    return None
+
+
 def describe_failures(seal: dict) -> str:
     parts = [f"{c.get('name', '?')} ({c.get('reason') or 'failed'})" for c in failing(seal)]
     return "; ".join(parts) or "verdict rejected"

@@ -177,29 +177,8 @@ class ModelRegistry:
                 artifacts.verify(local, expected, ref)
             return local
         cached = self.settings.home / "registry" / "cache" / name / str(mv.version)
-        if cached.is_dir():
-            try:
-                if verify:
-                    artifacts.verify(cached, expected, ref)
-                return cached
-            except artifacts.ArtifactMismatch:
-                log.warning("%s: cached artifacts in %s differ from the registry; fetching "
-                            "them again", ref, cached)
-                shutil.rmtree(cached)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".download-"))
-        try:
-            got = Path(self.client.download_artifacts(mv.run_id, ARTIFACT_PATH, str(tmp)))
-            if verify:
-                artifacts.verify(got, expected, ref)
-            try:
-                got.rename(cached)
-            except OSError:
-                if not cached.is_dir():  # else another process finished the same download
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cached
+        return artifacts.download(self.client, mv.run_id, ARTIFACT_PATH, cached,
+                                  expected if verify else None, ref)
 
     def verify(self, name: str, version: int) -> Any:
         """Re-hash the version's artifacts and re-run its ONNX parity on the golden clips;
@@ -394,19 +373,7 @@ class ModelRegistry:
 
     def _seal_blocker(self, name: str, version: int, production: int | None) -> str | None:
         """Why ``version`` has no approving seal against ``production`` (None: it has)."""
-        all_seals = self.seals(name, version)
-        if not all_seals:
-            return "no seal"
-        baseline = _ref(name, production) if production is not None else None
-        current = [s for s in all_seals if s.get("baseline") == baseline]
-        if not current:
-            against = ", ".join(sorted({str(s.get('baseline')) for s in all_seals}))
-            return (f"no seal against the current production {baseline or '(none)'} "
-                    f"(sealed against {against})")
-        seal = current[-1]
-        if seal.get("verdict") != "approved":
-            return f"its seal is {seal.get('verdict')}: {S.describe_failures(seal)}"
-        return None
+        return S.blocker(self.seals(name, version), _ref(name, production))
 
     def rollback(self, name: str, *, by: str) -> dict:
         """Point production back at the version it held before the current one, after the
