@@ -9,7 +9,7 @@ import socket
 import typer
 from rich.table import Table
 
-from surgflow.cli.common import JsonOption, emit, handle_errors, render_auto, stdout_console
+from surgflow.cli.common import JsonOption, emit, handle_errors, log, render_auto, stdout_console
 from surgflow.registry import ModelRegistry, parse_ref
 
 app = typer.Typer(help="Model architectures, registered chains, stage pointers and seals.",
@@ -74,7 +74,10 @@ def gate(
 
     name, version = parse_ref(ref)
     reg = registry()
-    seal = gate_version(reg, name, reg.get(name, version).version)
+    seal = dict(gate_version(reg, name, reg.get(name, version).version))
+    report = seal.pop("report_path", None)  # stdout carries the seal exactly (SPEC §7)
+    if report:
+        log.info("comparison report: %s", report)
     emit(seal, json_, _render_seal)
 
 
