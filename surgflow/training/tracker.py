@@ -254,7 +254,9 @@ def epochs(client: MlflowClient, mlflow_run_id: str) -> list[dict[str, Any]]:
             if name == "epoch":
                 row["finished_at"] = datetime.fromtimestamp(metric.timestamp / 1000, UTC) \
                     .isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return sorted(rows.values(), key=lambda r: (r.get("finished_at", ""), r["stage"], r["epoch"]))
+    # an epoch whose batch landed between two of the reads above is not whole yet: left out
+    whole = [r for r in rows.values() if "finished_at" in r and r["train"] and r["val"]]
+    return sorted(whole, key=lambda r: (r["finished_at"], r["stage"], r["epoch"]))
 
 
 def utilisation(client: MlflowClient, mlflow_run_id: str) -> list[dict[str, Any]]:
