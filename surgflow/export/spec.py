@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from surgflow.data.clip_sampling import ClipSpec
 
@@ -73,18 +73,23 @@ class ChainSpec(BaseModel, frozen=True):
         return out
 
 
-class StageParity(BaseModel, frozen=True):
+class StageParity(BaseModel):
     """ONNX against torch on one output of the golden inputs."""
+
+    # a graph that cannot run differs by infinity, written "Infinity" (JSON has no inf)
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
 
     max_abs_diff: float
     top1_agreement: float
 
 
-class Parity(BaseModel, frozen=True):
+class Parity(BaseModel):
     """Parity of a bundle's ONNX chain against its torch chain on the golden inputs
     (``parity.json``). ``stages``: ``encoder`` (the encoder head's logits), ``features``
     (encoder features; reported, not gated), ``temporal`` (the ONNX temporal stage on the
     torch features) and ``chain`` (the whole ONNX chain against the whole torch chain)."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
 
     max_abs_diff: float
     top1_agreement: float

@@ -34,7 +34,10 @@ BATCH_SIZE = 16  # per-second clips per encoder call (see bench.inference)
 
 
 class ChainRunner:
-    """onnxruntime sessions of one chain bundle; :meth:`analyze` runs them over a video."""
+    """onnxruntime sessions of one chain bundle; :meth:`analyze` runs them over a video.
+
+    A runner keeps no per-analysis state (onnxruntime's ``run`` is thread-safe), so several
+    threads may analyse videos with one runner at once."""
 
     def __init__(self, spec: ChainSpec, encoder: Any, temporal: Any | None, *,
                  batch_size: int = BATCH_SIZE, bundle_dir: Path | None = None):
