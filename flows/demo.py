@@ -212,6 +212,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     from flows.stack import Stack, down
     from surgflow.data.pins import pin
     from surgflow.data.versions import DatasetStore
+    from surgflow.evaluation.gate import report_of
     from surgflow.registry import ModelRegistry
     from surgflow.training.triggers import TriggerLedger
 
@@ -282,7 +283,8 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             report.highlights = _highlights(settings, root, sorted(held_out)[0])
         registry = ModelRegistry()
         report.models = [registry.get(MODEL, v).model_dump(mode="json") for v in (1, 2)]
-        report.report_path = (report.models[1].get("seal") or {}).get("report_path")
+        found = report_of(home, MODEL, 2, seal2)
+        report.report_path = str(found) if found else None
         report.versions = [m.summary() | {"sources": dict(m.sources)}
                            for m in DatasetStore(home).versions(PROCEDURE)]
         report.firings = TriggerLedger(home).all()

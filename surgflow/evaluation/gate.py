@@ -164,6 +164,14 @@ def _approve(registry: Any, name: str, version: int, seal: dict, *, fresh: bool)
             continue
 
 
+def report_of(home: Path, name: str, version: int, seal: dict) -> Path | None:
+    """The comparison report written beside ``seal`` of ``name@version``, if there is one."""
+    if not seal.get("field_suite"):
+        return None
+    path = _report_path(home, name, version, seal.get("baseline"), seal["field_suite"])
+    return path if path.is_file() else None
+
+
 def _report_path(home: Path, name: str, version: int, baseline: str | None,
                  suite: str) -> Path:
     from surgflow.registry.seals import key
