@@ -11,18 +11,30 @@ included on both sides) runs only where a GPU is visible.
     python -m bench.inference [--repeats 7] [--threads N] [--archs tiny2d,resnet18,...]
                               [--explore]
 
-What was found (``--explore``, resnet18 224 px batch 16 and r3d_18 8×112 px batch 4):
+What was found on the development machine (2 shared Xeon cores, no AVX-512, load average
+8-11 from other work, so single figures move by ±20%; ratios are timed in turn within each
+repeat so both sides meet the same load), ``--repeats 3``:
 
-- graph optimisation level: ``ORT_ENABLE_ALL`` over ``ORT_ENABLE_BASIC``/``EXTENDED`` gains
-  most on 2D frame encoders (conv + batch-norm + relu fusions, NCHWc layout); kept.
-- execution mode: ``ORT_PARALLEL`` never helps these graphs (a single chain of convolutions)
-  and costs scheduling; ``ORT_SEQUENTIAL`` kept, ``inter_op_num_threads`` = 1.
-- intra-op threads: as many as the process's CPU affinity allows; fewer only loses.
-- thread spinning (``session.intra_op.allow_spinning``): see the table ``--explore`` prints;
-  left at onnxruntime's default (on), since the decode thread sleeps on the queue while the
-  encoder runs.
+    tiny2d 3.45×, tiny3d 1.60×, resnet18 2.79×, mstcn 5.35× (targets ≥ 1.3: met);
+    r3d_18 0.80×, mc3_18 0.76×, r2plus1d_18 1.31× (target ≥ 1.0: r3d_18 and mc3_18 not met)
 
-Figures of the last run are in the project's notes; re-run to see them on this machine.
+- graph optimisation level ``ORT_ENABLE_ALL`` (kept): over BASIC/EXTENDED it gains 1.7-2×
+  on resnet18 (conv + batch-norm + relu fusions, NCHWc layout) and 1.2-1.4× on the MS-TCN; on
+  r3d_18 the levels are within noise (BASIC 1.06×, EXTENDED 0.90×).
+- ``ORT_PARALLEL`` execution loses everywhere (0.6-0.8×): the graphs are single chains of
+  convolutions. ``ORT_SEQUENTIAL`` kept, one inter-op thread.
+- thread spinning: onnxruntime 1.31 already has ``session.intra_op.allow_spinning`` off here
+  (the option reports it set to 0), so that variant is the default.
+- intra-op threads: 1 thread beat 2 (resnet18 1.32×, mstcn 1.44×) only because the two cores
+  were oversubscribed by other processes; on an idle machine use every core of the affinity
+  mask (the default).
+- 3D clip models: the profile is 99% ``Conv``/``FusedConv`` (3×3×3 kernels), for which
+  onnxruntime's CPU provider runs im2col + GEMM while torch runs oneDNN's direct 3D
+  convolution; disabling the Conv+ReLU fusion (0.77× vs 0.85×) and rewriting each Conv3d as a
+  sum of per-tap Conv2d (±10% per layer, slower on deep layers) did not close the gap. The
+  (2+1)D factorisation (r2plus1d_18) is where onnxruntime wins. Where a 3D clip model must run
+  on the CPU, prefer r2plus1d_18, or serve it on a GPU.
+- No GPU was lent to the run that produced these figures; the CUDA section ran nowhere yet.
 """
 
 from __future__ import annotations
