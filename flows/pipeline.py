@@ -47,6 +47,14 @@ async def recipe_pipeline(recipe_path: str, promote: bool = True,
     return summary(recipe_path, record, release) | {"cause": cause}
 
 
+@flow(name="surgflow-train-release", validate_parameters=True)
+def train_and_release(params: TrainingParams, promote: bool = False) -> dict[str, Any]:
+    """``surgflow train``: train (or resume) a run, then export, register and gate its chain;
+    returns the run record with the release's ``model``, ``verdict`` and ``seal``."""
+    record = training_flow(params)
+    return record | {"release": release_flow(record["run_id"], promote)}
+
+
 def ensure_gpu_limit(slots: int) -> None:
     """Create (or resize) the ``gpu`` global concurrency limit on the current Prefect API."""
     from prefect import get_client

@@ -42,6 +42,13 @@ def test_train_command_runs_the_flow_and_publishes_epoch_artifacts(
     assert summary["status"] == "succeeded" and summary["attempts"] == 1
     assert summary["dataset_versions"] == ["cholecystectomy@1"]
     assert set(summary["stages"]) == {"clip", "temporal"}
+    # training ends in a registered, exported, gated candidate; with no field suite pinned
+    # the gate rejects it and seals nothing (a seal needs a field suite)
+    assert summary["model"] == "cholecystectomy-phase@1" and summary["verdict"] == "rejected"
+    shown = json.loads(_cli("models", "show", "cholecystectomy-phase@1", "--json", env=env,
+                            cwd=tmp_path).stdout)
+    assert shown["stages"] == ["candidate"] and shown["seal"] is None
+    assert {a["path"] for a in shown["artifacts"]} >= {"encoder.onnx", "temporal.onnx"}
     run_id = summary["run_id"]
 
     shown = json.loads(_cli("runs", "show", run_id, "--json", env=env, cwd=tmp_path).stdout)

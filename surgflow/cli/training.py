@@ -18,10 +18,12 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         name: {k: s.get(k) for k in ("version", "epochs", "resumed_from_epoch", "final")}
         for name, s in (result.get("stages") or {}).items() if "version" in s
     }
+    release = record.get("release") or {}
     return {"run_id": record["run_id"], "status": record["status"],
             "recipe": record.get("recipe_name"), "dataset_versions": record.get("dataset_versions"),
             "model_version": result.get("model_version"), "attempts": len(record["attempts"]),
-            "seconds": result.get("seconds"), "stages": stages}
+            "seconds": result.get("seconds"), "stages": stages,
+            "model": release.get("model"), "verdict": release.get("verdict")}
 
 
 def _render_preview(p: dict[str, Any]) -> None:
@@ -61,7 +63,8 @@ def register(app: typer.Typer) -> None:
             help="Validate the recipe and show the data it would train on; start nothing."),
         json_: bool = JsonOption,
     ):
-        """Train a recipe on the Dask cluster under a Prefect flow; prints the run record."""
+        """Train a recipe on the Dask cluster under a Prefect flow, then export, register and
+        gate the chain; prints the run record with the candidate and its verdict."""
         if recipe is None and resume is None:
             raise BadInput("give a RECIPE file, or --resume RUN")
         if dry_run and recipe is None:
@@ -84,11 +87,12 @@ def register(app: typer.Typer) -> None:
         # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
         url = ensure_server(home)
         try:
-            from flows.training import TrainingParams, training_flow
+            from flows.pipeline import train_and_release
+            from flows.training import TrainingParams
 
             params = TrainingParams(recipe_path=str(recipe) if recipe else None,
                                     resume_run=resume)
-            emit(_summary(training_flow(params)), json_)
+            emit(_summary(train_and_release(params)), json_)
         finally:
             if started:
                 stderr_console.print(
