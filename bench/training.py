@@ -92,7 +92,7 @@ def run_flow(home: Path, rec: Recipe, address: str, tmp: Path) -> float:
     """Flow start → rank 0's first step, with a Prefect server and the Dask cluster up."""
     import yaml
 
-    from flows.runtime import export, start_server
+    from surgflow_flows.runtime import export, start_server
 
     server = start_server(tmp / "prefect")
     export(server.api_url)
@@ -100,7 +100,7 @@ def run_flow(home: Path, rec: Recipe, address: str, tmp: Path) -> float:
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from flows.training import TrainingParams, training_flow
+        from surgflow_flows.training import TrainingParams, training_flow
 
         path = tmp / "bench.yaml"
         path.write_text(yaml.safe_dump(rec.model_dump(mode="json")))

@@ -1,9 +1,9 @@
 """Every deployment, declared once: schedules, triggers, parameters.
 
-- ``nightly``: :func:`~flows.nightly.nightly_build` over the recipes directory, on a cron;
-- ``triggers``: :func:`~flows.triggers.check_triggers`, run by every
+- ``nightly``: :func:`~surgflow_flows.nightly.nightly_build` over the recipes directory, on a cron;
+- ``triggers``: :func:`~surgflow_flows.triggers.check_triggers`, run by every
   ``surgflow.dataset.version.created`` event with the event's dataset and version;
-- ``recipe-<name>``: one per recipe file, :func:`~flows.pipeline.recipe_pipeline` on the
+- ``recipe-<name>``: one per recipe file, :func:`~surgflow_flows.pipeline.recipe_pipeline` on the
   recipe's own cron (if any) and on ``surgflow.recipe.retrain`` for its resource
   ``surgflow.recipe.<name>`` — the event its data triggers emit.
 
@@ -19,11 +19,11 @@ from typing import Any
 
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-from flows.nightly import nightly_build, recipe_files
-from flows.pipeline import recipe_pipeline
-from flows.triggers import RETRAIN_EVENT, check_triggers, recipe_resource
 from surgflow.feedback.events import EVENT as VERSION_EVENT
 from surgflow.training.recipe import load_recipe
+from surgflow_flows.nightly import nightly_build, recipe_files
+from surgflow_flows.pipeline import recipe_pipeline
+from surgflow_flows.triggers import RETRAIN_EVENT, check_triggers, recipe_resource
 
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -89,7 +89,8 @@ def deploy(recipes_dir: str | Path, work_pool: str, *, image: str | None = None,
     for d in declarations(recipes_dir):
         flow: Flow = d["flow"]
         module = Path(flow.fn.__code__.co_filename).name
-        entry = f"flows/{module}:{flow.fn.__name__}"
+        # the folder is flows/ in the repository and surgflow_flows/ when installed
+        entry = f"{Path(__file__).resolve().parent.name}/{module}:{flow.fn.__name__}"
         target = flow if image else flow.from_source(source=source or root, entrypoint=entry)
         ids.append(str(target.deploy(
             name=d["name"], work_pool_name=work_pool, cron=d["cron"], triggers=d["triggers"],

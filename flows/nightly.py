@@ -1,7 +1,7 @@
 """The nightly build: every recipe under a directory, trained and released concurrently.
 
-:func:`nightly_build` gathers one :func:`~flows.pipeline.recipe_pipeline` subflow per recipe
-file; the ``gpu`` global concurrency limit bounds how many train at once. A recipe that fails
+:func:`nightly_build` gathers one :func:`~surgflow_flows.pipeline.recipe_pipeline` subflow per
+recipe file; the ``gpu`` global concurrency limit bounds how many train at once. A recipe that fails
 (bad file, no data, a crashed group) is reported in the summary and does not stop the others.
 Candidates of one procedure compete for one production slot: after every pipeline ends, the
 approved candidate with the best field macro-F1 of each procedure is promoted. The build ends
@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
 
-from flows.pipeline import recipe_pipeline
+from surgflow_flows.pipeline import recipe_pipeline
 
 
 def recipe_files(recipes_dir: str | Path) -> list[Path]:

@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import concurrency
 
-from flows.release import release_flow
-from flows.training import TrainingParams, training_flow
 from surgflow.training.recipe import load_recipe
+from surgflow_flows.release import release_flow
+from surgflow_flows.training import TrainingParams, training_flow
 
 GPU_LIMIT = "gpu"
 

@@ -57,7 +57,7 @@ def evaluate(recipe_path: str, dataset: str, version: int) -> dict[str, Any] | N
 @flow(name="surgflow-triggers", validate_parameters=True)
 def check_triggers(dataset: str, version: int, recipes_dir: str = "recipes") -> list[dict]:
     """Evaluate every recipe's data triggers against ``dataset@version``; returns the firings."""
-    from flows.nightly import recipe_files
+    from surgflow_flows.nightly import recipe_files
 
     log = get_run_logger()
     fired = [f for p in recipe_files(recipes_dir)

@@ -30,7 +30,7 @@ def _version_events(api_url: str, fingerprint: str, timeout_s: float = 30.0) -> 
 
 
 def test_flow_merges_and_emits_version_created(prefect_server, kafka, synthetic_corpus):
-    from flows.feedback import feedback_flow
+    from surgflow_flows.feedback import feedback_flow
 
     first, second = synthetic_corpus[:2], synthetic_corpus[2:4]
     with Publisher.from_settings(get_settings()) as pub:
@@ -66,7 +66,7 @@ def test_flow_merges_and_emits_version_created(prefect_server, kafka, synthetic_
 
 def test_flow_in_follow_mode_announces_each_batch(prefect_server, kafka, synthetic_corpus,
                                                   monkeypatch):
-    from flows.feedback import feedback_flow
+    from surgflow_flows.feedback import feedback_flow
 
     monkeypatch.setenv("SURGFLOW_KAFKA_SESSION_TIMEOUT_MS", "3000")
     v = synthetic_corpus[4]

@@ -70,9 +70,9 @@ def test_nightly_trains_gates_and_promotes_each_procedure_and_isolates_failures(
         prefect_server: str, dask_cluster, two_procedures: Path, monkeypatch) -> None:
     from prefect import get_client
 
-    from flows.nightly import nightly_build
-    from flows.pipeline import ensure_gpu_limit
     from surgflow.registry import ModelRegistry
+    from surgflow_flows.nightly import nightly_build
+    from surgflow_flows.pipeline import ensure_gpu_limit
 
     monkeypatch.setenv("SURGFLOW_DASK_ADDRESS", dask_cluster.scheduler.address)
     ensure_gpu_limit(1)
@@ -109,7 +109,7 @@ def test_a_missing_gpu_limit_is_an_error_not_unlimited(prefect_server: str,
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.exceptions import ObjectNotFound
 
-    from flows.pipeline import GPU_LIMIT, recipe_pipeline
+    from surgflow_flows.pipeline import GPU_LIMIT, recipe_pipeline
 
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
         client.delete_global_concurrency_limit_by_name(GPU_LIMIT)

@@ -68,8 +68,6 @@ def test_wheel_ships_every_recipe_and_every_library_package(wheel):
     assert not absent, f"packages missing from the wheel (add them to pyproject.toml): {absent}"
 
 
-@pytest.mark.xfail(strict=True, reason="flows/ ships as surgflow_flows once its imports are "
-                                       "renamed; remove this mark then")
 def test_wheel_ships_the_flows_as_surgflow_flows_and_nothing_generic(wheel):
     names = _names(wheel)
     assert _top_level(names) == TOP_LEVEL

@@ -73,7 +73,7 @@ def test_train_command_runs_the_flow_and_publishes_epoch_artifacts(
 def test_the_server_validates_flow_parameters(prefect_server):
     from prefect.deployments import run_deployment
 
-    from flows.training import training_flow
+    from surgflow_flows.training import training_flow
 
     deployment = training_flow.to_deployment(name="params-check", enforce_parameter_schema=True)
     deployment.apply()
@@ -140,7 +140,7 @@ def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
 
 
 def test_train_says_it_leaves_running_the_prefect_server_it_started(tmp_path):
-    from flows.runtime import running_server, stop_server
+    from surgflow_flows.runtime import running_server, stop_server
 
     own = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

@@ -98,7 +98,7 @@ def test_trigger_flow_fires_once_per_version_however_often_it_runs(
     """A replayed version event (a restarted deployment, a redelivered event) fires nothing."""
     import yaml
 
-    from flows.triggers import check_triggers
+    from surgflow_flows.triggers import check_triggers
     from tests.training_helpers import labelled_home
 
     home = labelled_home(tmp_path, n_train=2, n_val=1, duration_s=4, size=32)

@@ -22,8 +22,8 @@ def _recipes(path: Path | None) -> Path:
 
 
 def _server() -> None:
-    from flows.runtime import ensure_server
     from surgflow.config import get_settings
+    from surgflow_flows.runtime import ensure_server
 
     ensure_server(get_settings().home)  # before Prefect is imported
 
@@ -32,7 +32,7 @@ def _server() -> None:
 @handle_errors
 def list_(recipes: Path = RecipesOption, json_: bool = JsonOption) -> None:
     """The deployments, their schedules and triggers (nothing is started)."""
-    from flows.deployments import declarations
+    from surgflow_flows.deployments import declarations
 
     emit([{"name": d["name"], "flow": d["flow"].name, "cron": d["cron"],
            "triggers": [[*sorted(t.expect), t.match.get("prefect.resource.id")]
@@ -45,7 +45,7 @@ def list_(recipes: Path = RecipesOption, json_: bool = JsonOption) -> None:
 def serve(recipes: Path = RecipesOption) -> None:
     """Serve every deployment from this process until interrupted."""
     _server()
-    from flows.deployments import serve as run
+    from surgflow_flows.deployments import serve as run
 
     run(_recipes(recipes))
 
@@ -61,7 +61,7 @@ def deploy(
 ) -> None:
     """Register every deployment with a work pool on PREFECT_API_URL (server or Cloud)."""
     _server()
-    from flows.deployments import deploy as run
+    from surgflow_flows.deployments import deploy as run
 
     emit({"deployments": run(_recipes(recipes), work_pool, image=image, source=source)}, json_)
 
@@ -76,8 +76,8 @@ def nightly(recipes: Path = RecipesOption, promote: bool = typer.Option(
     import asyncio
 
     _server()
-    from flows.nightly import nightly_build
-    from flows.pipeline import ensure_gpu_limit
+    from surgflow_flows.nightly import nightly_build
+    from surgflow_flows.pipeline import ensure_gpu_limit
 
     if gpus:
         ensure_gpu_limit(gpus)

@@ -80,15 +80,15 @@ def register(app: typer.Typer) -> None:
                 return
         import os
 
-        from flows.runtime import ensure_server, running_server
+        from surgflow_flows.runtime import ensure_server, running_server
 
         home = get_settings().home
         started = not (os.environ.get("PREFECT_API_URL") or running_server(home))
         # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
         url = ensure_server(home)
         try:
-            from flows.pipeline import train_and_release
-            from flows.training import TrainingParams
+            from surgflow_flows.pipeline import train_and_release
+            from surgflow_flows.training import TrainingParams
 
             params = TrainingParams(recipe_path=str(recipe) if recipe else None,
                                     resume_run=resume)
