@@ -122,7 +122,8 @@ def _render(r: dict[str, Any]) -> None:
         models.add_row(f"{m['name']}@{m['version']}", ", ".join(m.get("dataset_versions") or []),
                        str(m.get("verdict")), ", ".join(m.get("stages") or []))
     c.print(models)
-    field = Table("hospital", "v1", "v2", title="field macro-F1 (pinned field suite)")
+    field = Table("hospital", "v1", "v2", title="field macro-F1",
+                  caption="on the pinned field suite, whole videos, ONNX")
     for source, f in sorted(r["field_by_source"].items()):
         field.add_row(source, _num(f["baseline"]), _num(f["candidate"]))
     if r["field_by_source"]:
