@@ -120,10 +120,10 @@ def _render(r: dict[str, Any]) -> None:
     models = Table("model", "trained on", "verdict", "stages", title="models")
     for m in r["models"]:
         models.add_row(f"{m['name']}@{m['version']}", ", ".join(m.get("dataset_versions") or []),
-                       str(m.get("verdict")), ", ".join(m.get("stages") or []))
+                       str(m.get("verdict")), ", ".join(m.get("stages") or []) or "–")
     c.print(models)
-    field = Table("hospital", "v1", "v2", title="field macro-F1",
-                  caption="on the pinned field suite, whole videos, ONNX")
+    field = Table("hospital", "v1", "v2", title="field macro-F1 (pinned field suite)",
+                  min_width=44)
     for source, f in sorted(r["field_by_source"].items()):
         field.add_row(source, _num(f["baseline"]), _num(f["candidate"]))
     if r["field_by_source"]:
@@ -134,11 +134,11 @@ def _render(r: dict[str, Any]) -> None:
     c.print(firings)
     for label, key in (("comparison report", "report_path"), ("highlight reel", "highlights"),
                        ("log", "log")):
-        if r.get(key):
-            c.print(f"[bold]{label:18}[/bold] {r[key]}")
+        if r.get(key):  # a path broken over two lines cannot be pasted
+            c.print(f"[bold]{label:18}[/bold] {r[key]}", soft_wrap=True)
     for label, url in (r.get("urls") or {}).items():
         if url:
-            c.print(f"[bold]{label:18}[/bold] {url}")
+            c.print(f"[bold]{label:18}[/bold] {url}", soft_wrap=True)
     if r.get("urls"):
         c.print("the stack is still running; stop it with `surgflow down`")
     c.print(f"done in {r['seconds']:.0f} s; state under {r['home']}")
