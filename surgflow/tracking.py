@@ -11,6 +11,7 @@ first connection is made under a lock.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,8 @@ def client(settings: Settings | None = None) -> MlflowClient:
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         with locked(db.parent / "init.lock"):
+            # a new store announces its schema migrations at INFO on stderr: not news to a user
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
             c = MlflowClient(tracking_uri=uri, registry_uri=uri)
             c.search_experiments(max_results=1)  # runs the migrations of a new store, once
         return c
