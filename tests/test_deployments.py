@@ -1,0 +1,47 @@
+"""Every deployment declared once: names, schedules and the triggers that start them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
+    from surgflow.recipes import recipes_dir
+    from surgflow_flows.deployments import declarations
+
+    by_name = {d["name"]: d for d in declarations(recipes_dir())}
+    assert {"nightly", "triggers", "recipe-cholec-tiny", "recipe-cholec-resnet18-mstcn"} <= set(
+        by_name)
+    assert by_name["nightly"]["cron"] == "0 2 * * *"
+    (on_version,) = by_name["triggers"]["triggers"]
+    assert on_version.expect == {"surgflow.dataset.version.created"}
+    assert on_version.parameters["version"] == "{{ event.payload.version }}"
+    (retrain,) = by_name["recipe-cholec-tiny"]["triggers"]
+    assert retrain.expect == {"surgflow.recipe.retrain"}
+    assert dict(retrain.match) == {"prefect.resource.id": "surgflow.recipe.cholec-tiny"}
+    # the default recipe keeps its own nightly cron
+    assert by_name["recipe-cholec-resnet18-mstcn"]["cron"] == "0 2 * * *"
+
+
+def test_deployments_list_command_starts_nothing(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "surgflow", "deployments", "list", "--json"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "SURGFLOW_HOME": str(tmp_path / "h")})
+    assert out.returncode == 0, out.stderr
+    names = [d["name"] for d in json.loads(out.stdout)]
+    assert names[:2] == ["nightly", "triggers"]
+    assert not (tmp_path / "h" / "prefect").exists(), "listing starts no server"
+
+
+def test_kubernetes_gpu_pool_template_requests_a_gpu_and_shared_memory() -> None:
+    template = json.loads((REPO / "deployments" / "kubernetes-gpu-pool.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus }}"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert set(template["variables"]["properties"]) >= {"image", "gpus", "env", "command"}
