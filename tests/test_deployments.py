@@ -23,7 +23,7 @@ def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
     assert on_version.parameters["version"] == "{{ event.payload.version }}"
     (retrain,) = by_name["recipe-cholec-tiny"]["triggers"]
     assert retrain.expect == {"surgflow.recipe.retrain"}
-    assert dict(retrain.match) == {"prefect.resource.id": "surgflow.recipe.cholec-tiny"}
+    assert retrain.match.model_dump() == {"prefect.resource.id": "surgflow.recipe.cholec-tiny"}
     # the default recipe keeps its own nightly cron
     assert by_name["recipe-cholec-resnet18-mstcn"]["cron"] == "0 2 * * *"
 
