@@ -136,9 +136,12 @@ def _render(r: dict[str, Any]) -> None:
                        ("log", "log")):
         if r.get(key):  # a path broken over two lines cannot be pasted
             c.print(f"[bold]{label:18}[/bold] {r[key]}", soft_wrap=True)
-    for label, url in (r.get("urls") or {}).items():
+    titles = {"prefect_ui": "Prefect UI", "dask_dashboard": "Dask dashboard",
+              "mlflow_ui": "MLflow UI", "inference_service": "inference service",
+              "kafka_bootstrap": "Kafka bootstrap", "logs": "logs"}
+    for key, url in (r.get("urls") or {}).items():
         if url:
-            c.print(f"[bold]{label:18}[/bold] {url}", soft_wrap=True)
+            c.print(f"[bold]{titles.get(key, key):18}[/bold] {url}", soft_wrap=True)
     if r.get("urls"):
         c.print("the stack is still running; stop it with `surgflow down`")
     c.print(f"done in {r['seconds']:.0f} s; state under {r['home']}")

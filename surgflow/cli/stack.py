@@ -42,7 +42,7 @@ def down(json_: bool = JsonOption) -> None:
     from surgflow_flows.stack import down as stop
 
     emit(stop(), json_, lambda r: stdout_console.print(
-        f"stopped: {', '.join(r['stopped']) or 'nothing was running'}"))
+        f"stopped: {', '.join(r['stopped']) or 'nothing was running'}", soft_wrap=True))
 
 
 def _render(r: dict[str, Any]) -> None:
@@ -51,5 +51,5 @@ def _render(r: dict[str, Any]) -> None:
                        ("MLflow UI", "mlflow_ui"), ("inference service", "inference_service"),
                        ("Kafka bootstrap", "kafka_bootstrap"), ("logs", "logs")):
         if r.get(key):
-            c.print(f"[bold]{label:18}[/bold] {r[key]}")
+            c.print(f"[bold]{label:18}[/bold] {r[key]}", soft_wrap=True)
     c.print("stop everything with `surgflow down`")
