@@ -7,22 +7,20 @@ MLflow registry, ONNX export and gate, the inference service in fleet mode, hot 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.process_helpers import clean_env, processes_of
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SURGFLOW_", "PREFECT_", "MLFLOW_"))}
-    env |= {"SURGFLOW_HOME": str(home)}
+    env = clean_env(home)
     cmd = [sys.executable, "-m", "surgflow", "demo", "--size", "small", "--json"]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:] + _tail(home / "logs" / "deployments.log")
@@ -46,16 +44,7 @@ def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path
         assert out["served"]["cholecystectomy"]["version"] == 2, out["served"]
     assert Path(out["highlights"]).stat().st_size > 0
     assert out["report_path"] and Path(out["report_path"]).is_file()
-    left = [p.pid for p in psutil.process_iter()
-            if _env(p).get("SURGFLOW_HOME") == str(home)]
-    assert left == [], "the demo stops everything it started"
-
-
-def _env(p: psutil.Process) -> dict:
-    try:
-        return p.environ()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return {}
+    assert processes_of(home) == [], "the demo stops everything it started"
 
 
 def _tail(path: Path, n: int = 3000) -> str:

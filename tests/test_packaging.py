@@ -8,7 +8,6 @@ virtual environment and runs ``surgflow demo --size small`` there, far from the 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
+
+from tests.process_helpers import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 #: what may sit at the top level of site-packages once surgflow is installed
@@ -76,13 +77,6 @@ def test_wheel_ships_the_flows_as_surgflow_flows_and_nothing_generic(wheel):
     assert shipped == flows
 
 
-def _clean_env(home: Path) -> dict[str, str]:
-    """The user's environment without anything pointing at this checkout or its services."""
-    drop = ("SURGFLOW_", "PREFECT_", "MLFLOW_", "VIRTUAL_ENV", "PYTHONPATH")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    return env | {"SURGFLOW_HOME": str(home)}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_a_non_editable_install_runs_the_small_demo(tmp_path: Path):
@@ -98,7 +92,7 @@ def test_a_non_editable_install_runs_the_small_demo(tmp_path: Path):
 
     work = tmp_path / "elsewhere"  # far from the checkout: nothing found through the cwd
     work.mkdir()
-    env = _clean_env(work / "home")
+    env = clean_env(work / "home", also_drop=("VIRTUAL_ENV", "PYTHONPATH"))
     probe = subprocess.run(
         [str(py), "-c", "import surgflow, surgflow.recipes as r; "
          "from surgflow.training.recipe import load_recipe; "

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-
-def _processes_of(home: Path) -> list[psutil.Process]:
-    """Live processes started with this SURGFLOW_HOME in their environment."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.environ().get("SURGFLOW_HOME") == str(home):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+from tests.process_helpers import clean_env, processes_of
 
 
 @pytest.mark.integration
 def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SURGFLOW_", "PREFECT_", "MLFLOW_"))}
-    env |= {"SURGFLOW_HOME": str(home)}
+    env = clean_env(home)
 
     def surgflow(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "surgflow", *args], cwd=tmp_path, env=env,
@@ -63,15 +49,15 @@ def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None
                 names = {d.name for d in client.read_deployments()}
                 time.sleep(2)
         assert {"nightly", "triggers", "recipe-cholec-tiny"} <= names
-        assert _processes_of(home), "the stack's processes carry its SURGFLOW_HOME"
+        assert processes_of(home), "the stack's processes carry its SURGFLOW_HOME"
     finally:
         down = surgflow("down", "--json", timeout=180)
     assert down.returncode == 0, down.stderr
     stopped = set(json.loads(down.stdout)["stopped"])
     assert {"deployments", "inference-service", "mlflow-ui", "broker", "prefect-server"} <= stopped
     deadline = time.monotonic() + 30
-    while _processes_of(home) and time.monotonic() < deadline:
+    while processes_of(home) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = [(p.pid, " ".join(p.cmdline())[:120]) for p in _processes_of(home)]
+    left = [(p.pid, " ".join(p.cmdline())[:120]) for p in processes_of(home)]
     assert left == [], left
     assert json.loads(surgflow("down", "--json").stdout) == {"stopped": []}

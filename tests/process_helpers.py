@@ -1,0 +1,32 @@
+"""Helpers for tests that run surgflow as a user would: a clean environment, and the processes
+left behind under one SURGFLOW_HOME."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+SERVICE_VARS = ("SURGFLOW_", "PREFECT_", "MLFLOW_")
+
+
+def clean_env(home: Path, also_drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without anything pointing at services or state of its own,
+    with ``SURGFLOW_HOME`` set to ``home``."""
+    drop = SERVICE_VARS + also_drop
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)} | {
+        "SURGFLOW_HOME": str(home)}
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Live processes (other than this one) started with this SURGFLOW_HOME in their
+    environment: what a command that starts services must not leave behind."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get("SURGFLOW_HOME") == str(home):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
