@@ -28,8 +28,6 @@ from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.errors import BadInput, SurgflowError
 from surgflow.processes import free_port, pid_alive, terminate
 
-SERVICES = ("dask", "mlflow-ui", "inference-service", "feedback-follow", "deployments")
-
 
 @dataclass
 class Service:
