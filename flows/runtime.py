@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 
 from surgflow.config import get_settings
-from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.errors import ConfigError, SurgflowError
 from surgflow.processes import free_port, pid_alive, terminate
+from surgflow.storage import json_bytes, locked, read_json, write_atomic
 
 
 @dataclass

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 
 from surgflow.config import Settings, get_settings
-from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.errors import BadInput, SurgflowError
 from surgflow.processes import free_port, pid_alive, terminate
+from surgflow.storage import json_bytes, locked, read_json, write_atomic
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgflow.config import Settings, get_settings
-from surgflow.data.storage import locked
 from surgflow.errors import TrackingError
+from surgflow.storage import locked
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -14,9 +14,9 @@ import pytest
 from surgflow.data.labels import LabelEvent, LabelSegment, coalesce, resolve
 from surgflow.data.registry import VideoRecord
 from surgflow.data.splits import SPLITS, split_of
-from surgflow.data.storage import write_exclusive
 from surgflow.data.versions import DatasetStore, parse_ref
 from surgflow.errors import BadInput, NotFound, UnknownName
+from surgflow.storage import write_exclusive
 
 DS = "cholecystectomy"
 PHASES = ("Preparation", "CalotTriangleDissection", "ClippingCutting")
@@ -273,7 +273,7 @@ def test_gc_spares_an_old_orphan_that_a_new_commit_reuses(store, monkeypatch):
 
 
 def _crasher(home):
-    from surgflow.data import storage, versions
+    from surgflow import storage, versions
 
     def crash(path, data):
         if path.parent.name == "versions":

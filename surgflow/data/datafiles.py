@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from surgflow.data.labels import Interval
-from surgflow.data.storage import write_exclusive
+from surgflow.storage import write_exclusive
 
 Kind = Literal["videos", "intervals", "events"]
 KINDS: tuple[Kind, ...] = ("videos", "intervals", "events")

@@ -21,10 +21,10 @@ from typing import Literal
 
 import numpy as np
 
-from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
 from surgflow.errors import BadInput, NotFound
+from surgflow.storage import json_bytes, locked, read_json, write_atomic
 
 PinKind = Literal["field"]
 PIN_KINDS: tuple[str, ...] = ("field",)

@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from surgflow.data.clip_sampling import ClipSpec, frame_step
-from surgflow.data.storage import json_bytes, publish_exclusive, temp_path, write_exclusive
 from surgflow.errors import VideoError
+from surgflow.storage import json_bytes, publish_exclusive, temp_path, write_exclusive
 
 PROXY_FORMAT = 1
 

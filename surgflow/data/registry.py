@@ -17,10 +17,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from surgflow.data.storage import json_bytes, write_exclusive
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.video import VideoInfo, probe, resolve_video_uri, sha256_file
 from surgflow.errors import BadInput, ConflictError, NotFound, SurgflowError
+from surgflow.storage import json_bytes, write_exclusive
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from surgflow.data import datafiles as df
 from surgflow.data.datafiles import DataFile
-from surgflow.data.storage import write_exclusive
+from surgflow.storage import write_exclusive
 
 SEGMENTS_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("version", pa.int64()), ("video_id", pa.string()),

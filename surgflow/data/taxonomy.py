@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, field_validator
 
-from surgflow.data.storage import write_atomic
 from surgflow.errors import BadInput, ConflictError, UnknownName
+from surgflow.storage import write_atomic
 
 CHOLEC80_PHASES = (
     "Preparation",

@@ -38,9 +38,9 @@ from surgflow.data.manifest import Manifest, Stats, video_hash
 from surgflow.data.registry import VideoRecord
 from surgflow.data.segments import materialise_segments, merge_runs, read_latest
 from surgflow.data.splits import split_of
-from surgflow.data.storage import json_bytes, write_exclusive
 from surgflow.data.taxonomy import NAME_PATTERN, ProcedureCatalog
 from surgflow.errors import BadInput, ConflictError, NotFound
+from surgflow.storage import json_bytes, write_exclusive
 
 log = logging.getLogger(__name__)
 _MANIFEST = re.compile(r"^(\d{6,})\.json$")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from surgflow.data.storage import write_atomic
 from surgflow.evaluation.checks import title
 from surgflow.evaluation.metrics import BASE_METRICS
+from surgflow.storage import write_atomic
 
 UNSCORED_COLOUR = "#d9d9d9"
 CANDIDATE, PRODUCTION, ENCODER = "#1f77b4", "#ff7f0e", "#9ecae1"

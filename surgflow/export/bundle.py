@@ -19,7 +19,6 @@ import torch
 
 from surgflow.data.clip_sampling import ClipSpec
 from surgflow.data.clips import ClipVideo
-from surgflow.data.storage import json_bytes, write_atomic
 from surgflow.data.video import VideoInfo, sha256_file
 from surgflow.data.views import ViewVideo
 from surgflow.errors import BadInput
@@ -34,6 +33,7 @@ from surgflow.export.spec import (
     Parity,
     StageInfo,
 )
+from surgflow.storage import json_bytes, write_atomic
 from surgflow.training import checkpoints
 from surgflow.training.chain import chain_version
 from surgflow.training.models import MSTCN, ClipModel, build_clip_model, build_temporal_model

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from surgflow.config import Settings
-from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.errors import BrokerError
 from surgflow.processes import free_port, pid_alive, terminate
+from surgflow.storage import json_bytes, locked, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

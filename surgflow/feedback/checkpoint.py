@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from surgflow.data.storage import json_bytes, locked, write_atomic
+from surgflow.storage import json_bytes, locked, write_atomic
 
 
 def position_key(topic: str, partition: int) -> str:

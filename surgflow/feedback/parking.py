@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from surgflow.data.registry import check_video_id
-from surgflow.data.storage import json_bytes, write_exclusive
 from surgflow.errors import BadInput
+from surgflow.storage import json_bytes, write_exclusive
 
 
 @dataclass(frozen=True)

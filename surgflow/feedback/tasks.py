@@ -30,8 +30,8 @@ from datetime import datetime
 from pathlib import Path
 
 from surgflow.data.labels import Interval
-from surgflow.data.storage import json_bytes, write_exclusive
 from surgflow.feedback.schemas import FeedbackTask, InferenceEvent
+from surgflow.storage import json_bytes, write_exclusive
 
 TASK_ID = "t-{}"
 

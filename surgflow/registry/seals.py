@@ -1,6 +1,6 @@
 """Seals: the gate's immutable verdicts, one file per (version, baseline, field suite).
 
-A seal (SPEC §7) is written once with :func:`surgflow.data.storage.write_exclusive` under
+A seal (SPEC §7) is written once with :func:`surgflow.storage.write_exclusive` under
 ``SURGFLOW_HOME/registry/<name>/seals/<version>/<key>.json``; the key is a digest of its
 baseline and field suite, so the same inputs always name the same file and a second writer
 gets the stored seal back unchanged.
@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from surgflow.data.storage import json_bytes, read_json, write_exclusive
 from surgflow.errors import BadInput
+from surgflow.storage import json_bytes, read_json, write_exclusive
 
 VERDICTS = ("approved", "rejected")
 

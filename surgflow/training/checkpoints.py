@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from surgflow.data.storage import write_atomic
+from surgflow.storage import write_atomic
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d{4})\.pt$")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from surgflow.data.storage import write_exclusive
+from surgflow.storage import write_exclusive
 
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from surgflow.data.storage import json_bytes, write_atomic
 from surgflow.errors import BadInput, SurgflowError
+from surgflow.storage import json_bytes, write_atomic
 from surgflow.training import data
 from surgflow.training.launcher import Attempt, launch
 from surgflow.training.recipe import Recipe, parse_recipe

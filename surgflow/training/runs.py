@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from surgflow.data.storage import json_bytes, write_atomic, write_exclusive
 from surgflow.errors import NotFound
+from surgflow.storage import json_bytes, write_atomic, write_exclusive
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surgflow.data.storage import json_bytes, locked, read_json, write_atomic
+from surgflow.storage import json_bytes, locked, read_json, write_atomic
 from surgflow.training.recipe import Recipe, TriggerSpec
 from surgflow.training.runs import now_iso
 

@@ -1,4 +1,5 @@
-"""Durable file primitives shared by every local store under ``SURGFLOW_HOME``.
+"""Durable file primitives shared by every local store under ``SURGFLOW_HOME``: the data
+store, the model registry, the feedback checkpoints, the services' state files.
 
 ``write_exclusive`` is the no-overwrite publish: data goes to a temporary file, is fsynced,
 and is then hard-linked to its final name. ``os.link`` fails if the name exists, so of two
@@ -8,7 +9,6 @@ one (never a half-written file under the final name).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,12 +88,8 @@ def locked(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``lock_path`` (created if missing) across processes."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(lock_path):
+        yield
 
 
 def read_json(path: Path) -> Any | None:
