@@ -176,4 +176,4 @@ def stop_server(home: Path, timeout: float = 20.0) -> bool:
     with locked(Path(home) / "prefect" / "server.lock"):
         known = _recorded(home)
         _state_path(home).unlink(missing_ok=True)
-        return bool(known) and terminate(known["pid"], timeout, program=b"prefect")
+        return bool(known) and terminate(known["pid"], timeout, program="prefect")

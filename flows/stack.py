@@ -221,7 +221,7 @@ def down(home: Path | None = None, timeout_s: float = 20.0) -> dict[str, Any]:
     stopped = []
     for s in reversed(state.get("services", [])):
         # a recorded pid that now belongs to another program is left alone
-        program = b"dask" if s["name"].startswith("dask") else b"surgflow"
+        program = "dask" if s["name"].startswith("dask") else "surgflow"
         if terminate(s["pid"], timeout_s, program=program, group=True):
             stopped.append(s["name"])
     if state.get("started_broker") and broker.stop(home) is not None:

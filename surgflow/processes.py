@@ -1,5 +1,5 @@
 """Local process and port helpers shared by the services surgflow starts itself (the embedded
-broker, the local Prefect server) and by the DDP launcher."""
+broker, the local Prefect server), the local stack and the DDP launcher."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import time
-from pathlib import Path
+
+import psutil
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,59 +19,93 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists; a zombie child of this process is reaped and is not."""
-    if pid <= 0:
-        return False
+def _alive(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs; a zombie is not, and is reaped if it is this process's
+    child (``is_running`` also notices when the pid now belongs to a newer process)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if not proc.is_running():
+            return False
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
     with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
+        os.waitpid(proc.pid, os.WNOHANG)
+    return False
 
 
-def runs(pid: int, program: bytes) -> bool:
-    """Whether live process ``pid``'s command line mentions ``program``: a guard against
-    signalling an unrelated process that reused a recorded pid (assumed true off Linux)."""
+def _process(pid: int) -> psutil.Process | None:
+    """The live process ``pid``, or None."""
+    if pid <= 0:
+        return None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return sys.platform != "linux" and pid_alive(pid)
-    return program in cmdline
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+    return proc if _alive(proc) else None
 
 
-def terminate(pid: int, timeout_s: float, program: bytes | None = None,
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie does not (and is reaped if it is our child)."""
+    return _process(pid) is not None
+
+
+def _runs(proc: psutil.Process, program: str) -> bool:
+    """Whether ``proc``'s command line mentions ``program``: a guard against signalling an
+    unrelated process that reused a recorded pid. An unreadable command line is not ours."""
+    try:
+        return any(program in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _group(leader: psutil.Process) -> list[psutil.Process]:
+    """``leader`` and those of its descendants in the process group it leads."""
+    members = [leader]
+    with contextlib.suppress(psutil.Error):
+        for child in leader.children(recursive=True):
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(child.pid) == leader.pid:
+                    members.append(child)
+    return members
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to ``timeout_s`` for ``procs`` to end; the ones still running."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        procs = [p for p in procs if _alive(p)]
+        if not procs or time.monotonic() >= deadline:
+            return procs
+        time.sleep(0.05)
+
+
+def terminate(pid: int, timeout_s: float, program: str | None = None,
               group: bool = False) -> bool:
     """SIGTERM ``pid``, SIGKILL it if still alive after ``timeout_s``; True if it was alive.
 
     With ``program``, a pid whose command line does not mention it is left alone (False).
     With ``group``, the signals go to the process group ``pid`` leads (a service started in
     its own session), so the children it started go with it."""
-    if not pid_alive(pid) or (program is not None and not runs(pid, program)):
+    leader = _process(pid)
+    if leader is None or (program is not None and not _runs(leader, program)):
         return False
-    send = os.killpg if group else os.kill
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        send(pid, signal.SIGTERM)
-    if not _wait_gone(pid, timeout_s):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            send(pid, signal.SIGKILL)
-        _wait_gone(pid, 5.0)
-    if group:  # children that outlived their leader's clean exit
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    return True
+    procs = _group(leader) if group else [leader]
 
+    def send(sig: signal.Signals, targets: list[psutil.Process]) -> None:
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        for p in targets:  # in the group, or all there is without one
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
 
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    send(signal.SIGTERM, [] if group else procs)
+    survivors = _wait_gone(procs, timeout_s)
+    # members that started after the listing, or outlived their leader's clean exit, go too
+    if survivors or group:
+        send(signal.SIGKILL, survivors)
+        _wait_gone(survivors, 5.0)
     return True

@@ -148,7 +148,7 @@ def stop(home: Path, timeout_s: float = 10.0) -> EmbeddedBroker | None:
             path.unlink(missing_ok=True)
             return None
         stopped = None
-        if terminate(broker.pid, timeout_s, program=b"tansu"):
+        if terminate(broker.pid, timeout_s, program="tansu"):
             stopped = broker
         path.unlink(missing_ok=True)
         return stopped
