@@ -12,16 +12,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from surgflow.config import get_settings
-from surgflow.errors import ConfigError, SurgflowError
-from surgflow.processes import free_port, pid_alive, terminate
-from surgflow.storage import json_bytes, locked, read_json, write_atomic
+from surgflow.errors import ConfigError
+from surgflow.processes import free_port, terminate
+from surgflow.services import Launch, Supervisor, start
 
 
 @dataclass
@@ -33,13 +32,8 @@ class ServerProcess:
     log_path: Path
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        terminate(self.process.pid, timeout, group=True)
+        self.process.poll()  # terminate reaped it; let the Popen know
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -49,11 +43,8 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start_server(prefect_home: Path, *, port: int | None = None,
-                 timeout: float = 120.0) -> ServerProcess:
-    """Start ``prefect server start`` on loopback and wait until /api/health answers."""
-    prefect_home = Path(prefect_home)
-    prefect_home.mkdir(parents=True, exist_ok=True)
+def _launch(prefect_home: Path, port: int | None = None) -> Launch:
+    """``prefect server start`` on loopback, its database under ``prefect_home``."""
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ)
@@ -67,21 +58,34 @@ def start_server(prefect_home: Path, *, port: int | None = None,
     exe = Path(sys.executable).with_name("prefect")
     cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
            "--port", str(port)]
+    return Launch(cmd, f"{api_url}/health", {"api_url": api_url}, env)
+
+
+def _healthy(record: dict) -> bool:
+    return healthy(str(record.get("api_url", "")))
+
+
+NAME, POLL_S = "prefect server", 0.5
+
+
+def start_server(prefect_home: Path, *, port: int | None = None,
+                 timeout: float = 120.0) -> ServerProcess:
+    """Start ``prefect server start`` on loopback and wait until /api/health answers (a
+    server of the caller's own, never recorded for others to reuse)."""
+    prefect_home = Path(prefect_home)
+    how = _launch(prefect_home, port)
     log_path = prefect_home / "server.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    server = ServerProcess(api_url, proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SurgflowError(f"prefect server exited with {proc.returncode}; see {log_path}")
-        if healthy(api_url):
-            return server
-        time.sleep(0.5)
-    server.stop()
-    raise SurgflowError(f"prefect server did not answer {api_url}/health in {timeout:.0f} s; "
-                        f"see {log_path}")
+    proc = start(how.cmd, log_path, lambda: _healthy(how.record), name=NAME, where=how.where,
+                 timeout_s=timeout, poll_s=POLL_S, env=how.env)
+    return ServerProcess(how.record["api_url"], proc, log_path)
+
+
+def supervisor(home: Path, timeout: float = 120.0) -> Supervisor:
+    """The supervisor of the server shared under ``home`` (state in ``home/prefect``)."""
+    state_dir = Path(home) / "prefect"
+    return Supervisor(NAME, state_dir / "server.json", state_dir / "server.lock",
+                      state_dir / "server.log", program="prefect", healthy=_healthy,
+                      start_timeout_s=timeout, poll_s=POLL_S)
 
 
 def ui_url(api_url: str) -> str:
@@ -115,18 +119,6 @@ def export(api_url: str) -> None:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
-def _wait_healthy(url: str, pid: int, timeout: float) -> bool:
-    """True once the recorded server answers; a busy machine may make a live server slow to
-    answer, so wait for it while its process lives rather than start a second one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if healthy(url):
-            return True
-        if not pid_alive(pid) or time.monotonic() >= deadline:
-            return False
-        time.sleep(0.5)
-
-
 def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
     """The API URL of a running Prefect server, starting one under ``home`` if needed.
 
@@ -139,41 +131,21 @@ def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:
         export(configured)
         return configured
     home = Path(home or get_settings().home)
-    state_dir = home / "prefect"
-    with locked(state_dir / "server.lock"):  # two commands starting at once share one server
-        known = _recorded(home)
-        if known and _wait_healthy(known["api_url"], known["pid"], timeout):
-            export(known["api_url"])
-            return known["api_url"]
-        server = start_server(state_dir, timeout=timeout)
-        write_atomic(_state_path(home),
-                     json_bytes({"api_url": server.api_url, "pid": server.process.pid}))
-    export(server.api_url)
-    return server.api_url
-
-
-def _state_path(home: Path) -> Path:
-    return Path(home) / "prefect" / "server.json"
-
-
-def _recorded(home: Path) -> dict | None:
-    """``{"api_url", "pid"}`` of the server recorded under ``home``; None if none or unreadable."""
-    data = read_json(_state_path(home))
-    if not isinstance(data, dict) or not data.get("api_url"):
-        return None
-    return {"api_url": str(data["api_url"]), "pid": int(data.get("pid", 0))}
+    # a recorded server whose process lives may just be slow to answer on a busy machine:
+    # wait for it rather than start a second one
+    record, _ = supervisor(home, timeout).ensure(lambda: _launch(home / "prefect"),
+                                                 reuse_wait_s=timeout)
+    export(record["api_url"])
+    return record["api_url"]
 
 
 def running_server(home: Path) -> str | None:
     """The API URL of the server recorded under ``home`` if it answers, else None."""
-    known = _recorded(home)
-    return known["api_url"] if known and healthy(known["api_url"]) else None
+    record = supervisor(home).running()
+    return record["api_url"] if record else None
 
 
 def stop_server(home: Path, timeout: float = 20.0) -> bool:
     """Stop the server recorded under ``home``; True if one was running."""
     drain()
-    with locked(Path(home) / "prefect" / "server.lock"):
-        known = _recorded(home)
-        _state_path(home).unlink(missing_ok=True)
-        return bool(known) and terminate(known["pid"], timeout, program="prefect")
+    return supervisor(home).stop(timeout) is not None

@@ -14,7 +14,6 @@ started them. Services configured from outside (``PREFECT_API_URL``,
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ import httpx
 from surgflow.config import Settings, get_settings
 from surgflow.errors import BadInput, SurgflowError
 from surgflow.processes import free_port, pid_alive, terminate
+from surgflow.services import spawn
 from surgflow.storage import json_bytes, locked, read_json, write_atomic
 
 
@@ -101,10 +101,7 @@ class Stack:
               env: dict[str, str] | None = None) -> Service:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, env=env or self.env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        proc = spawn(cmd, log_path, env or self.env)
         service = Service(name, proc.pid, url, str(log_path))
         self.services.append(service)
         self.save()

