@@ -54,3 +54,39 @@ def test_unreachable_broker_fails_clearly_and_commits_nothing(surgflow_home, mon
     assert time.monotonic() - t0 < 60
     assert not (surgflow_home / "datasets").exists()
     assert not Checkpoint(surgflow_home).path.exists()
+
+
+def test_retry_backs_off_exponentially_and_gives_up_with_a_broker_error(caplog):
+    from surgflow.errors import BrokerError
+    from surgflow.feedback.broker import retry
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise ConnectionRefusedError("refused")
+        return "connected"
+
+    with caplog.at_level("WARNING", logger="surgflow.feedback.broker"):
+        assert retry("connecting", flaky, attempts=3) == "connected"
+    assert [r.getMessage() for r in caplog.records] == [
+        "connecting failed (attempt 1/3): refused; retrying in 0.2s",
+        "connecting failed (attempt 2/3): refused; retrying in 0.4s",
+    ]
+    assert calls[2] - calls[0] >= 0.6
+
+    calls.clear()
+    with pytest.raises(BrokerError, match=r"^listing: broker unreachable after 2 attempts "
+                                          r"\(refused\)$"):
+        retry("listing", lambda: flaky() and None, attempts=2)
+    assert len(calls) == 2
+
+    def bug() -> None:
+        calls.append(0.0)
+        raise ValueError("not a connection problem")
+
+    calls.clear()
+    with pytest.raises(ValueError):  # only connection errors are retried
+        retry("parsing", bug)
+    assert len(calls) == 1

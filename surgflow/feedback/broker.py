@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tenacity
+
 from surgflow.config import Settings
 from surgflow.errors import BrokerError
 from surgflow.processes import free_port
@@ -41,6 +43,8 @@ START_TIMEOUT_S = 15.0
 #: how long one connection attempt waits for the bootstrap servers (retries come on top)
 BOOTSTRAP_TIMEOUT_MS = 3000
 ATTEMPTS = 4
+#: the wait before the second attempt; it doubles after each failure, up to the maximum
+FIRST_DELAY_S, MAX_DELAY_S = 0.2, 3.0
 
 
 @dataclass(frozen=True)
@@ -130,30 +134,24 @@ def bootstrap(settings: Settings) -> str:
     return broker.bootstrap
 
 
-def retry(
-    what: str,
-    fn: Callable[[], T],
-    *,
-    attempts: int = ATTEMPTS,
-    first_delay_s: float = 0.2,
-    max_delay_s: float = 3.0,
-) -> T:
+def retry(what: str, fn: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
     """Call ``fn`` until it succeeds, backing off exponentially; then raise BrokerError."""
     from kafka.errors import KafkaError
 
-    delay, last = first_delay_s, None
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (KafkaError, OSError) as e:
-            last = e
-            if attempt == attempts:
-                break
-            log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs",
-                        what, attempt, attempts, e, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
-    raise BrokerError(f"{what}: broker unreachable after {attempts} attempts ({last})") from last
+    def warn(state: tenacity.RetryCallState) -> None:
+        log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs", what,
+                    state.attempt_number, attempts, state.outcome.exception(),
+                    state.next_action.sleep)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((KafkaError, OSError)),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S),
+        before_sleep=warn, reraise=True)
+    try:
+        return retrying(fn)
+    except (KafkaError, OSError) as e:
+        raise BrokerError(f"{what}: broker unreachable after {attempts} attempts ({e})") from e
 
 
 def admin(bootstrap_servers: str, attempts: int = ATTEMPTS):
