@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from surgflow.errors import ConfigError
+from surgflow.errors import ConfigError, describe_validation, dotted
 
 
 class Settings(BaseSettings):
@@ -90,11 +90,8 @@ def get_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "?"
-            problems.append(f"SURGFLOW_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from e
+        why = describe_validation(e, lambda loc: f"SURGFLOW_{(dotted(loc) or '?').upper()}")
+        raise ConfigError(f"invalid configuration: {why}") from e
 
 
 def env_for_subprocesses(settings: Settings) -> dict[str, str]:

@@ -1,10 +1,17 @@
 """The exceptions surgflow raises.
 
 Everything derives from :class:`SurgflowError`. The CLI maps :class:`BadInput` (and its
-subclasses) to exit code 2 and every other error to exit code 1.
+subclasses) to exit code 2 and every other error to exit code 1. :func:`describe_validation` is
+the one way a pydantic validation error becomes a one-line reason (settings, recipes, messages).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class SurgflowError(Exception):
@@ -61,3 +68,47 @@ class TrackingError(SurgflowError):
 
 class DecodeError(SurgflowError):
     """Decoding frames from a registered video failed after retries."""
+
+
+def dotted(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a dotted path: ``("optim", "lr")`` → ``optim.lr``."""
+    return ".".join(str(p) for p in loc)
+
+
+def describe_validation(
+    e: ValidationError,
+    name: Callable[[tuple[int | str, ...]], str] = dotted,
+    *,
+    allowed: Callable[[tuple[int | str, ...]], list[str]] | None = None,
+    limit: int = 5,
+) -> str:
+    """A pydantic ValidationError as one line: each bad field as ``<name>: <what is wrong> (got
+    <value>)``, ``<name> is required`` or ``<name> is not allowed here; allowed: ...``, joined
+    by ``; `` (the first ``limit``, then how many more).
+
+    ``name`` turns an error's location into the field's name as the user wrote it (an
+    environment variable, a recipe path); ``allowed`` lists the fields that may appear where an
+    unknown one was found (its argument is the location of the mapping that holds it).
+    """
+    errors = e.errors()
+    parts = []
+    for err in errors[:limit]:
+        where = name(tuple(err["loc"]))
+        if err["type"] == "missing":
+            parts.append(f"{where} is required")
+        elif err["type"] == "extra_forbidden":
+            known = allowed(tuple(err["loc"][:-1])) if allowed else []
+            parts.append(f"{where} is not allowed here"
+                         + (f"; allowed: {', '.join(known)}" if known else ""))
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg} (got {_shown(err.get('input'))})")
+    more = len(errors) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"

@@ -66,3 +66,17 @@ def test_importing_the_package_has_no_side_effects(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
     assert list(tmp_path.iterdir()) == [], "importing created files"
+
+
+def test_a_bad_value_is_one_line_naming_the_variable_the_rule_and_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SURGFLOW_TOPIC_PREFIX", "bad prefix/")
+    monkeypatch.setenv("SURGFLOW_TOPIC_PARTITIONS", "0")
+    with pytest.raises(ConfigError) as e:
+        get_settings()
+    assert str(e.value) == (
+        "invalid configuration: SURGFLOW_TOPIC_PREFIX: topic prefix may use only letters, "
+        "digits, '.', '_', '-': 'bad prefix/' (got 'bad prefix/'); "
+        "SURGFLOW_TOPIC_PARTITIONS: Input should be greater than or equal to 1 (got '0')"
+    )

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from surgflow.data.labels import as_utc
-from surgflow.errors import BadInput
+from surgflow.errors import BadInput, describe_validation, dotted
 
 VIDEO_SCHEMA = "surgflow.video/v1"
 INFERENCE_SCHEMA = "surgflow.inference/v1"
@@ -173,20 +173,11 @@ def validate(topic: str, obj: object) -> Event:
     try:
         return model.model_validate(obj)
     except ValidationError as e:
-        raise WireError(f"schema {expected} failed: {describe(e)}") from e
+        raise WireError(f"schema {expected} failed: {describe_validation(e, _field)}") from e
 
 
-def describe(e: ValidationError) -> str:
-    """One line naming each bad field, what was wrong and the value given."""
-    parts = []
-    for err in e.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]).replace("schema_", "schema") or "message"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        given = err.get("input")
-        shown = repr(given)[:60] if err["type"] != "missing" else "nothing"
-        parts.append(f"{where}: {msg} (got {shown})")
-    more = len(e.errors()) - 5
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+def _field(loc: tuple[int | str, ...]) -> str:
+    return dotted(loc).replace("schema_", "schema") or "message"
 
 
 def encode(event: _Wire) -> bytes:

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surgflow.data.clip_sampling import ClipSpec as DataClipSpec
-from surgflow.errors import BadInput, ConfigError
+from surgflow.errors import BadInput, ConfigError, describe_validation, dotted
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -400,7 +400,8 @@ def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{origin}: " + "; ".join(_describe(err) for err in e.errors())) from e
+        why = describe_validation(e, _field, allowed=_allowed_fields)
+        raise ConfigError(f"{origin}: {why}") from e
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -425,18 +426,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     return recipe.model_copy(update=updates) if updates else recipe
 
 
-def _describe(err: dict[str, Any]) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        allowed = _allowed_fields(err["loc"][:-1])
-        return f"field {where!r} is not allowed here; allowed: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"field {where!r} is required"
-    got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"field {where!r}: {msg} (got {shown})"
+def _field(loc: tuple[int | str, ...]) -> str:
+    return f"field {(dotted(loc) or '(top level)')!r}"
 
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
