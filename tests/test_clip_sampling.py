@@ -53,6 +53,8 @@ def test_clip_spec_rejects_nonsense():
         ClipSpec(frames=0)
     with pytest.raises(ValueError, match="fps"):
         ClipSpec(fps=-1)
+    with pytest.raises(ValueError, match="frame\n  Extra inputs are not permitted"):
+        ClipSpec(frame=8)  # a typo of frames is not silently the default 16
 
 
 def _videos(lengths):

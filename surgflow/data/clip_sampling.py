@@ -21,18 +21,21 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Sampler
 
 from surgflow.errors import BadInput
 
 
-class ClipSpec(BaseModel, frozen=True):
+class ClipSpec(BaseModel):
     """What one training sample is: ``frames`` frames, ``stride`` apart, at ``fps``, ``size`` px.
 
     ``fps`` None samples at each video's own rate. ``hop`` is the distance between consecutive
-    clip starts, in sampled frames; None means back-to-back clips (``frames * stride``).
+    clip starts, in sampled frames; None means back-to-back clips (``frames * stride``). An
+    unknown field is an error (a recipe's ``clip`` is this spec, and a typo must not pass).
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     frames: int = Field(16, ge=1, le=4096)
     stride: int = Field(1, ge=1, le=4096)

@@ -68,7 +68,6 @@ def build_bundle(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise BadInput(f"chain bundle directory {out_dir} is not empty")
     out_dir.mkdir(parents=True, exist_ok=True)
-    clip = ClipSpec.model_validate(clip.model_dump())  # the data layer's type, not a subclass
     if len(labels) != encoder.head.out_features:
         raise BadInput(f"encoder {encoder.arch_name} has {encoder.head.out_features} classes "
                        f"but {len(labels)} labels were given: {list(labels)}")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from surgflow.data.clip_sampling import ClipSpec as DataClipSpec
+from surgflow.data.clip_sampling import ClipSpec
 from surgflow.errors import BadInput, ConfigError, describe_validation, dotted
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -64,12 +64,6 @@ class _Reusable(_Strict):
     @property
     def reused(self) -> bool:
         return self.from_ is not None
-
-
-class ClipSpec(DataClipSpec):
-    """The data layer's clip spec (frames, stride, fps, size, hop), strict about its fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataSpec(_Strict):
