@@ -24,22 +24,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from surgflow.data.splits import ids_filling_splits
-from surgflow.data.synthetic import generate_video
-from surgflow.training.labelled import import_labelled
 from surgflow.training.recipe import Recipe, parse_recipe
 from surgflow.training.runs import RunStore
-
-
-def make_home(root: Path, n_train: int = 6, n_val: int = 2) -> Path:
-    videos = []
-    for i, vid in ids_filling_splits({"train": n_train, "val": n_val}, "case-{:04d}".format):
-        path = root / "videos" / f"{vid}.mp4"
-        generate_video(path, seed=i + 1, duration_s=40, fps=10, width=96, height=96, gop=10)
-        videos.append(path)
-    home = root / "home"
-    import_labelled(home, [root], videos, "cholecystectomy", "hospital-a")
-    return home
+from tests.training_helpers import labelled_home
 
 
 def recipe(world: int, args: argparse.Namespace) -> Recipe:
@@ -142,7 +129,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as d:
         tmp = Path(d)
-        home = make_home(tmp)
+        home = labelled_home(tmp, duration_s=40, fps=10, size=96)
         os.environ["SURGFLOW_HOME"] = str(home)
         settings = get_settings(home=home, dask_address=None)
         t0 = time.time()

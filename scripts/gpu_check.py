@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ def _video(args: tuple[str, int, float, int, int]) -> str:
 
 def make_home(root: Path, n_train: int, n_val: int, duration: float, size: int) -> Path:
     from surgflow.data.splits import ids_filling_splits
-    from surgflow.training.labelled import import_labelled
+    from tests.dataset_helpers import import_labelled
 
     picked = ids_filling_splits({"train": n_train, "val": n_val}, "case-{:04d}".format)
     jobs = [(str(root / "videos" / f"{vid}.mp4"), i + 1, duration, 25, size) for i, vid in picked]
@@ -147,4 +148,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # run as a file, not a module: the repository root (for tests/dataset_helpers.py) is not
+    # on the path by itself
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -13,7 +13,7 @@ import yaml
 from surgflow.data.splits import ids_filling_splits
 from surgflow.data.synthetic import generate_video
 from surgflow.data.taxonomy import ProcedureCatalog
-from surgflow.training.labelled import import_labelled
+from tests.dataset_helpers import import_labelled
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from surgflow.data.splits import ids_filling_splits
 from surgflow.data.synthetic import generate_video
-from surgflow.training.labelled import import_labelled
 from surgflow.training.recipe import Recipe, parse_recipe
+from tests.dataset_helpers import import_labelled
 
 
 def labelled_home(root: Path, *, n_train: int = 6, n_val: int = 2, duration_s: float = 20,

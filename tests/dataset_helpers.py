@@ -1,9 +1,11 @@
-"""Import videos that come with ground-truth labels as a dataset version.
+"""Import videos that come with ground-truth labels as a dataset version, for the tests, the
+benchmarks (``python -m bench.x``) and ``scripts/gpu_check.py``.
 
-A folder of videos each with a ``<stem>.segments.json`` beside it (synthetic corpora, or a
-hand-labelled collection) becomes human-labelled data: the videos are registered like any
-upload and their segments committed as one annotation event per video, so training reads them
-through the same dataset views as labels that arrived on the stream.
+A folder of videos each with a ``<stem>.segments.json`` beside it (the synthetic corpora)
+becomes human-labelled data: the videos are registered like any upload and their segments
+committed as one annotation event per video, so training reads them through the same dataset
+views as labels that arrived on the stream. The events did not come from Kafka: they carry
+partition 0, offset 0 and commit no stream positions, which is why this is not library code.
 """
 
 from __future__ import annotations
