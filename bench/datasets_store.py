@@ -5,9 +5,10 @@ Run: ``.venv/bin/python -m bench.datasets_store [--json]``. Measured in one run,
 - publish a 100-segment change (10 annotation events x 10 segments on 10 videos) on a dataset of
   1k segments and on one of 100k segments; target ratio 100k / 1k <= 2 (O(change), not
   O(dataset));
-- ``surgflow.data.query.query`` on the 100k-segment dataset against DuckDB reading the same
-  Parquet file directly with the same SQL; target ratio <= 1.5. The first query after a new
-  version also builds that version's segment file; that cold figure is printed beside it.
+- ``surgflow.data.query.query`` on the 100k-segment dataset (which reads the version's runs in
+  place) against DuckDB reading one Parquet file holding the same rows with the same SQL;
+  target ratio <= 1.5. The first query right after a new version is printed beside it: nothing
+  is built for a new version, so it is no slower than later ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from surgflow.data.labels import LabelEvent, LabelSegment
 from surgflow.data.query import query
@@ -123,9 +125,12 @@ def main() -> None:
         results["publish_100k_ms"] = pub[100_000] * 1e3
         results["publish_ratio"] = pub[100_000] / pub[1_000]
         home = Path(tmp) / "s100000"
+        publish_times(DatasetStore(home), 100_000 // SEGMENTS_PER_VIDEO, 1, tag="cold")
         t = time.perf_counter()
-        path = DatasetStore(home).segments_path(DS)
-        results["cold_segment_file_ms"] = (time.perf_counter() - t) * 1e3
+        query(home, QUERIES["frames per label"])
+        results["first_query_after_new_version_ms"] = (time.perf_counter() - t) * 1e3
+        path = Path(tmp) / "one-file.parquet"
+        pq.write_table(DatasetStore(home).segments_table(DS), path)
         results["queries"] = {}
         for name, sql in QUERIES.items():
             ours, base = query_times(home, sql, path, 25)
@@ -141,8 +146,8 @@ def main() -> None:
     for name, q in results["queries"].items():
         print(f"{'query ' + name + ': surgflow vs DuckDB on Parquet (ms)':58s} "
               f"{q['surgflow_ms']:10.2f} {q['duckdb_direct_ms']:10.2f} {q['ratio']:7.2f} <= 1.5")
-    print(f"first query after a new version also builds its segment file: "
-          f"{results['cold_segment_file_ms']:.0f} ms (100k segments)")
+    print(f"first query right after a new version: "
+          f"{results['first_query_after_new_version_ms']:.0f} ms (100k segments)")
     print(f"runs after {args.rounds} commits: 1k={results['runs_1000']}, "
           f"100k={results['runs_100000']}; build 100k: {results['build_100000_s']:.1f} s")
 

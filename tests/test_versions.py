@@ -273,7 +273,8 @@ def test_gc_spares_an_old_orphan_that_a_new_commit_reuses(store, monkeypatch):
 
 
 def _crasher(home):
-    from surgflow import storage, versions
+    from surgflow import storage
+    from surgflow.data import versions
 
     def crash(path, data):
         if path.parent.name == "versions":
@@ -361,3 +362,29 @@ def test_ids_filling_splits_picks_ids_by_their_stable_split() -> None:
     assert [i for i, _ in picked] == sorted(i for i, _ in picked)
     with pytest.raises(ValueError, match="splits"):
         ids_filling_splits({"holdout": 1}, str)
+
+
+def test_versions_written_before_runs_stored_segments_still_read_and_merge(store):
+    """A store written before runs held their segments: each run's segments are derived once
+    from its intervals, shared by the versions that hold it, and kept by gc."""
+    store.commit(DS, videos=[rec(1), rec(2)], offsets={}, events=[
+        model_event("m1", "case-0001", [(0, 500, "Preparation", 0.9),
+                                        (500, 1000, "Preparation", 0.9)])])
+    store.commit(DS, videos=[rec(3)], offsets={}, events=[
+        human_event("h1", "case-0003", [(0, 100, "ClippingCutting")])])
+    want = store.segments_table(DS).to_pylist()
+    for m in store.versions(DS):  # rewrite the manifests as the older format had them
+        old = m.model_copy(update={"files": [f for f in m.files if f.kind != "segments"]})
+        store._manifest_path(DS, m.version).write_text(old.model_dump_json())
+    assert store.segments_table(DS).to_pylist() == want
+    cache = sorted(p.name for p in (store.root / DS / "cache").iterdir())
+    assert cache and all(n.startswith("run-segments-") for n in cache)
+    store.commit(DS, videos=[], offsets={}, events=[  # merges an old run into a new one
+        human_event("h2", "case-0001", [(0, 10, "ClippingCutting")])])
+    rows = store.segments_table(DS).to_pylist()
+    assert [(r["video_id"], r["start_frame"], r["end_frame"]) for r in rows] == [
+        ("case-0001", 0, 10), ("case-0001", 10, 1000), ("case-0003", 0, 100)]
+    removed = store.gc(grace_s=0)["removed"]  # the segment files the rewrite orphaned
+    assert len(removed) == 2 and all(r.startswith(f"{DS}/data/") for r in removed)
+    assert sorted(p.name for p in (store.root / DS / "cache").iterdir()) == cache  # in use
+    assert store.segments_table(DS, 2).to_pylist() == want

@@ -1,9 +1,11 @@
 """The Parquet data files of dataset versions: schemas, conversions, content-addressed writes.
 
-A version's data is a list of *runs*; each run holds up to three files:
+A version's data is a list of *runs*; each run holds up to four files:
 
 - ``videos``: one row per video the run adds or changes (its snapshot and content hash);
 - ``intervals``: every resolved interval (with the winning event's key) of those videos;
+- ``segments``: the same videos' coalesced intervals, the rows of the ``segments`` table
+  (SPEC §6) without the ``dataset`` and ``version`` columns a reader adds;
 - ``events``: the ``event_id`` of every event the run applied.
 
 For a video, the latest run that has a row for it is authoritative (a video's labelled frames
@@ -25,11 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from surgflow.data.labels import Interval
+from surgflow.data.labels import Interval, Segment
 from surgflow.storage import write_exclusive
 
-Kind = Literal["videos", "intervals", "events"]
-KINDS: tuple[Kind, ...] = ("videos", "intervals", "events")
+Kind = Literal["videos", "intervals", "segments", "events"]
+KINDS: tuple[Kind, ...] = ("videos", "intervals", "segments", "events")
+PER_VIDEO: tuple[Kind, ...] = ("videos", "intervals", "segments")  # latest run of a video wins
 ROW_GROUP = 4096  # small row groups let a filter on video_id / event_id skip most of a file
 
 TS = pa.timestamp("us", tz="UTC")
@@ -46,13 +49,23 @@ INTERVALS_SCHEMA = pa.schema([
     ("produced_at", TS), ("partition", pa.int32()), ("offset", pa.int64()),
     ("event_id", pa.string()),
 ])
+SEGMENTS_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
+    ("label", pa.string()), ("provenance", pa.string()), ("confidence", pa.float64()),
+])
+QUERY_VIDEOS_SCHEMA = pa.schema([VIDEOS_SCHEMA.field(c) for c in (
+    "video_id", "uri", "sha256", "procedure", "source", "recorded_at", "num_frames", "fps",
+    "width", "height")])
+"""The ``videos`` table of ``surgflow data query`` (SPEC §6) and of view filters."""
 EVENTS_SCHEMA = pa.schema([("event_id", pa.string()), ("video_id", pa.string())])
 SCHEMAS: dict[str, pa.Schema] = {
-    "videos": VIDEOS_SCHEMA, "intervals": INTERVALS_SCHEMA, "events": EVENTS_SCHEMA,
+    "videos": VIDEOS_SCHEMA, "intervals": INTERVALS_SCHEMA, "segments": SEGMENTS_SCHEMA,
+    "events": EVENTS_SCHEMA,
 }
 SORT_KEYS: dict[str, list[tuple[str, str]]] = {
     "videos": [("video_id", "ascending")],
     "intervals": [("video_id", "ascending"), ("start_frame", "ascending")],
+    "segments": [("video_id", "ascending"), ("start_frame", "ascending")],
     "events": [("event_id", "ascending")],
 }
 
@@ -121,6 +134,15 @@ def table_intervals(table: pa.Table) -> dict[str, list[Interval]]:
     for video_id, *rest in zip(*cols, strict=True):
         out[video_id].append(Interval(*rest))
     return dict(out)
+
+
+def segments_table(segments: dict[str, list[Segment]]) -> pa.Table:
+    """The ``segments`` data file of coalesced intervals by video."""
+    rows = [(vid, s) for vid in sorted(segments) for s in segments[vid]]
+    return pa.table({
+        "video_id": [vid for vid, _ in rows],
+        **{name: [getattr(s, name) for _, s in rows] for name in SEGMENTS_SCHEMA.names[1:]},
+    }, schema=SEGMENTS_SCHEMA)
 
 
 def events_table(pairs: list[tuple[str, str]]) -> pa.Table:

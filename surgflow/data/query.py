@@ -1,10 +1,12 @@
 """Read-only SQL over datasets (SPEC §6 ``data query``) and version diffs.
 
 Two tables: ``videos`` (every registered video) and ``segments`` (the coalesced resolved
-intervals of the latest version of every dataset, or of chosen versions). Queries run in an
-in-memory DuckDB whose file access is switched off except for the segment files themselves and
-whose configuration is then locked; on top of that only a single SELECT statement is accepted,
-as DuckDB's own parser classifies it. So a query can neither write files nor change the tables.
+intervals of the latest version of every dataset, or of chosen versions). ``segments`` is a view
+over the versions' own data files (:func:`surgflow.data.segments.relation`): nothing is built
+when a version is published or first read, and DuckDB streams what a query needs. Queries run
+in an in-memory DuckDB whose file access is switched off except for those data files and whose
+configuration is then locked; on top of that only a single SELECT statement is accepted, as
+DuckDB's own parser classifies it. So a query can neither write files nor change the tables.
 """
 
 from __future__ import annotations
@@ -19,31 +21,26 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA
 from surgflow.data.registry import VideoRegistry
-from surgflow.data.segments import SEGMENTS_SCHEMA
-from surgflow.data.sql import check_read_only, lock_down, one_line, quote
+from surgflow.data.segments import SEGMENTS_SCHEMA, Relation
+from surgflow.data.sql import check_read_only, lock_down, one_line
 from surgflow.data.versions import DatasetStore
 from surgflow.errors import BadInput
-
-VIDEOS_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("uri", pa.string()), ("sha256", pa.string()),
-    ("procedure", pa.string()), ("source", pa.string()),
-    ("recorded_at", pa.timestamp("us", tz="UTC")), ("num_frames", pa.int64()),
-    ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
-])
 
 
 def registry_videos(home: Path) -> pa.Table:
     """Every registered video as the ``videos`` table."""
     records = VideoRegistry(home, []).list()
-    cols = {n: [getattr(r, n) for r in records] for n in VIDEOS_SCHEMA.names}
-    return pa.table(cols, schema=VIDEOS_SCHEMA)
+    cols = {n: [getattr(r, n) for r in records] for n in QUERY_VIDEOS_SCHEMA.names}
+    return pa.table(cols, schema=QUERY_VIDEOS_SCHEMA)
 
 
-def segment_files(store: DatasetStore, versions: dict[str, int | None] | None = None) -> list[Path]:
-    """Segment files of the chosen ``{dataset: version}`` (default: latest of every dataset)."""
+def segment_relations(store: DatasetStore,
+                      versions: dict[str, int | None] | None = None) -> list[Relation]:
+    """``segments`` of the chosen ``{dataset: version}`` (default: latest of every dataset)."""
     chosen = versions if versions is not None else dict.fromkeys(store.datasets())
-    return [store.segments_path(name, version) for name, version in sorted(chosen.items())]
+    return [store.relation(name, version) for name, version in sorted(chosen.items())]
 
 
 def connect(home: Path, sql: str | None = None,
@@ -53,17 +50,17 @@ def connect(home: Path, sql: str | None = None,
     With ``sql`` given, ``videos`` is only built if ``sql`` names it (reading the registry is
     the slow part). The caller closes the connection.
     """
-    store = DatasetStore(home)
-    files = [str(p) for p in segment_files(store, versions)]
+    relations = segment_relations(DatasetStore(home), versions)
+    files = sorted({f for r in relations for f in r.files})
     con = duckdb.connect(config={"threads": 2})
     try:
-        listed = ", ".join(quote(f) for f in files)
-        if not files:
+        if relations:
+            con.execute("CREATE VIEW segments AS "
+                        + " UNION ALL ".join(f"({r.sql})" for r in relations))
+        else:
             con.register("segments", SEGMENTS_SCHEMA.empty_table())
         if sql is None or "videos" in _table_names(sql):
             con.register("videos", registry_videos(home))
-        if files:
-            con.execute(f"CREATE VIEW segments AS SELECT * FROM read_parquet([{listed}])")
         lock_down(con, files)
     except BaseException:
         con.close()
@@ -111,28 +108,37 @@ SELECT t.video_id,
   coalesce(t.in_a, 0) - coalesce(p.common, 0) AS frames_removed,
   coalesce(p.relabelled, 0) AS frames_relabelled,
   coalesce(p.reprovenanced, 0) AS frames_provenance_changed
-FROM totals t LEFT JOIN per_video p USING (video_id) ORDER BY t.video_id
+FROM totals t LEFT JOIN per_video p USING (video_id)
+WHERE coalesce(t.in_b, 0) <> coalesce(p.common, 0) OR coalesce(t.in_a, 0) <> coalesce(p.common, 0)
+   OR coalesce(p.relabelled, 0) <> 0 OR coalesce(p.reprovenanced, 0) <> 0
+ORDER BY t.video_id
 """
 
 
 def diff(home: Path, a: tuple[str, int | None], b: tuple[str, int | None]) -> dict:
     """What changed from ``a`` to ``b`` (each ``(dataset, version)``): videos added and
-    removed, labelled frames added, removed, relabelled, and whose provenance changed."""
+    removed, labelled frames added, removed, relabelled, and whose provenance changed.
+
+    DuckDB reads both versions' files in place; only the changed videos reach Python."""
     store = DatasetStore(home)
     ma, mb = store.manifest(*a), store.manifest(*b)
-    va = set(store.videos_table(ma.dataset, ma.version).column("video_id").to_pylist())
-    vb = set(store.videos_table(mb.dataset, mb.version).column("video_id").to_pylist())
-    con = duckdb.connect()
+    rels = {"seg_a": store.relation(ma.dataset, ma.version),
+            "seg_b": store.relation(mb.dataset, mb.version),
+            "vid_a": store.relation(ma.dataset, ma.version, "videos"),
+            "vid_b": store.relation(mb.dataset, mb.version, "videos")}
+    con = duckdb.connect(config={"threads": 2})
     try:
-        con.register("seg_a", store.segments_table(ma.dataset, ma.version))
-        con.register("seg_b", store.segments_table(mb.dataset, mb.version))
+        for name, rel in rels.items():
+            con.execute(f"CREATE VIEW {name} AS {rel.sql}")
         rows = con.execute(_DIFF_SQL).fetchall()
+        added = [r[0] for r in con.execute(_ONLY_IN.format(x="vid_b", y="vid_a")).fetchall()]
+        removed = [r[0] for r in con.execute(_ONLY_IN.format(x="vid_a", y="vid_b")).fetchall()]
     finally:
         con.close()
     changed = [
         {"video_id": r[0], "frames_added": int(r[1]), "frames_removed": int(r[2]),
          "frames_relabelled": int(r[3]), "frames_provenance_changed": int(r[4])}
-        for r in rows if any(r[1:])
+        for r in rows
     ]
     total = {k: sum(c[k] for c in changed) for k in
              ("frames_added", "frames_removed", "frames_relabelled", "frames_provenance_changed")}
@@ -140,9 +146,12 @@ def diff(home: Path, a: tuple[str, int | None], b: tuple[str, int | None]) -> di
         "from": {"dataset": ma.dataset, "version": ma.version, "fingerprint": ma.fingerprint},
         "to": {"dataset": mb.dataset, "version": mb.version, "fingerprint": mb.fingerprint},
         "same_content": ma.fingerprint == mb.fingerprint,
-        "videos_added": sorted(vb - va), "videos_removed": sorted(va - vb),
+        "videos_added": added, "videos_removed": removed,
         **total, "videos_changed": changed,
     }
+
+
+_ONLY_IN = "SELECT video_id FROM {x} ANTI JOIN {y} USING (video_id) ORDER BY video_id"
 
 
 def _table_names(sql: str) -> set[str]:

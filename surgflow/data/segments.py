@@ -1,13 +1,20 @@
-"""Reading a version's runs as one table, merging runs, and the derived ``segments`` table.
+"""Reading a version's runs: current rows, merging runs, and the ``segments`` table as SQL.
 
 Pure data-file plumbing for :mod:`surgflow.data.versions`: which rows of which run are current
-for a video (the latest run that has the video wins), how runs are merged, and the coalesced
-``segments`` rows of SPEC §6 that queries read straight from one Parquet file.
+for a video (the latest run that has the video wins), how runs are merged, and the SQL that
+reads a version's ``videos`` or ``segments`` (SPEC §6) straight from its runs' files, so that
+nothing is rebuilt when a version is published and DuckDB streams what a query needs.
+
+Every run stores its videos' coalesced segments beside their intervals. Runs written before
+segments were stored get theirs derived once from their intervals file, into
+``cache/run-segments-<sha256 of the intervals file>.parquet``, shared by every version that
+holds the run.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -17,13 +24,12 @@ import pyarrow.parquet as pq
 
 from surgflow.data import datafiles as df
 from surgflow.data.datafiles import DataFile
+from surgflow.data.sql import quote
 from surgflow.storage import write_exclusive
 
-SEGMENTS_SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("version", pa.int64()), ("video_id", pa.string()),
-    ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("label", pa.string()),
-    ("provenance", pa.string()), ("confidence", pa.float64()),
-])
+SEGMENTS_SCHEMA = pa.schema([("dataset", pa.string()), ("version", pa.int64()),
+                             *df.SEGMENTS_SCHEMA])
+SEGMENT_COLUMNS = tuple(SEGMENTS_SCHEMA.names)
 
 
 def latest_rows(dataset_dir: Path, runs: list[dict[str, DataFile]], kind: str,
@@ -55,6 +61,12 @@ def read_latest(dataset_dir: Path, manifest, kind: str,
     return latest_rows(dataset_dir, manifest.runs(), kind, video_ids)
 
 
+MAX_MERGE_ROWS = 4_000_000
+"""A merge that would write a run bigger than this does not happen: the runs below stay as they
+are, so a commit's memory and time stay bounded however big the dataset grows (a version then
+has one run per ~MAX_MERGE_ROWS rows of history plus O(log n) small ones)."""
+
+
 def merge_runs(dataset_dir: Path, files: list[DataFile],
                new: dict[str, pa.Table]) -> list[DataFile]:
     """Append a new run (``{kind: table}``) to ``files``, merging it with trailing runs first.
@@ -65,18 +77,21 @@ def merge_runs(dataset_dir: Path, files: list[DataFile],
     """
     runs = df.group_runs(files)
     tables = {k: t for k, t in new.items() if t.num_rows}
-    while runs and sum(f.rows for f in runs[-1].values()) <= sum(t.num_rows
-                                                                 for t in tables.values()):
+    size = sum(t.num_rows for t in tables.values())
+    while runs and (prev_size := _rows(runs[-1])) <= size and prev_size + size <= MAX_MERGE_ROWS:
         prev = runs.pop()
-        for kind in ("videos", "intervals"):
-            if kind in prev:
-                old = df.read_data_file(dataset_dir, prev[kind])
-                if kind in tables:
-                    ids = pc.unique(tables[kind].column("video_id").combine_chunks())
-                    old = old.filter(pc.invert(pc.is_in(old.column("video_id"), value_set=ids)))
-                    tables[kind] = pa.concat_tables([old, tables[kind]])
-                else:
-                    tables[kind] = old
+        size += prev_size
+        for kind in df.PER_VIDEO:
+            old = (derived_segments(dataset_dir, prev) if kind == "segments"
+                   else df.read_data_file(dataset_dir, prev[kind]) if kind in prev else None)
+            if old is None:
+                continue
+            if kind in tables:
+                ids = pc.unique(tables[kind].column("video_id").combine_chunks())
+                old = old.filter(pc.invert(pc.is_in(old.column("video_id"), value_set=ids)))
+                tables[kind] = pa.concat_tables([old, tables[kind]])
+            else:
+                tables[kind] = old
         if "events" in prev:
             old = df.read_data_file(dataset_dir, prev["events"])
             tables["events"] = (pa.concat_tables([old, tables["events"]]) if "events" in tables
@@ -86,6 +101,10 @@ def merge_runs(dataset_dir: Path, files: list[DataFile],
     return [f for run in [*runs, written] for f in run.values()]
 
 
+def _rows(run: dict[str, DataFile]) -> int:
+    return sum(f.rows for f in run.values())
+
+
 _COALESCE_SQL = """
 WITH marked AS (
   SELECT video_id, start_frame, end_frame, label, provenance, confidence,
@@ -93,30 +112,116 @@ WITH marked AS (
           AND lag(provenance) OVER w = provenance
           AND lag(confidence) OVER w IS NOT DISTINCT FROM confidence
          THEN 0 ELSE 1 END AS brk
-  FROM ivs WINDOW w AS (PARTITION BY video_id ORDER BY start_frame)
+  FROM read_parquet({path}) WINDOW w AS (PARTITION BY video_id ORDER BY start_frame)
 ), grouped AS (
   SELECT *, sum(brk) OVER (PARTITION BY video_id ORDER BY start_frame
                            ROWS UNBOUNDED PRECEDING) AS grp
   FROM marked
 )
-SELECT $dataset AS dataset, $version AS version, video_id, min(start_frame) AS start_frame,
-       max(end_frame) AS end_frame, any_value(label) AS label,
-       any_value(provenance) AS provenance, any_value(confidence) AS confidence
+SELECT video_id, min(start_frame) AS start_frame, max(end_frame) AS end_frame,
+       any_value(label) AS label, any_value(provenance) AS provenance,
+       any_value(confidence) AS confidence
 FROM grouped GROUP BY video_id, grp ORDER BY video_id, start_frame
 """
 
 
-def materialise_segments(dataset_dir: Path, manifest, path: Path) -> None:
-    """Write the version's coalesced ``segments`` rows to ``path`` (no overwrite)."""
-    ivs = read_latest(dataset_dir, manifest, "intervals")
-    con = duckdb.connect()
+def derived_path(dataset_dir: Path, intervals: DataFile) -> Path:
+    """Where the segments derived from a run's ``intervals`` file are kept."""
+    return dataset_dir / "cache" / f"run-segments-{intervals.sha256}.parquet"
+
+
+def segments_file(dataset_dir: Path, run: dict[str, DataFile]) -> Path | None:
+    """The file of a run's segments (derived once from its intervals for a run written before
+    runs stored them); None for a run without labels."""
+    if "segments" in run:
+        return dataset_dir / run["segments"].path
+    if "intervals" not in run:
+        return None
+    path = derived_path(dataset_dir, run["intervals"])
+    if not path.is_file():
+        table = _coalesced(dataset_dir / run["intervals"].path)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=df.ROW_GROUP, compression="zstd")
+        write_exclusive(path, buf.getvalue())
+    return path
+
+
+def derived_segments(dataset_dir: Path, run: dict[str, DataFile]) -> pa.Table | None:
+    path = segments_file(dataset_dir, run)
+    return None if path is None else pq.read_table(path, schema=df.SEGMENTS_SCHEMA)
+
+
+def _coalesced(intervals_path: Path) -> pa.Table:
+    con = duckdb.connect(config={"threads": 1})
     try:
-        con.register("ivs", ivs)
-        params = {"dataset": manifest.dataset, "version": manifest.version}
-        table = con.sql(_COALESCE_SQL, params=params).to_arrow_table()
+        return con.sql(_COALESCE_SQL.format(path=quote(str(intervals_path)))).to_arrow_table(
+        ).cast(df.SEGMENTS_SCHEMA)
     finally:
         con.close()
-    table = table.cast(SEGMENTS_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=65536)
-    write_exclusive(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A SQL query that reads rows of a version straight from its data files, and those files
+    (what a sandboxed connection must be allowed to read)."""
+
+    sql: str
+    files: tuple[str, ...]
+
+
+def relation(dataset_dir: Path, manifest, kind: str) -> Relation:
+    """The version's current ``videos`` rows, or its ``segments`` rows (SPEC §6, with the
+    ``dataset`` and ``version`` columns), as SQL over its runs' files.
+
+    A video's rows come from the latest run that has the video: a run's rows are kept unless
+    a later run's ``videos`` file names their video.
+    Nothing is read until the SQL runs, and DuckDB then streams it.
+    """
+    schema = df.VIDEOS_SCHEMA if kind == "videos" else SEGMENTS_SCHEMA
+    parts: list[tuple[int, Path, Path]] = []
+    for i, run in enumerate(manifest.runs()):
+        if "videos" not in run:
+            continue
+        path = dataset_dir / run["videos"].path if kind == "videos" else segments_file(
+            dataset_dir, run)
+        if path is not None:
+            parts.append((i, path, dataset_dir / run["videos"].path))
+    if kind == "videos":
+        cols = ", ".join(f'"{c}"' for c in schema.names)
+    else:
+        cols = (f"{quote(manifest.dataset)} AS dataset, {int(manifest.version)}::BIGINT AS "
+                "version, " + ", ".join(f'"{c}"' for c in df.SEGMENTS_SCHEMA.names))
+    if not parts:
+        return Relation(_empty(schema), ())
+    files = tuple(sorted({str(p) for _, path, videos in parts for p in (path, videos)}))
+    if len(parts) == 1:
+        return Relation(f"SELECT {cols} FROM read_parquet({quote(str(parts[0][1]))})", files)
+    selects = []
+    for n, (_, path, _) in enumerate(parts):
+        select = f"SELECT {cols} FROM read_parquet({quote(str(path))})"
+        later = [quote(str(videos)) for _, _, videos in parts[n + 1:]]
+        if later:  # later runs are the smaller ones: their video ids make a small hash table
+            select += (f" ANTI JOIN (SELECT video_id FROM read_parquet([{', '.join(later)}])) "
+                       "USING (video_id)")
+        selects.append(select)
+    return Relation(" UNION ALL ".join(selects), files)
+
+
+def _empty(schema: pa.Schema) -> str:
+    types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER",
+             pa.float64(): "DOUBLE", df.TS: "TIMESTAMPTZ"}
+    cols = ", ".join(f'NULL::{types[f.type]} AS "{f.name}"' for f in schema)
+    return f"SELECT {cols} WHERE false"
+
+
+ORDER = {"videos": "video_id", "segments": "video_id, start_frame"}
+
+
+def run_sql(rel: Relation, order_by: str | None = None) -> pa.Table:
+    """The rows of ``rel`` as one Arrow table (for callers that need them all in memory)."""
+    con = duckdb.connect(config={"threads": 2})
+    try:
+        sql = rel.sql + (f" ORDER BY {order_by}" if order_by else "")
+        return con.sql(f"SELECT * FROM ({sql})").to_arrow_table()
+    finally:
+        con.close()

@@ -4,7 +4,7 @@ Layout under ``SURGFLOW_HOME/datasets/<dataset>/``::
 
     versions/000001.json   one manifest per version, created with os.link (never replaced)
     data/<sha256>.parquet  content-addressed data files (see surgflow.data.datafiles)
-    cache/                 per-version segment tables derived on first read; safe to delete
+    cache/                 segments derived from runs written before runs stored them
 
 Publishing version N+1 writes the data files first, then links the manifest under its final
 name. ``os.link`` fails if the name exists, so of two writers racing for N+1 exactly one wins;
@@ -13,8 +13,10 @@ N+2. A crash before the link leaves orphaned data files (removed by :meth:`Datas
 and the old version; a crash after it leaves the complete new version.
 
 A child version lists its parent's data files plus one new run holding only the videos it
-changed, so a small commit costs O(change). Runs are merged like a binary counter (two runs
-of similar size become one), which keeps the number of files logarithmic in the commits.
+changed (their snapshots, resolved intervals and coalesced segments), so a small commit costs
+O(change) and nothing is rebuilt after it: readers query the runs' files in place (see
+:func:`surgflow.data.segments.relation`). Runs are merged like a binary counter (two runs of
+similar size become one), which keeps the number of files logarithmic in the commits.
 """
 
 from __future__ import annotations
@@ -33,10 +35,18 @@ import pyarrow.parquet as pq
 
 from surgflow.data import datafiles as df
 from surgflow.data.datafiles import DataFile, DatasetVideo
-from surgflow.data.labels import Interval, LabelEvent, check_event, coalesce, resolve
+from surgflow.data.labels import Interval, LabelEvent, Segment, check_event, coalesce, resolve
 from surgflow.data.manifest import Manifest, Stats, video_hash
 from surgflow.data.registry import VideoRecord
-from surgflow.data.segments import materialise_segments, merge_runs, read_latest
+from surgflow.data.segments import (
+    ORDER,
+    Relation,
+    derived_path,
+    merge_runs,
+    read_latest,
+    relation,
+    run_sql,
+)
 from surgflow.data.splits import split_of
 from surgflow.data.taxonomy import NAME_PATTERN, ProcedureCatalog
 from surgflow.errors import BadInput, ConflictError, NotFound
@@ -159,20 +169,15 @@ class DatasetStore:
         m = self.manifest(dataset, version)
         return read_latest(self.dataset_dir(dataset), m, "videos")
 
-    def segments_path(self, dataset: str, version: int | None = None) -> Path:
-        """A Parquet file with the version's ``segments`` rows (SPEC §6), made on first use."""
-        d = self.dataset_dir(dataset)
-        number = version if version is not None else self.latest_version(dataset)
-        path = d / "cache" / f"segments-{number or 0:06d}.parquet"
-        if number is None or not path.is_file():
-            m = self.manifest(dataset, number)  # NotFound for a version that does not exist
-            materialise_segments(d, m, path)
-        return path
+    def relation(self, dataset: str, version: int | None = None,
+                 kind: str = "segments") -> Relation:
+        """The version's ``segments`` (SPEC §6) or ``videos`` rows as SQL over its files."""
+        return relation(self.dataset_dir(dataset), self.manifest(dataset, version), kind)
 
     def segments_table(self, dataset: str, version: int | None = None) -> pa.Table:
         """Coalesced resolved intervals: dataset, version, video_id, start_frame, end_frame,
-        label, provenance, confidence (null for human labels)."""
-        return pq.read_table(self.segments_path(dataset, version))
+        label, provenance, confidence (null for human labels), by video and start frame."""
+        return run_sql(self.relation(dataset, version), ORDER["segments"])
 
     def find_videos(self, dataset: str, video_ids: list[str],
                     version: int | None = None) -> dict[str, DatasetVideo]:
@@ -282,8 +287,9 @@ class DatasetStore:
         after = resolve(before, new_events)
         stats = Stats(parent)
         changed: dict[str, DatasetVideo] = {}
+        segments: dict[str, list[Segment]] = {}
         for vid in touched:
-            new_segs = coalesce(after.get(vid, []))
+            new_segs = segments[vid] = coalesce(after.get(vid, []))
             if vid in known:
                 old = known[vid]
                 stats.add_labels(coalesce(before.get(vid, [])), old.content_hash, -1)
@@ -295,6 +301,7 @@ class DatasetStore:
             changed[vid] = DatasetVideo(**{**old.__dict__, "content_hash": h})
         new_run = {"videos": df.videos_table(list(changed.values())),
                    "intervals": df.intervals_table({v: after[v] for v in touched if after.get(v)}),
+                   "segments": df.segments_table(segments),
                    "events": df.events_table([(e.event_id, e.video_id) for e in new_events])}
         files = merge_runs(self.dataset_dir(dataset), list(parent.files) if parent else [],
                            new_run)
@@ -313,7 +320,7 @@ class DatasetStore:
     # ---- maintenance ---------------------------------------------------------------------
 
     def gc(self, grace_s: float = DEFAULT_GC_GRACE_S) -> dict:
-        """Remove data files no manifest references, temp files and stale caches.
+        """Remove data files no manifest references, temp files and caches of no current run.
 
         Returns counts and ``removed``, the removed paths relative to the datasets folder.
 
@@ -328,8 +335,9 @@ class DatasetStore:
         for d in sorted(p for p in self.root.iterdir() if p.is_dir() and _DATASET.match(p.name)):
             report["datasets"] += 1
             numbers = self._version_numbers(d.name)
-            referenced = {f.path for n in numbers for f in self.manifest(d.name, n).files}
-            keep_cache = f"segments-{numbers[-1]:06d}.parquet" if numbers else None
+            files = {f for n in numbers for f in self.manifest(d.name, n).files}
+            referenced = {f.path for f in files}
+            derived = {derived_path(d, f).name for f in files if f.kind == "intervals"}
             for sub in ("data", "cache", "versions"):
                 folder = d / sub
                 if not folder.is_dir():
@@ -339,7 +347,7 @@ class DatasetStore:
                     orphan = (
                         p.name.startswith(".tmp-")
                         or (sub == "data" and rel not in referenced)
-                        or (sub == "cache" and p.name != keep_cache)
+                        or (sub == "cache" and p.name not in derived)
                     )
                     st = p.stat()
                     if orphan and st.st_mtime < cutoff:

@@ -19,14 +19,17 @@ A video that appears in several sources is taken from the first source listed th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field, field_validator
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from surgflow.data.balancing import Balance, balance, check_params, shares
 from surgflow.data.clip_sampling import (
@@ -36,57 +39,82 @@ from surgflow.data.clip_sampling import (
     clip_starts,
     frame_step,
 )
+from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA
+from surgflow.data.segments import SEGMENT_COLUMNS, Relation
 from surgflow.data.taxonomy import NAME_PATTERN
 from surgflow.errors import BadInput, NotFound
 
 _SOURCE = re.compile(f"^(?P<dataset>{NAME_PATTERN})(?:@(?P<version>[1-9][0-9]*))?$")
-SEGMENT_COLUMNS = ("dataset", "version", "video_id", "start_frame", "end_frame", "label",
-                   "provenance", "confidence")
 
 
 class SegmentStore(Protocol):
     """What a view needs from the dataset store (:class:`surgflow.data.versions.DatasetStore`).
 
-    ``videos_table`` is the version's own snapshot of its videos (registry columns plus
-    ``path`` and ``split``), so a view of a version always reads what that version recorded.
+    ``relation(dataset, version, "videos")`` is the version's own snapshot of its videos
+    (registry columns plus ``path`` and ``split``), so a view of a version always reads what
+    that version recorded; ``relation(dataset, version)`` its ``segments``.
     """
 
     def latest_version(self, dataset: str) -> int | None: ...
 
-    def segments_table(self, dataset: str, version: int) -> pa.Table: ...
+    def relation(self, dataset: str, version: int | None = None,
+                 kind: str = "segments") -> Relation: ...
 
-    def videos_table(self, dataset: str, version: int) -> pa.Table: ...
 
+class ViewSpec(BaseModel):
+    """Which labelled clips to read (see the module docstring); a recipe's ``data`` section.
 
-class ViewSpec(BaseModel, frozen=True):
-    """A recipe's description of its data (see the module docstring)."""
+    Invalid values raise pydantic's ValidationError (a ValueError) naming the field, so that a
+    recipe's error names ``data.<field>``; unknown fields are refused.
+    """
 
-    sources: list[str] = Field(min_length=1)
-    filter: str | None = None
-    min_confidence: float | None = Field(None, ge=0.0, le=1.0)
-    split: Literal["train", "val", "test"] | None = None
-    balance: str = "none"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[str] = Field(
+        min_length=1, description='dataset versions to mix: "dataset@N" or "dataset" (latest)'
+    )
+    filter: str | None = Field(
+        default=None, description="SQL condition over each labelled segment joined with its video"
+    )
+    min_confidence: float | None = Field(
+        default=0.8, ge=0.0, le=1.0,
+        description="lowest confidence of a model label to keep; null: human labels only",
+    )
+    split: Literal["train", "val", "test"] | None = Field(
+        default=None, description="only the videos of this split; null: every split"
+    )
+    balance: str = Field(default="inverse_frequency", description="balancing strategy")
     balance_by: Literal["label", "source", "video"] = "label"
     balance_params: dict[str, float] = Field(default_factory=dict)
     clip: ClipSpec = ClipSpec()
-    seed: int = 0
+    seed: int = Field(default=0, description="seeds the order clips are sampled in")
 
     @field_validator("sources")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
         for s in v:
-            if not _SOURCE.match(s):
-                raise ValueError(f"source {s!r} must be 'dataset' or 'dataset@version'")
+            try:
+                parse_source(s)
+            except BadInput as e:
+                raise ValueError(str(e)) from None
         return v
 
     @field_validator("balance")
     @classmethod
     def _balance(cls, v: str) -> str:
-        check_params(v, {})
+        try:
+            check_params(v, {})
+        except BadInput as e:
+            raise ValueError(str(e)) from None
         return v
 
-    def model_post_init(self, _context: object) -> None:
-        check_params(self.balance, self.balance_params)
+    @model_validator(mode="after")
+    def _balance_params(self) -> ViewSpec:
+        try:
+            check_params(self.balance, self.balance_params)
+        except BadInput as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 @dataclass(frozen=True)
@@ -198,42 +226,24 @@ def resolve(
     ``procedure_labels`` maps a procedure to its taxonomy, which orders ``classes`` (labels of
     several procedures are concatenated in order of procedure name, each label once); without
     it, the labels present are sorted by name.
+
+    DuckDB selects the kept segments from the versions' files and streams them, by video, to
+    the clip arithmetic: memory follows the clips the view makes, not the datasets it reads.
     """
-    sources, segments, records = _select(spec, store)
-    return _clips(spec, sources, segments, records, procedure_labels)
+    with _Selection(spec, store) as sel:
+        return _clips(spec, sel, procedure_labels)
 
 
 def footprint(spec: ViewSpec, home: Path) -> tuple[int, set[str]]:
     """The labelled frames ``spec`` selects and the sources of their videos (no clips built):
     what data triggers compare between versions."""
-    import pyarrow.compute as pc
-
     from surgflow.data.versions import DatasetStore
 
-    _, segments, records = _select(spec, DatasetStore(home))
-    frames = pc.sum(pc.subtract(segments["end_frame"], segments["start_frame"])).as_py() or 0
-    videos = set(segments.column("video_id").to_pylist())
-    return int(frames), {str(records[v]["source"]) for v in videos}
-
-
-def _select(spec: ViewSpec,
-            store: SegmentStore) -> tuple[list[tuple[str, int]], pa.Table, dict[str, dict]]:
-    """The pinned sources, the segments the view keeps and the video records they name."""
-    sources, seg_tables, video_tables = [], [], []
-    for text in spec.sources:
-        dataset, version = pin_source(store, text)
-        sources.append((dataset, version))
-        seg_tables.append(store.segments_table(dataset, version).select(list(SEGMENT_COLUMNS)))
-        video_tables.append(store.videos_table(dataset, version))
-    segments = _first_source_wins(seg_tables)
-    records: dict[str, dict] = {}
-    for t in video_tables:
-        for row in t.to_pylist():
-            records.setdefault(row["video_id"], row)
-    missing = set(segments.column("video_id").to_pylist()) - set(records)
-    if missing:
-        raise NotFound(f"segments name videos missing from their version: {sorted(missing)[:5]}")
-    return sources, _keep(segments, records, spec), records
+    with _Selection(spec, DatasetStore(home)) as sel:
+        frames = sel.con.execute("SELECT sum(end_frame - start_frame) FROM kept").fetchone()[0]
+        sources = sel.con.execute("SELECT DISTINCT v.source FROM view_videos v "
+                                  "SEMI JOIN kept k USING (video_id)").fetchall()
+    return int(frames or 0), {str(r[0]) for r in sources}
 
 
 def resolve_view(spec: ViewSpec, home: Path) -> ResolvedView:
@@ -246,105 +256,133 @@ def resolve_view(spec: ViewSpec, home: Path) -> ResolvedView:
     return resolve(spec, DatasetStore(home), taxonomies)
 
 
-def _first_source_wins(tables: list[pa.Table]) -> pa.Table:
-    import pyarrow.compute as pc
+class _Selection:
+    """A sandboxed DuckDB connection over a view's pinned sources, with these views:
 
-    seen: set[str] = set()
-    kept = []
-    for t in tables:
-        ids = set(t.column("video_id").to_pylist())
-        if seen:
-            t = t.filter(pc.invert(pc.is_in(t["video_id"], pa.array(sorted(seen), pa.string()))))
-        kept.append(t)
-        seen |= ids
-    return pa.concat_tables(kept)
-
-
-VIDEO_COLUMNS = ("video_id", "uri", "sha256", "procedure", "source", "recorded_at", "num_frames",
-                 "fps", "width", "height", "split")
-
-
-def videos_table(records: dict[str, dict]) -> pa.Table:
-    """The ``videos`` table of ``surgflow data query`` (plus ``split``) for these videos."""
-    schema = pa.schema([("video_id", pa.string()), ("uri", pa.string()), ("sha256", pa.string()),
-                        ("procedure", pa.string()), ("source", pa.string()),
-                        ("recorded_at", pa.timestamp("us", tz="UTC")), ("num_frames", pa.int64()),
-                        ("fps", pa.float64()), ("width", pa.int64()), ("height", pa.int64()),
-                        ("split", pa.string())])
-    return pa.Table.from_pylist([{c: r.get(c) for c in VIDEO_COLUMNS} for r in records.values()],
-                                schema=schema)
-
-
-def _keep(segments: pa.Table, records: dict[str, dict], spec: ViewSpec) -> pa.Table:
-    """Rows the split, the confidence rule and the SQL filter keep."""
-    import pyarrow.compute as pc
-
-    if spec.split is not None:
-        in_split = [vid for vid, r in records.items() if r["split"] == spec.split]
-        segments = segments.filter(pc.is_in(segments["video_id"], pa.array(in_split, pa.string())))
-    human = pc.equal(segments["provenance"], "human")
-    if spec.min_confidence is None:
-        segments = segments.filter(human)
-    else:
-        confident = pc.greater_equal(segments["confidence"], spec.min_confidence)
-        segments = segments.filter(pc.or_(human, pc.fill_null(confident, False)))
-    if spec.filter:
-        segments = sql_filter(segments, videos_table(records), spec.filter)
-    return segments
-
-
-def sql_filter(segments: pa.Table, videos: pa.Table, expression: str) -> pa.Table:
-    """Rows of ``segments`` for which ``expression`` holds on the segment joined with its video.
-
-    DuckDB runs it read-only: one SELECT statement, no file system access.
+    - ``view_videos``: every video of the sources, from the first source that holds it, with
+      ``src`` (the source's index);
+    - ``videos``: the same with the columns of ``data query``'s ``videos`` table plus ``split``
+      (what a filter may name beside the segment columns);
+    - ``segments``: the segments of those videos, from that same source;
+    - ``kept``: the segments the split, the confidence rule and the SQL filter keep.
     """
-    import duckdb
 
-    from surgflow.data.sql import check_read_only, lock_down, one_line
+    def __init__(self, spec: ViewSpec, store: SegmentStore):
+        import duckdb
 
+        from surgflow.data.sql import check_read_only, lock_down, one_line
+
+        self.sources = [pin_source(store, text) for text in spec.sources]
+        rels = [(store.relation(d, v, "videos"), store.relation(d, v))
+                for d, v in self.sources]
+        self.con = con = duckdb.connect(config={"threads": 2})
+        try:
+            for i, (vid, seg) in enumerate(rels):
+                con.execute(f"CREATE VIEW vid_{i} AS {vid.sql}")
+                con.execute(f"CREATE VIEW seg_{i} AS {seg.sql}")
+            con.execute("CREATE VIEW view_videos AS " + " UNION ALL ".join(
+                f"SELECT *, {i} AS src FROM vid_{i}" + (
+                    " ANTI JOIN (" + " UNION ALL ".join(
+                        f"SELECT video_id FROM vid_{j}" for j in range(i)) + ") USING (video_id)"
+                    if i else "")
+                for i in range(len(rels))))
+            con.execute("CREATE VIEW segments AS " + " UNION ALL ".join(
+                f"SELECT s.* FROM seg_{i} s SEMI JOIN view_videos o "
+                f"ON s.video_id = o.video_id AND o.src = {i}" for i in range(len(rels))))
+            video_cols = ", ".join([*QUERY_VIDEOS_SCHEMA.names, "split"])
+            con.execute(f"CREATE VIEW videos AS SELECT {video_cols} FROM view_videos")
+            kept = _kept_sql(spec)
+            try:
+                check_read_only(kept)
+            except BadInput as e:
+                raise BadInput(f"view filter {spec.filter!r} must be one boolean expression "
+                               f"({e})") from e
+            con.execute(f"CREATE VIEW kept AS {kept}")
+            lock_down(con, sorted({f for pair in rels for r in pair for f in r.files}))
+            con.execute("SELECT * FROM kept LIMIT 0")  # a bad filter fails here, by name
+        except duckdb.Error as e:
+            con.close()
+            raise BadInput(f"view filter {spec.filter!r} failed: {one_line(e)}") from e
+        except BaseException:
+            con.close()
+            raise
+
+    def __enter__(self) -> _Selection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()
+
+    def records(self) -> dict[str, dict]:
+        """The snapshots of the videos ``kept`` names, with ``src``."""
+        t = self.con.sql("SELECT * FROM view_videos SEMI JOIN kept USING (video_id)"
+                             ).to_arrow_table()
+        return {r["video_id"]: r for r in t.to_pylist()}
+
+    def batches(self, rows: int = 1 << 16):
+        """``kept`` ordered by video and start frame, in Arrow record batches."""
+        return self.con.sql(
+            "SELECT video_id, start_frame, end_frame, label FROM kept "
+            "ORDER BY video_id, start_frame").to_arrow_reader(rows)
+
+
+def _kept_sql(spec: ViewSpec) -> str:
+    where = ["s.provenance = 'human'" if spec.min_confidence is None else
+             f"(s.provenance = 'human' OR s.confidence >= {float(spec.min_confidence)!r})"]
+    if spec.split is not None:
+        where.append(f"split = '{spec.split}'")
+    if spec.filter:
+        where.append(f"({spec.filter}\n)")
     cols = ", ".join(f"s.{c}" for c in SEGMENT_COLUMNS)
-    sql = (f"SELECT {cols} FROM segments s JOIN videos USING (video_id) WHERE ({expression})\n"
-           "ORDER BY s.video_id, s.start_frame")
-    try:
-        check_read_only(sql)
-    except BadInput as e:
-        raise BadInput(f"view filter {expression!r} must be one boolean expression ({e})") from e
-    con = duckdb.connect()
-    try:
-        con.register("segments", segments)
-        con.register("videos", videos)
-        lock_down(con)
-        return con.sql(sql).to_arrow_table().cast(segments.schema)
-    except duckdb.Error as e:
-        raise BadInput(f"view filter {expression!r} failed: {one_line(e)}") from e
-    finally:
-        con.close()
+    return (f"SELECT {cols} FROM segments s JOIN videos USING (video_id) WHERE "
+            + " AND ".join(where))
+
+
+def _video_runs(batches) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[str]]]:
+    """(video_id, starts, ends, labels) per video from batches ordered by video."""
+    carry: list[pa.RecordBatch] = []
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        ids = batch.column(0)
+        last = ids[batch.num_rows - 1].as_py()
+        if carry and carry[0].column(0)[0].as_py() != ids[0].as_py():
+            yield from _split_videos(pa.Table.from_batches(carry))
+            carry = []
+        if ids[0].as_py() == last:  # the whole batch is one video, maybe continued
+            carry.append(batch)
+            continue
+        first_of_last = pc.index(ids, last).as_py()
+        head, tail = batch.slice(0, first_of_last), batch.slice(first_of_last)
+        yield from _split_videos(pa.Table.from_batches([*carry, head]))
+        carry = [tail]
+    if carry:
+        yield from _split_videos(pa.Table.from_batches(carry))
+
+
+def _split_videos(t: pa.Table) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[str]]]:
+    if t.num_rows == 0:
+        return
+    ids = t.column(0).to_numpy(zero_copy_only=False)
+    starts = t.column(1).to_numpy()
+    ends = t.column(2).to_numpy()
+    labels = t.column(3).to_pylist()
+    cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+    for a, b in itertools.pairwise(cuts):
+        yield str(ids[a]), starts[a:b], ends[a:b], labels[a:b]
 
 
 def _clips(
     spec: ViewSpec,
-    sources: list[tuple[str, int]],
-    segments: pa.Table,
-    records: dict[str, dict],
+    sel: _Selection,
     procedure_labels: dict[str, tuple[str, ...]] | None,
 ) -> ResolvedView:
-    by_video: dict[str, list[tuple[int, int, str]]] = {}
-    origin: dict[str, tuple[str, int]] = {}
-    for row in segments.to_pylist():
-        by_video.setdefault(row["video_id"], []).append(
-            (row["start_frame"], row["end_frame"], row["label"])
-        )
-        origin[row["video_id"]] = (row["dataset"], row["version"])
-    classes = _classes(sorted({lbl for segs in by_video.values() for *_, lbl in segs}),
-                       [records[v]["procedure"] for v in by_video], procedure_labels)
-    class_index = {c: i for i, c in enumerate(classes)}
+    records = sel.records()
+    found: dict[str, int] = {}  # label -> index in order of first appearance
     view_videos: list[ViewVideo] = []
     vids, starts, labels = [], [], []
-    for vid in sorted(by_video):
+    for vid, seg_start, seg_end, seg_labels in _video_runs(sel.batches()):
         rec = records[vid]
-        segs = sorted(by_video[vid])
-        seg_start = np.array([s for s, _, _ in segs])
-        seg_end = np.array([e for _, e, _ in segs])
         step = frame_step(rec["fps"], spec.clip.fps)
         st = clip_starts(rec["num_frames"], spec.clip, step)
         centre = centre_frame(st, spec.clip, step)
@@ -352,19 +390,24 @@ def _clips(
         ok = (k >= 0) & (centre < seg_end[np.maximum(k, 0)])
         if not ok.any():
             continue
-        dataset, version = origin[vid]
+        dataset, version = sel.sources[rec["src"]]
         view_videos.append(ViewVideo(
             video_id=vid, path=rec["path"], sha256=rec["sha256"], fps=rec["fps"],
             num_frames=rec["num_frames"], width=rec["width"], height=rec["height"],
             procedure=rec["procedure"], source=rec["source"], split=rec["split"],
             dataset=dataset, version=version,
         ))
+        local = np.array([found.setdefault(lbl, len(found)) for lbl in seg_labels],
+                         dtype=np.int64)
         vids.append(np.full(int(ok.sum()), len(view_videos) - 1, dtype=np.int64))
         starts.append(st[ok])
-        labels.append(np.array([class_index[segs[j][2]] for j in k[ok]], dtype=np.int64))
+        labels.append(local[k[ok]])
+    classes = _classes(sorted(found), [v.procedure for v in view_videos], procedure_labels)
+    class_index = {c: i for i, c in enumerate(classes)}
+    to_class = np.array([class_index[lbl] for lbl in found], dtype=np.int64)
     video = np.concatenate(vids) if vids else np.zeros(0, dtype=np.int64)
     start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
-    label = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    label = to_class[np.concatenate(labels)] if labels else np.zeros(0, dtype=np.int64)
     keys = _balance_keys(spec.balance_by, video, label, view_videos, classes)
     bal = balance(keys, spec.balance, **spec.balance_params)
     label_names = [classes[i] for i in label]
@@ -372,7 +415,7 @@ def _clips(
     achieved = shares(label_names, bal.weights)
     label_shares = {c: {"natural": natural[c], "achieved": achieved[c]} for c in sorted(natural)}
     return ResolvedView(
-        spec=spec, sources=sources, videos=view_videos, classes=classes, video=video,
+        spec=spec, sources=sel.sources, videos=view_videos, classes=classes, video=video,
         start=start, label=label, weights=bal.weights, balance=bal, label_shares=label_shares,
     )
 
