@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.feedback_helpers import SURGFLOW
 from tests.training_helpers import labelled_home
 
 pytestmark = pytest.mark.integration
@@ -22,8 +23,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / ".venv/bin/surgflow"), *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=cwd)
+    # the entry point of the environment running the tests, wherever that is
+    return subprocess.run([SURGFLOW, *args], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=cwd)
 
 
 def test_train_command_runs_the_flow_and_publishes_epoch_artifacts(
