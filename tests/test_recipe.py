@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from surgflow.errors import ConfigError
+from surgflow.data.views import ViewSpec, parse_source
+from surgflow.errors import BadInput, ConfigError
+from surgflow.training.data import view_spec
 from surgflow.training.recipe import load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,9 +59,39 @@ def test_unknown_field_lists_the_allowed_fields():
 
 
 def test_missing_and_malformed_sources():
-    assert "'data' is required" in bad(data=None) or "'data'" in bad(data=None)
-    msg = bad(data={"sources": ["Cholec@latest"]})
-    assert "'data.sources'" in msg and "dataset@N" in msg
+    with pytest.raises(ConfigError) as e:
+        parse_recipe({"name": "r"}, origin="recipe test.yaml")
+    assert str(e.value) == "recipe test.yaml: field 'data' is required"
+    with pytest.raises(BadInput) as grammar:  # the one grammar of dataset references
+        parse_source("Cholec@latest")
+    assert bad(data={"sources": ["Cholec@latest"]}) == (
+        f"recipe test.yaml: field 'data.sources': {grammar.value} (got ['Cholec@latest'])")
+
+
+def test_the_data_section_is_the_view_on_the_recipes_clip_and_seed():
+    r = parse_recipe({**MINIMAL, "clip": {"frames": 4, "size": 64}, "optim": {"seed": 5}})
+    assert type(r.data) is ViewSpec
+    assert r.data == ViewSpec(sources=["cholecystectomy"], clip=r.clip, seed=5)
+    assert (r.data.min_confidence, r.data.balance, r.data.split) == (0.8, "inverse_frequency",
+                                                                      None)
+    train, val = (view_spec(r, ["cholecystectomy@2"], s) for s in ("train", "val"))
+    assert train == r.data.model_copy(update={"sources": ["cholecystectomy@2"], "split": "train"})
+    assert (val.split, val.balance, val.balance_params) == ("val", "none", {})
+    dumped = r.model_dump(mode="json")
+    assert dumped["data"] == {"sources": ["cholecystectomy"], "filter": None,
+                              "min_confidence": 0.8, "balance": "inverse_frequency",
+                              "balance_by": "label", "balance_params": {}}
+    assert parse_recipe(dumped) == r
+
+
+def test_the_data_section_refuses_what_the_recipe_sets_elsewhere():
+    sources = ["cholecystectomy"]
+    assert bad(data={"sources": sources, "clip": {"frames": 4}}) == (
+        "recipe test.yaml: field 'data': 'clip' is not set in a recipe's data section: the "
+        "view's clip is the recipe's top-level 'clip' (got a mapping)")
+    assert bad(data={"sources": sources, "sourcez": ["x"]}) == (
+        "recipe test.yaml: field 'data.sourcez' is not allowed here; allowed: balance, "
+        "balance_by, balance_params, filter, min_confidence, sources")
 
 
 def test_unknown_balancing_strategy_lists_known_ones():

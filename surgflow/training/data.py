@@ -41,17 +41,16 @@ def pin_sources(sources: list[str], home: Path) -> list[str]:
 
 
 def view_spec(
-    recipe: Any, sources: list[str], split: str, clip: ClipSpec | None = None
+    recipe: Any, sources: list[str], split: str | None, clip: ClipSpec | None = None
 ) -> ViewSpec:
-    """The view of ``split``: the recipe's balancing applies to training clips only."""
-    d = recipe.data
-    train = split == "train"
-    return ViewSpec(
-        sources=sources, filter=d.filter, min_confidence=d.min_confidence, split=split,
-        balance=d.balance if train else "none", balance_by=d.balance_by,
-        balance_params=d.balance_params if train else {}, clip=clip or recipe.clip,
-        seed=recipe.optim.seed,
-    )
+    """The recipe's view (``recipe.data``) over ``sources``, of ``split`` (None: every split),
+    on ``clip`` (default the recipe's); its balancing applies to training clips only."""
+    update: dict[str, Any] = {"sources": sources, "split": split}
+    if clip is not None:
+        update["clip"] = clip
+    if split != "train":
+        update |= {"balance": "none", "balance_params": {}}
+    return recipe.data.model_copy(update=update)
 
 
 def resolve(recipe: Any, sources: list[str], split: str, home: Path,

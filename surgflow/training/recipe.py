@@ -20,10 +20,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from surgflow.data.clip_sampling import ClipSpec
-from surgflow.errors import BadInput, ConfigError, describe_validation, dotted
+from surgflow.data.views import ViewSpec
+from surgflow.errors import ConfigError, describe_validation, dotted
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -64,63 +74,6 @@ class _Reusable(_Strict):
     @property
     def reused(self) -> bool:
         return self.from_ is not None
-
-
-class DataSpec(_Strict):
-    """Which labelled videos to train on: dataset versions to mix, filtered and balanced.
-
-    The fields are those of a dataset view (:class:`surgflow.data.views.ViewSpec`); training
-    uses the view's ``train`` split and validates on its ``val`` split.
-    """
-
-    sources: list[str] = Field(
-        min_length=1, description='dataset versions to mix: "dataset@N" or "dataset" (latest)'
-    )
-    filter: str | None = Field(
-        default=None, description="SQL condition over each labelled segment joined with its video"
-    )
-    min_confidence: float | None = Field(
-        default=0.8, ge=0.0, le=1.0,
-        description="lowest confidence of a model label to train on; null: human labels only",
-    )
-    balance: str = Field(default="inverse_frequency", description="balancing strategy")
-    balance_by: Literal["label", "source", "video"] = "label"
-    balance_params: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, v: list[str]) -> list[str]:
-        from surgflow.data.views import parse_source
-
-        for s in v:
-            try:
-                parse_source(s)
-            except BadInput:
-                raise ValueError(f"source {s!r} must be 'dataset' or 'dataset@N' (N ≥ 1)") from None
-        return v
-
-    @field_validator("balance")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        from surgflow.data.balancing import get_strategy
-        from surgflow.errors import BadInput
-
-        try:
-            get_strategy(v)
-        except BadInput as e:
-            raise ValueError(str(e)) from None
-        return v
-
-    @model_validator(mode="after")
-    def _balancing(self) -> DataSpec:
-        from surgflow.data.balancing import check_params
-        from surgflow.errors import BadInput
-
-        try:
-            check_params(self.balance, self.balance_params)
-        except BadInput as e:
-            raise ValueError(str(e)) from None
-        return self
 
 
 class ModelSpec(_Reusable):
@@ -321,18 +274,30 @@ class TriggerSpec(_Strict):
     new_source: bool = Field(default=False, description="retrain when a new source appears")
 
 
+# Fields of a view that a recipe's data section does not set, and why.
+_SET_BY_RECIPE = {
+    "split": "training reads the train split and validates on the val split",
+    "clip": "the view's clip is the recipe's top-level 'clip'",
+    "seed": "the view's seed is the recipe's 'optim.seed'",
+}
+
+
 class Recipe(_Strict):
+    """A training recipe. ``data`` is the view it trains on (every split): the data section as
+    written, with the recipe's ``clip`` and ``optim.seed``."""
+
     name: str
     procedure: str = "cholecystectomy"
     description: str = ""
-    data: DataSpec
+    # clip and optim come before data: validating data reads them
     clip: ClipSpec = Field(
         default_factory=lambda: ClipSpec(frames=8, stride=1, fps=5, size=112)
     )
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    data: ViewSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     temporal: TemporalSpec | None = None
-    optim: OptimSpec = Field(default_factory=OptimSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     triggers: TriggerSpec = Field(default_factory=TriggerSpec)
@@ -345,6 +310,29 @@ class Recipe(_Strict):
                 f"name {v!r} must be 1-64 lowercase letters, digits, '.', '-' or '_'"
             )
         return v
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_section(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key, why in _SET_BY_RECIPE.items():
+                if key in v:
+                    raise ValueError(f"'{key}' is not set in a recipe's data section: {why}")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _view(cls, v: ViewSpec, info: ValidationInfo) -> ViewSpec:
+        clip, optim = info.data.get("clip"), info.data.get("optim")
+        if clip is None or optim is None:
+            return v  # the recipe is invalid already, and its errors name clip or optim
+        return v.model_copy(update={"clip": clip, "seed": optim.seed})
+
+    @field_serializer("data", mode="wrap")
+    def _data_as_written(self, v: ViewSpec, handler: Any) -> Any:
+        # what the recipe sets elsewhere is stored there only, so a dumped recipe reloads
+        out = handler(v)
+        return {k: x for k, x in out.items() if k not in _SET_BY_RECIPE}
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -436,4 +424,5 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
         if not nested:
             return []
         model = nested[0]
-    return sorted(model.model_fields)
+    hidden = _SET_BY_RECIPE if model is ViewSpec else {}
+    return sorted(f for f in model.model_fields if f not in hidden)
