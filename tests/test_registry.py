@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.synthetic import SyntheticVideo, generate_video
-from surgflow.data.video import probe, resolve_video_uri, sha256_file
+from surgflow.data.video import VideoInfo, probe, resolve_video_uri, sha256_file
 from surgflow.errors import ConflictError, UnknownName, UnsafeURI, VideoError
 
 
@@ -123,3 +124,24 @@ def test_probe_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "dir.mp4").mkdir()
     with pytest.raises(VideoError, match="not a regular file"):
         probe(tmp_path / "dir.mp4")
+
+
+def test_a_record_is_the_probed_facts_plus_the_registration_and_old_records_load(
+    registry: VideoRegistry, tmp_path: Path
+) -> None:
+    v = generate_video(tmp_path / "case-9.mp4", seed=3, duration_s=2, width=64, height=64)
+    rec = registry.register(str(v.path), procedure="cholecystectomy", source="s").record
+    assert isinstance(rec, VideoInfo) and rec.size_bytes == v.path.stat().st_size
+    info = probe(v.path)
+    assert {k: getattr(rec, k) for k in VideoInfo.model_fields} == dict(info)
+    stored = json.loads((registry.root / "case-9.json").read_text())
+    assert stored["duration_s"] == info.duration_s  # the file keeps the layout it always had
+    # a record as registries wrote it before (duration_s stored, fields in this order)
+    old = {"video_id": "case-8", "uri": "/v/case-8.mp4", "path": "/v/case-8.mp4",
+           "sha256": "ab" * 32, "size_bytes": 10, "procedure": "cholecystectomy", "source": "s",
+           "recorded_at": None, "num_frames": 50, "fps": 25.0, "width": 64, "height": 48,
+           "duration_s": 2.0, "registered_at": "2026-11-20T10:00:00Z"}
+    (registry.root / "case-8.json").write_text(json.dumps(old))
+    got = registry.get("case-8")
+    assert got.model_dump(mode="json") | {"registered_at": old["registered_at"]} == old
+

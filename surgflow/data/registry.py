@@ -25,23 +25,23 @@ from surgflow.storage import json_bytes, write_exclusive
 VIDEO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class VideoRecord(BaseModel, frozen=True):
-    """A registered video (the ``videos`` table of ``surgflow data query``)."""
+class VideoRecord(VideoInfo):
+    """A registered video (the ``videos`` table of ``surgflow data query``): who it is, where it
+    lies, its content hash, its procedure and source, and what probing it found.
+
+    ``size_bytes`` and ``registered_at`` are the registry's own bookkeeping; a dataset
+    version's snapshot of the record does not keep them (None there).
+    """
 
     video_id: str
     uri: str
     path: str
     sha256: str
-    size_bytes: int
     procedure: str
     source: str
     recorded_at: datetime | None
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-    duration_s: float
-    registered_at: datetime
+    size_bytes: int | None = None
+    registered_at: datetime | None = None
 
 
 class QuarantineEntry(BaseModel, frozen=True):
@@ -126,6 +126,7 @@ class VideoRegistry:
         if existing is not None:
             return self._same_or_conflict(existing, digest, procedure)
         record = VideoRecord(
+            **dict(info),
             video_id=video_id,
             uri=uri,
             path=str(path),
@@ -134,11 +135,6 @@ class VideoRegistry:
             procedure=procedure,
             source=source,
             recorded_at=recorded_at,
-            num_frames=info.num_frames,
-            fps=info.fps,
-            width=info.width,
-            height=info.height,
-            duration_s=info.duration_s,
             registered_at=datetime.now(UTC),
         )
         if write_exclusive(self._record_path(video_id), json_bytes(record.model_dump(mode="json"))):

@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from surgflow.errors import UnsafeURI, VideoError
 
 HASH_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    """What probing a video found out."""
+class VideoInfo(BaseModel):
+    """What probing a video file finds out: frame count, frame rate and frame size.
+
+    Every other record of a video is this plus what it adds: the registered record
+    (:class:`surgflow.data.registry.VideoRecord`), a video the loader reads
+    (:class:`surgflow.data.clips.ClipVideo`), a synthetic video with its ground truth.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     num_frames: int
     fps: float
     width: int
     height: int
 
+    @computed_field
     @property
     def duration_s(self) -> float:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
