@@ -145,3 +145,18 @@ def test_a_record_is_the_probed_facts_plus_the_registration_and_old_records_load
     got = registry.get("case-8")
     assert got.model_dump(mode="json") | {"registered_at": old["registered_at"]} == old
 
+
+def test_a_dataset_snapshot_wraps_the_record_and_reads_back_from_its_data_file(
+    registry: VideoRegistry, tmp_path: Path
+) -> None:
+    from surgflow.data.datafiles import DatasetVideo, table_videos, videos_table
+
+    v = generate_video(tmp_path / "case-7.mp4", seed=4, duration_s=2, width=64, height=64)
+    rec = registry.register(str(v.path), procedure="cholecystectomy", source="s").record
+    snap = DatasetVideo(record=rec, split="val", content_hash="c0")
+    assert (snap.video_id, snap.num_frames, snap.split) == (rec.video_id, rec.num_frames, "val")
+    (back,) = table_videos(videos_table([snap])).values()
+    kept = rec.model_dump(exclude={"size_bytes", "registered_at"})
+    assert back.record.model_dump(exclude={"size_bytes", "registered_at"}) == kept
+    assert (back.split, back.content_hash, back.record.registered_at) == ("val", "c0", None)
+    assert DatasetVideo(**back.__dict__) == back

@@ -18,16 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from surgflow.data.labels import Interval, Segment
+from surgflow.data.registry import VideoRecord
 from surgflow.storage import write_exclusive
 
 Kind = Literal["videos", "intervals", "segments", "events"]
@@ -89,23 +89,34 @@ def group_runs(files: list[DataFile]) -> list[dict[str, DataFile]]:
     return out
 
 
-@dataclass(frozen=True)
-class DatasetVideo:
-    """A video as a dataset version holds it: the registry snapshot plus split and hash."""
+class DatasetVideo(BaseModel):
+    """A video as a dataset version holds it: the registry record it was committed with, the
+    split it belongs to and the hash of its labelled content.
 
-    video_id: str
-    uri: str
-    path: str
-    sha256: str
-    procedure: str
-    source: str
-    recorded_at: datetime | None
-    num_frames: int
-    fps: float
-    width: int
-    height: int
+    The record's fields read through: ``snapshot.num_frames`` is ``snapshot.record.num_frames``.
+    A ``videos`` file keeps the record's columns (not the registry's ``size_bytes`` and
+    ``registered_at``) beside ``split`` and ``content_hash``; such a flat row builds a snapshot.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    record: VideoRecord
     split: str
     content_hash: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "record" not in data:
+            own = cls.model_fields.keys() - {"record"}
+            return {"record": {k: v for k, v in data.items() if k not in own},
+                    **{k: v for k, v in data.items() if k in own}}
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "record":
+            return super().__getattr__(name)
+        return getattr(self.record, name)
 
 
 def videos_table(videos: list[DatasetVideo]) -> pa.Table:
