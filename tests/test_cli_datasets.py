@@ -81,6 +81,7 @@ def test_unknown_dataset_or_version_exits_2(two_versions):
     assert "no version yet" in bad_input("data", "versions", "appendectomy")
     assert "no version 9" in bad_input("data", "show", f"{DS}@9")
     assert "DATASET@VERSION" in bad_input("data", "show", f"{DS}@latest")
+    assert "DATASET@VERSION" in bad_input("data", "show", f"{DS}@01")  # as recipes refuse it
 
 
 def test_query_returns_rows_and_rejects_writes(two_versions):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from surgflow.data.views import ViewSpec, parse_source
+from surgflow.data.versions import parse_ref
+from surgflow.data.views import ViewSpec
 from surgflow.errors import BadInput, ConfigError
 from surgflow.training.data import view_spec
 from surgflow.training.recipe import load_recipe, parse_recipe
@@ -64,7 +65,7 @@ def test_missing_and_malformed_sources():
         parse_recipe({"name": "r"}, origin="recipe test.yaml")
     assert str(e.value) == "recipe test.yaml: field 'data' is required"
     with pytest.raises(BadInput) as grammar:  # the one grammar of dataset references
-        parse_source("Cholec@latest")
+        parse_ref("Cholec@latest")
     assert bad(data={"sources": ["Cholec@latest"]}) == (
         f"recipe test.yaml: field 'data.sources': {grammar.value} (got ['Cholec@latest'])")
 

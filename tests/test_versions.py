@@ -388,3 +388,18 @@ def test_versions_written_before_runs_stored_segments_still_read_and_merge(store
     assert len(removed) == 2 and all(r.startswith(f"{DS}/data/") for r in removed)
     assert sorted(p.name for p in (store.root / DS / "cache").iterdir()) == cache  # in use
     assert store.segments_table(DS, 2).to_pylist() == want
+
+
+@pytest.mark.parametrize("text", [f"{DS}@0", f"{DS}@01", "Cholecystectomy@1", f"{DS}@latest",
+                                  f"{DS}@", "@1", f"{DS}@1@2", "chole cystectomy"])
+def test_one_grammar_for_dataset_refs_in_commands_and_recipes(text):
+    """``data show`` and a recipe's data sources refuse the same texts, with the same reason."""
+    from pydantic import ValidationError
+
+    from surgflow.data.views import ViewSpec
+
+    with pytest.raises(BadInput) as refused:
+        parse_ref(text)
+    with pytest.raises(ValidationError) as invalid:
+        ViewSpec(sources=[text])
+    assert str(refused.value) in str(invalid.value)

@@ -180,7 +180,7 @@ def test_bad_specs_name_the_problem(labelled):
     home, _, _ = labelled
     with pytest.raises(ValueError, match="known: cap_per_class, effective_number"):
         ViewSpec(sources=["cholecystectomy"], balance="oversample")
-    with pytest.raises(ValueError, match="dataset@version"):
+    with pytest.raises(ValueError, match="DATASET@VERSION"):
         ViewSpec(sources=["cholecystectomy@latest"])
     with pytest.raises(ValueError, match="takes cap"):
         ViewSpec(sources=["cholecystectomy"], balance="cap_per_class", balance_params={"beta": 1})

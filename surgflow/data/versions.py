@@ -84,12 +84,18 @@ class DatasetState:
     offsets: dict[str, int]
 
 
+_REF = re.compile(f"^(?P<dataset>{NAME_PATTERN})(?:@(?P<version>[1-9][0-9]*))?$")
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``"dataset"`` or ``"dataset@version"`` -> (dataset, version or None); BadInput if bad."""
-    name, sep, version = ref.partition("@")
-    if sep and not version.isdigit():
-        raise BadInput(f"expected DATASET or DATASET@VERSION with a positive integer, got {ref!r}")
-    return name, int(version) if sep else None
+    """``"dataset"`` or ``"dataset@version"`` -> (dataset, version or None); BadInput if bad.
+
+    The one grammar of dataset references, for commands and recipes alike."""
+    m = _REF.match(ref) if isinstance(ref, str) else None
+    if not m:
+        raise BadInput(f"expected DATASET or DATASET@VERSION (a dataset name of lowercase "
+                       f"letters, digits, '-' or '_'; a version 1, 2, ...), got {ref!r}")
+    return m["dataset"], int(m["version"]) if m["version"] else None
 
 
 class DatasetStore:

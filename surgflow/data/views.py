@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +40,8 @@ from surgflow.data.clip_sampling import (
 )
 from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA
 from surgflow.data.segments import SEGMENT_COLUMNS, Relation
-from surgflow.data.taxonomy import NAME_PATTERN
+from surgflow.data.versions import parse_ref
 from surgflow.errors import BadInput, NotFound
-
-_SOURCE = re.compile(f"^(?P<dataset>{NAME_PATTERN})(?:@(?P<version>[1-9][0-9]*))?$")
 
 
 class SegmentStore(Protocol):
@@ -94,7 +91,7 @@ class ViewSpec(BaseModel):
     def _sources(cls, v: list[str]) -> list[str]:
         for s in v:
             try:
-                parse_source(s)
+                parse_ref(s)
             except BadInput as e:
                 raise ValueError(str(e)) from None
         return v
@@ -199,16 +196,9 @@ class ResolvedView:
         }
 
 
-def parse_source(text: str) -> tuple[str, int | None]:
-    m = _SOURCE.match(text)
-    if not m:
-        raise BadInput(f"source {text!r} must be 'dataset' or 'dataset@version'")
-    return m["dataset"], int(m["version"]) if m["version"] else None
-
-
 def pin_source(store: SegmentStore, text: str) -> tuple[str, int]:
     """``dataset@N`` → (dataset, N); a bare ``dataset`` → its latest version (NotFound if none)."""
-    dataset, version = parse_source(text)
+    dataset, version = parse_ref(text)
     if version is None:
         version = store.latest_version(dataset)
         if version is None:

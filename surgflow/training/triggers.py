@@ -103,9 +103,9 @@ def trained_footprint(recipe: Recipe, home: Path) -> Footprint | None:
 
 def uses_dataset(recipe: Recipe, dataset: str) -> bool:
     """Whether ``recipe``'s view mixes (some version of) ``dataset``."""
-    from surgflow.data.views import parse_source
+    from surgflow.data.versions import parse_ref
 
-    return any(parse_source(s)[0] == dataset for s in recipe.data.sources)
+    return any(parse_ref(s)[0] == dataset for s in recipe.data.sources)
 
 
 class TriggerLedger:
