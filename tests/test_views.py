@@ -95,6 +95,21 @@ def test_sql_filter_on_videos_and_segments(labelled):
     assert all(v.width >= 200 for v in view.videos) and view.videos
 
 
+def test_a_view_filter_sees_the_column_types_data_query_shows(labelled):
+    """One ``videos`` schema: a filter written against ``data query``'s types keeps rows."""
+    from surgflow.data.query import query
+
+    home, _, _ = labelled
+    types = query(home, "SELECT DISTINCT typeof(width) AS w, typeof(recorded_at) AS t, "
+                        "typeof(num_frames) AS n FROM videos")
+    assert types == [{"w": "INTEGER", "t": "TIMESTAMP WITH TIME ZONE", "n": "BIGINT"}]
+    typed = ("typeof(width) = 'INTEGER' AND typeof(recorded_at) = 'TIMESTAMP WITH TIME ZONE' "
+             "AND typeof(num_frames) = 'BIGINT'")
+    every = resolve_view(ViewSpec(sources=["cholecystectomy"], clip=CLIP), home)
+    same = resolve_view(ViewSpec(sources=["cholecystectomy"], clip=CLIP, filter=typed), home)
+    assert len(same) == len(every) > 0
+
+
 @pytest.mark.parametrize("bad,match", [
     ("source = 'a'; DROP TABLE segments", "one boolean expression|not valid SQL"),
     ("sourze = 'a'", "failed"),
