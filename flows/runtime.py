@@ -22,6 +22,8 @@ from surgflow.errors import ConfigError
 from surgflow.processes import free_port, terminate
 from surgflow.services import Launch, Supervisor, start
 
+NAME, POLL_S = "prefect server", 0.5
+
 
 @dataclass
 class ServerProcess:
@@ -63,9 +65,6 @@ def _launch(prefect_home: Path, port: int | None = None) -> Launch:
 
 def _healthy(record: dict) -> bool:
     return healthy(str(record.get("api_url", "")))
-
-
-NAME, POLL_S = "prefect server", 0.5
 
 
 def start_server(prefect_home: Path, *, port: int | None = None,
