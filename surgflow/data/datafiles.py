@@ -15,6 +15,7 @@ sha256 of their bytes and written with the no-overwrite primitive, so a data fil
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 from collections import defaultdict
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -188,8 +190,26 @@ def write_data_file(dataset_dir: Path, kind: Kind, table: pa.Table, run: int) ->
 def read_data_file(
     dataset_dir: Path, f: DataFile, column: str | None = None, values: list[str] | None = None
 ) -> pa.Table:
-    """Read a data file, optionally only the rows whose ``column`` is in ``values``."""
+    """Read a data file, optionally only the rows whose ``column`` is in ``values``.
+
+    Files are sorted by that column (``video_id``, or ``event_id`` for events), so only the
+    row groups whose min/max statistics can hold one of ``values`` are read.
+    """
     path = dataset_dir / f.path
     if column is None:
         return pq.read_table(path, schema=SCHEMAS[f.kind])
-    return pq.read_table(path, schema=SCHEMAS[f.kind], filters=[(column, "in", values)])
+    wanted = sorted(set(values or ()))
+    pf = pq.ParquetFile(path)
+    index = pf.schema_arrow.get_field_index(column)
+    groups = []
+    for g in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(g).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            groups.append(g)
+            continue
+        i = bisect.bisect_left(wanted, stats.min)
+        if i < len(wanted) and wanted[i] <= stats.max:
+            groups.append(g)
+    table = pf.read_row_groups(groups).cast(SCHEMAS[f.kind]) if groups else SCHEMAS[
+        f.kind].empty_table()
+    return table.filter(pc.is_in(table.column(column), value_set=pa.array(wanted, pa.string())))
