@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from surgflow.data.segments import ORDER, Relation, run_sql
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
 from surgflow.errors import BadInput, NotFound
@@ -79,10 +80,12 @@ def suite_of(home: Path, dataset: str, version: int) -> FieldSuite:
     store.manifest(dataset, version)  # NotFound naming what exists
     labels = ProcedureCatalog(home).get(dataset).labels
     index = {lbl: i for i, lbl in enumerate(labels)}
-    records = {r["video_id"]: r for r in store.videos_table(dataset, version).to_pylist()
-               if r["split"] != "train"}
-    segments = [s for s in store.segments_table(dataset, version).to_pylist()
-                if s["provenance"] == "human" and s["video_id"] in records]
+    vids, segs = store.relation(dataset, version, "videos"), store.relation(dataset, version)
+    held_out = f"SELECT * FROM ({vids.sql}) WHERE split <> 'train'"
+    records = {r["video_id"]: r for r in run_sql(Relation(held_out, vids.files)).to_pylist()}
+    segments = run_sql(Relation(
+        f"SELECT s.* FROM ({segs.sql}) s SEMI JOIN ({held_out}) v USING (video_id) "
+        "WHERE s.provenance = 'human'", segs.files), ORDER["segments"]).to_pylist()
     truth: dict[str, np.ndarray] = {}
     for s in segments:
         rec = records[s["video_id"]]
