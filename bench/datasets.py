@@ -68,8 +68,7 @@ def make_videos(out: Path, n: int, seconds: float) -> list[ClipVideo]:
         generate_video(path, seed=100 + i, duration_s=seconds, fps=25, width=224, height=224,
                        gop=250)
         info = probe(path)
-        videos.append(ClipVideo(path.stem, str(path), info.fps, info.num_frames, info.width,
-                                info.height))
+        videos.append(ClipVideo.of(path, info))
     return videos
 
 
@@ -152,7 +151,7 @@ def with_proxies(videos: list[ClipVideo], store: ProxyStore, spec: ClipSpec,
     out = []
     for v in videos:
         proxy = store.ensure(v.path, sha256_file(v.path), ProxySpec.for_clip(spec, v.fps, gop))
-        out.append(ClipVideo(v.video_id, v.path, v.fps, v.num_frames, v.width, v.height, proxy))
+        out.append(v.model_copy(update={"proxy": proxy}))
     return out, time.perf_counter() - t
 
 

@@ -179,7 +179,7 @@ def test_decode_failure_is_retried_then_names_the_video_and_frame(tmp_path: Path
     src = generate_video(tmp_path / "src.mp4", seed=1, duration_s=8, width=64, height=64, gop=25)
     bad = tmp_path / "case-broken.mp4"
     _corrupt(src.path, bad)
-    video = ClipVideo("case-broken", str(bad), 25.0, src.num_frames, 64, 64)
+    video = ClipVideo.of(bad, src, "case-broken")
     spec = ClipSpec(frames=4, stride=10, size=32)
     ds = ClipDataset([video], [0, 0], [0, 90], [0, 0], spec)
     assert ds[0]["clip"].shape == (3, 4, 32, 32)  # the intact part still decodes
@@ -198,7 +198,8 @@ def test_decode_failure_names_the_first_frame_missing_from_a_shortened_file(tmp_
     src = generate_video(tmp_path / "short.mp4", seed=2, duration_s=8, width=64, height=64)
     assert src.num_frames == 200
     # the file was replaced by a shorter one after it was registered with 300 frames
-    video = ClipVideo("case-short", str(src.path), 25.0, 300, 64, 64)
+    video = ClipVideo(video_id="case-short", path=str(src.path), fps=25.0, num_frames=300,
+                      width=64, height=64)
     ds = ClipDataset([video], [0], [180], [0], ClipSpec(frames=4, stride=10, size=32))
     with pytest.raises(DecodeError, match=r"'case-short' .* cannot decode frame 200 of clip "
                                           r"frames 180\.\.210 after 3 attempts"):
@@ -214,7 +215,7 @@ def test_one_hour_video_loads_with_memory_bounded_by_the_clip(tmp_path: Path):
     hour = generate_video(tmp_path / "hour.mp4", seed=5, duration_s=3600, width=64, height=64,
                           fps=25)
     assert hour.num_frames == 90_000
-    video = ClipVideo("hour", str(hour.path), 25.0, hour.num_frames, 64, 64)
+    video = ClipVideo.of(hour.path, hour, "hour")
     spec = ClipSpec(frames=16, size=64)
     starts = np.linspace(0, hour.num_frames - 16, 120).astype(np.int64)
     ds = ClipDataset([video], np.zeros(len(starts)), starts, np.zeros(len(starts)), spec)

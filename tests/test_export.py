@@ -304,4 +304,4 @@ def test_parity_holds_for_every_registered_architecture(name, golden_video, tmp_
 def _as_clip_video(path: Path, info):
     from surgflow.data.clips import ClipVideo
 
-    return ClipVideo(path.stem, str(path), info.fps, info.num_frames, info.width, info.height)
+    return ClipVideo.of(path, info)

@@ -87,7 +87,7 @@ def test_loader_reads_the_proxy_only_when_the_clip_spec_allows(tmp_path: Path, o
     store = ProxyStore(tmp_path)
     sha = sha256_file(original.path)
     proxy = store.ensure(original.path, sha, ProxySpec(step=25, short_side=64))
-    video = ClipVideo("case-p", str(original.path), 25.0, original.num_frames, 160, 128, proxy)
+    video = ClipVideo.of(original.path, original, "case-p", proxy)
     reader = FrameReader()
     one_fps = np.array([0, 25, 50, 75])
     assert reader.source_for(video, one_fps, 64)[0] == proxy.path
@@ -98,8 +98,8 @@ def test_loader_reads_the_proxy_only_when_the_clip_spec_allows(tmp_path: Path, o
 
     spec = ClipSpec(frames=4, stride=1, fps=1, size=64)
     with_proxy = ClipDataset([video], [0], [25], [0], spec)
-    without = ClipDataset([ClipVideo("case-p", str(original.path), 25.0, original.num_frames,
-                                     160, 128)], [0], [25], [0], spec)
+    without = ClipDataset([ClipVideo.of(original.path, original, "case-p")], [0], [25], [0],
+                          spec)
     a, b = with_proxy[0], without[0]
     assert (a["start_frame"], a["end_frame"]) == (25, 101)
     assert a["clip"].shape == b["clip"].shape == (3, 4, 64, 64)
@@ -139,7 +139,7 @@ def test_proxies_avoid_widths_decord_cannot_read(tmp_path: Path, short_side: int
     frames = decord.VideoReader(proxy.path, num_threads=1).get_batch([0, 1, 2]).asnumpy()
     assert frames.shape == (3, proxy.height, proxy.width, 3)
     clip = ClipSpec(frames=1, stride=1, fps=5.0, size=short_side)
-    video = ClipVideo(src.video_id, str(src.path), 10.0, src.num_frames, 96, 96, proxy)
+    video = ClipVideo.of(src.path, src, proxy=proxy)
     reader = FrameReader()
     assert reader.source_for(video, np.array([4]), clip.size)[0] == proxy.path
     assert reader.frames(video, [4], clip.size).shape == (1, short_side, short_side, 3)

@@ -16,7 +16,7 @@ import torch
 from surgflow.data.clip_sampling import ClipSpec, frame_step
 from surgflow.data.clips import ClipVideo
 from surgflow.data.synthetic import generate_video
-from surgflow.data.video import VideoInfo, probe
+from surgflow.data.video import probe
 from surgflow.errors import BadInput, DeadlineExceeded, VideoError
 from surgflow.export import load_torch_chain
 from surgflow.inference import ChainRunner, Timeline
@@ -90,7 +90,7 @@ def test_per_second_labels_equal_the_torch_chain_on_training_clips(chain_runner,
     for path in tiny_chain_bundle.val_videos:
         info = probe(path)
         a = chain_runner.analyze(path, info=info)
-        enc, chain = _torch_chain(tiny_chain_bundle.bundle_dir, _clip_video(path, info),
+        enc, chain = _torch_chain(tiny_chain_bundle.bundle_dir, ClipVideo.of(path, info),
                                   chain_runner.spec.clip)
         assert np.array_equal(a.second_labels, chain)
         assert np.array_equal(a.encoder_timeline.labels[:: a.step], enc)
@@ -104,7 +104,7 @@ def test_labels_map_back_onto_a_video_of_another_rate_and_size(chain_runner,
     a = chain_runner.analyze(odd_video)
     assert a.num_frames == info.num_frames and a.step == 25 and info.num_frames % 25 != 0
     _check_timeline(a.timeline, a.num_frames, a.fps, chain_runner.spec.labels)
-    _, chain = _torch_chain(tiny_chain_bundle.bundle_dir, _clip_video(odd_video, info),
+    _, chain = _torch_chain(tiny_chain_bundle.bundle_dir, ClipVideo.of(odd_video, info),
                             chain_runner.spec.clip)
     assert len(chain) == -(-info.num_frames // 25)
     assert np.array_equal(a.second_labels, chain)
@@ -116,14 +116,10 @@ def test_encoder_only_chain_timeline_is_the_encoder_head(tiny_encoder_bundle, od
     info = probe(odd_video)
     a = runner.analyze(odd_video)
     assert np.array_equal(a.timeline.labels, a.encoder_timeline.labels)
-    enc, _ = _torch_chain(tiny_encoder_bundle.bundle_dir, _clip_video(odd_video, info),
+    enc, _ = _torch_chain(tiny_encoder_bundle.bundle_dir, ClipVideo.of(odd_video, info),
                           runner.spec.clip)
     assert np.array_equal(a.second_labels, enc)
     _check_timeline(a.timeline, info.num_frames, info.fps, runner.spec.labels)
-
-
-def _clip_video(path: Path, info: VideoInfo) -> ClipVideo:
-    return ClipVideo(path.stem, str(path), info.fps, info.num_frames, info.width, info.height)
 
 
 def test_batches_are_training_clips_with_shared_frames_decoded_once(odd_video):

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,7 +29,11 @@ from torch.utils.data import Dataset
 
 from surgflow.data.clip_sampling import ClipSpec, clip_frames, frame_step
 from surgflow.data.proxies import Proxy, ProxySpec, ProxyStore
+from surgflow.data.video import VideoInfo
 from surgflow.errors import BadInput, DecodeError
+
+if TYPE_CHECKING:
+    from surgflow.data.datafiles import DatasetVideo
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -38,17 +43,22 @@ STD = (0.229, 0.224, 0.225)
 _INHERITED: list = []
 
 
-@dataclass(frozen=True)
-class ClipVideo:
-    """A video the dataset reads: the original, and the proxy that may stand in for it."""
+class ClipVideo(VideoInfo):
+    """A video the dataset reads: its id (named in errors and items), the original file and
+    what probing it found, and the proxy that may stand in for it."""
 
     video_id: str
     path: str
-    fps: float
-    num_frames: int
-    width: int
-    height: int
     proxy: Proxy | None = None
+
+    @classmethod
+    def of(cls, path: str | Path, info: VideoInfo | DatasetVideo, video_id: str | None = None,
+           proxy: Proxy | None = None) -> ClipVideo:
+        """The file at ``path`` as ``info`` describes it (a probe's result, a record that
+        extends one, or a dataset's snapshot of a record); ``video_id`` defaults to the file
+        name without its extension."""
+        facts = {k: getattr(info, k) for k in VideoInfo.model_fields}
+        return cls(video_id=video_id or Path(path).stem, path=str(path), proxy=proxy, **facts)
 
 
 def decode_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -263,8 +273,7 @@ class ClipDataset(Dataset):
                 pspec = ProxySpec.for_clip(spec, v.fps)
                 proxy = (proxies.ensure(v.path, v.sha256, pspec) if make_proxies
                          else proxies.find(v.sha256, pspec))
-            videos.append(ClipVideo(v.video_id, v.path, v.fps, v.num_frames, v.width, v.height,
-                                    proxy))
+            videos.append(ClipVideo.of(v.path, v, v.video_id, proxy))
         return cls(videos, view.video, view.start, view.label, spec, **kwargs)
 
     def __len__(self) -> int:

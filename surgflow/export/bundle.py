@@ -253,9 +253,7 @@ def _onnx_parity(bundle_dir: Path, spec: ChainSpec, clips: np.ndarray,
 
 def _clip_video(golden: GoldenVideo) -> ViewVideo | ClipVideo:
     if isinstance(golden, tuple):
-        path, info = golden
-        return ClipVideo(Path(path).stem, str(path), info.fps, info.num_frames, info.width,
-                         info.height)
+        return ClipVideo.of(*golden)
     return golden
 
 

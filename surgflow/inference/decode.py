@@ -32,10 +32,8 @@ def per_second_clips(path: str | Path, info: VideoInfo, clip: ClipSpec) -> ClipD
     """The video's per-second clips (uint8), as training builds them."""
     from surgflow.training.data import second_clips
 
-    video = ClipVideo(Path(path).stem, str(path), info.fps, info.num_frames, info.width,
-                      info.height)
     try:
-        return second_clips(video, clip, dtype=torch.uint8)
+        return second_clips(ClipVideo.of(path, info), clip, dtype=torch.uint8)
     except BadInput as e:
         raise VideoError(str(path), str(e)) from e
 

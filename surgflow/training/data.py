@@ -141,7 +141,7 @@ def second_clips(video: ViewVideo | ClipVideo, clip: ClipSpec,
     centres = np.arange(0, video.num_frames, frame_step(video.fps, 1.0), dtype=np.int64)
     offset = (clip.frames // 2) * clip.stride * step
     starts = np.clip(centres - offset, 0, video.num_frames - span)
-    v = ClipVideo(video.video_id, video.path, video.fps, video.num_frames, video.width,
-                  video.height)
+    if not isinstance(video, ClipVideo):
+        video = ClipVideo.of(video.path, video, video.video_id)
     zeros = np.zeros(len(starts), dtype=np.int64)
-    return ClipDataset([v], zeros, starts, zeros, clip, dtype=dtype)
+    return ClipDataset([video], zeros, starts, zeros, clip, dtype=dtype)
