@@ -12,7 +12,7 @@ import pytest
 
 from surgflow.data.synthetic import HOSPITALS, generate_video, load_segments, phase_schedule
 from surgflow.data.taxonomy import CHOLEC80_PHASES
-from surgflow.data.video import sha256_file
+from surgflow.data.video import VideoInfo, probe, sha256_file
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -75,3 +75,12 @@ def test_phases_look_different_and_hospitals_shift_appearance(tmp_path: Path) ->
     shift = np.abs(_mean_colour(a.path, [10, 40]) - _mean_colour(c.path, [10, 40]))
     assert shift.max() > 10, "another hospital's tint and brightness change the picture"
     assert HOSPITALS["hospital-b"].fps == 30
+
+
+def test_a_synthetic_video_is_what_probing_its_file_finds(tmp_path: Path) -> None:
+    v = generate_video(tmp_path / "v.mp4", seed=1, duration_s=2, fps=10, width=64, height=48)
+    info = probe(v.path)
+    assert isinstance(v, VideoInfo)
+    assert (v.num_frames, v.width, v.height) == (info.num_frames, info.width, info.height) == (
+        20, 64, 48)
+    assert v.fps == pytest.approx(info.fps) and v.duration_s == pytest.approx(info.duration_s)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from surgflow.data.taxonomy import CHOLEC80_PHASES
+from surgflow.data.video import VideoInfo
 
 # Typical Cholec80 phase durations in seconds (means over the public dataset, rounded).
 _TYPICAL_S = (125.0, 954.0, 168.0, 857.0, 98.0, 178.0, 83.0)
@@ -43,18 +45,14 @@ HOSPITALS: dict[str, HospitalStyle] = {
 }
 
 
-@dataclass(frozen=True)
-class SyntheticVideo:
-    """A written synthetic video and its ground truth."""
+class SyntheticVideo(VideoInfo):
+    """A written synthetic video (its file, id and hospital, and what it holds) and its ground
+    truth ``segments``."""
 
     path: Path
     video_id: str
     hospital: str
-    fps: int
-    num_frames: int
-    width: int
-    height: int
-    segments: list[dict] = field(default_factory=list)
+    segments: list[dict] = Field(default_factory=list)
 
     @property
     def segments_path(self) -> Path:
@@ -206,7 +204,7 @@ def generate_video(
         height=h,
         segments=segments,
     )
-    meta = {k: v for k, v in asdict(video).items() if k != "path"}
+    meta = video.model_dump(mode="json", exclude={"path", "duration_s"})
     meta |= {"procedure": procedure, "seed": seed}
     segments_path(path).write_text(json.dumps(meta, indent=1))
     return video
