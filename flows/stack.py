@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 
 from surgflow.config import Settings, get_settings
-from surgflow.errors import BadInput, SurgflowError
+from surgflow.errors import BadInput
 from surgflow.processes import free_port, pid_alive, terminate
-from surgflow.services import spawn
+from surgflow.services import spawn, wait_ready
 from surgflow.storage import json_bytes, locked, read_json, write_atomic
 
 
@@ -109,18 +109,15 @@ class Stack:
 
     def wait_http(self, service: Service, path: str = "/", timeout_s: float = 300.0) -> None:
         url = f"{service.url}{path}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not pid_alive(service.pid):
-                raise SurgflowError(f"{service.name} exited on start; see {service.log}")
+
+        def answers() -> bool:
             try:
-                if httpx.get(url, timeout=2).status_code < 500:
-                    return
+                return httpx.get(url, timeout=2).status_code < 500
             except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SurgflowError(f"{service.name} did not answer {url} in {timeout_s:.0f} s; "
-                            f"see {service.log}")
+                return False
+
+        wait_ready(service.pid, answers, name=service.name, where=url,
+                   log_path=Path(service.log), timeout_s=timeout_s, poll_s=0.5)
 
     def start_dask(self, workers: int = 2) -> str:
         from surgflow.training.cluster import worker_env

@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import psutil
 
 from surgflow.errors import SurgflowError
 from surgflow.processes import pid_alive, terminate
@@ -34,22 +36,42 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
 
+def wait_ready(pid: int, ready: Callable[[], bool], *, name: str, where: str, log_path: Path,
+               timeout_s: float, poll_s: float = 0.2,
+               error: type[SurgflowError] = SurgflowError) -> None:
+    """Wait until ``ready()`` while process ``pid`` (just started) runs; raise ``error`` naming
+    ``log_path`` if it exits first or is not ready within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        code = _exit_code(pid)
+        if code is not False:
+            with_code = "" if code is None else f" with code {code}"
+            raise error(f"{name} exited{with_code} on start; see {log_path}")
+        if time.monotonic() >= deadline:
+            raise error(f"{name} did not answer at {where} within {timeout_s:.0f} s; "
+                        f"see {log_path}")
+        time.sleep(poll_s)
+
+
+def _exit_code(pid: int) -> int | Literal[False] | None:
+    """False while ``pid`` runs; once it ended, its exit code (reaped if it is our child;
+    None if unknown)."""
+    try:
+        return psutil.Process(pid).wait(timeout=0)
+    except psutil.TimeoutExpired:
+        return False if pid_alive(pid) else None
+    except psutil.NoSuchProcess:
+        return None
+
+
 def start(cmd: list[str], log_path: Path, ready: Callable[[], bool], *, name: str, where: str,
           timeout_s: float, poll_s: float = 0.2, env: dict[str, str] | None = None,
           error: type[SurgflowError] = SurgflowError) -> subprocess.Popen:
-    """:func:`spawn` ``cmd`` and wait until ``ready()``. If it exits first, or is not ready
-    within ``timeout_s`` (then it is stopped), raise ``error`` naming the log."""
+    """:func:`spawn` ``cmd`` and :func:`wait_ready`; one not ready in time is stopped."""
     proc = spawn(cmd, log_path, env)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if proc.poll() is not None:
-                raise error(f"{name} exited with code {proc.returncode} on start; "
-                            f"see {log_path}")
-            if time.monotonic() >= deadline:
-                raise error(f"{name} did not answer at {where} within {timeout_s:.0f} s; "
-                            f"see {log_path}")
-            time.sleep(poll_s)
+        wait_ready(proc.pid, ready, name=name, where=where, log_path=log_path,
+                   timeout_s=timeout_s, poll_s=poll_s, error=error)
     except BaseException:
         terminate(proc.pid, 5.0, group=True)
         raise
