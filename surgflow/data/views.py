@@ -328,8 +328,10 @@ def _kept_sql(spec: ViewSpec) -> str:
             + " AND ".join(where))
 
 
-def _video_runs(batches) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[str]]]:
-    """(video_id, starts, ends, labels) per video from batches ordered by video."""
+def _video_runs(batches, codes: dict[str, int]
+                ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(video_id, starts, ends, label codes) per video from batches ordered by video; a
+    label's code is its index in ``codes``, which grows in order of first appearance."""
     carry: list[pa.RecordBatch] = []
     for batch in batches:
         if batch.num_rows == 0:
@@ -337,29 +339,35 @@ def _video_runs(batches) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[str
         ids = batch.column(0)
         last = ids[batch.num_rows - 1].as_py()
         if carry and carry[0].column(0)[0].as_py() != ids[0].as_py():
-            yield from _split_videos(pa.Table.from_batches(carry))
+            yield from _split_videos(pa.Table.from_batches(carry), codes)
             carry = []
         if ids[0].as_py() == last:  # the whole batch is one video, maybe continued
             carry.append(batch)
             continue
         first_of_last = pc.index(ids, last).as_py()
         head, tail = batch.slice(0, first_of_last), batch.slice(first_of_last)
-        yield from _split_videos(pa.Table.from_batches([*carry, head]))
+        yield from _split_videos(pa.Table.from_batches([*carry, head]), codes)
         carry = [tail]
     if carry:
-        yield from _split_videos(pa.Table.from_batches(carry))
+        yield from _split_videos(pa.Table.from_batches(carry), codes)
 
 
-def _split_videos(t: pa.Table) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[str]]]:
+def _split_videos(t: pa.Table, codes: dict[str, int]
+                  ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     if t.num_rows == 0:
         return
-    ids = t.column(0).to_numpy(zero_copy_only=False)
+    ids = pc.dictionary_encode(t.column(0).combine_chunks())
     starts = t.column(1).to_numpy()
     ends = t.column(2).to_numpy()
-    labels = t.column(3).to_pylist()
-    cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+    labels = pc.dictionary_encode(t.column(3).combine_chunks())
+    to_code = np.array([codes.setdefault(lbl, len(codes))
+                        for lbl in labels.dictionary.to_pylist()], dtype=np.int64)
+    label_codes = to_code[labels.indices.to_numpy()]
+    video_index = ids.indices.to_numpy()
+    names = ids.dictionary.to_pylist()
+    cuts = [0, *(np.flatnonzero(video_index[1:] != video_index[:-1]) + 1).tolist(), len(t)]
     for a, b in itertools.pairwise(cuts):
-        yield str(ids[a]), starts[a:b], ends[a:b], labels[a:b]
+        yield names[video_index[a]], starts[a:b], ends[a:b], label_codes[a:b]
 
 
 def _clips(
@@ -371,7 +379,7 @@ def _clips(
     found: dict[str, int] = {}  # label -> index in order of first appearance
     view_videos: list[ViewVideo] = []
     vids, starts, labels = [], [], []
-    for vid, seg_start, seg_end, seg_labels in _video_runs(sel.batches()):
+    for vid, seg_start, seg_end, local in _video_runs(sel.batches(), found):
         rec = records[vid]
         step = frame_step(rec["fps"], spec.clip.fps)
         st = clip_starts(rec["num_frames"], spec.clip, step)
@@ -387,8 +395,6 @@ def _clips(
             procedure=rec["procedure"], source=rec["source"], split=rec["split"],
             dataset=dataset, version=version,
         ))
-        local = np.array([found.setdefault(lbl, len(found)) for lbl in seg_labels],
-                         dtype=np.int64)
         vids.append(np.full(int(ok.sum()), len(view_videos) - 1, dtype=np.int64))
         starts.append(st[ok])
         labels.append(local[k[ok]])
