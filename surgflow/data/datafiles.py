@@ -6,6 +6,8 @@ A version's data is a list of *runs*; each run holds up to four files:
 - ``intervals``: every resolved interval (with the winning event's key) of those videos;
 - ``segments``: the same videos' coalesced intervals, the rows of the ``segments`` table
   (SPEC §6) without the ``dataset`` and ``version`` columns a reader adds;
+- ``replaced``: the ids of those videos that an earlier run already held (the rows this run
+  supersedes; written even when empty, so that a reader knows the run records them);
 - ``events``: the ``event_id`` of every event the run applied.
 
 For a video, the latest run that has a row for it is authoritative (a video's labelled frames
@@ -32,10 +34,11 @@ from surgflow.data.labels import Interval, Segment
 from surgflow.data.registry import VideoRecord
 from surgflow.storage import write_exclusive
 
-Kind = Literal["videos", "intervals", "segments", "events"]
-KINDS: tuple[Kind, ...] = ("videos", "intervals", "segments", "events")
+Kind = Literal["videos", "intervals", "segments", "replaced", "events"]
+KINDS: tuple[Kind, ...] = ("videos", "intervals", "segments", "replaced", "events")
 PER_VIDEO: tuple[Kind, ...] = ("videos", "intervals", "segments")  # latest run of a video wins
 ROW_GROUP = 4096  # small row groups let a filter on video_id / event_id skip most of a file
+SCAN_ROW_GROUP = 65536  # segments are scanned by queries and views, never looked up by id
 
 TS = pa.timestamp("us", tz="UTC")
 VIDEOS_SCHEMA = pa.schema([
@@ -60,14 +63,16 @@ QUERY_VIDEOS_SCHEMA = pa.schema([VIDEOS_SCHEMA.field(c) for c in (
     "width", "height")])
 """The ``videos`` table of ``surgflow data query`` (SPEC §6) and of view filters."""
 EVENTS_SCHEMA = pa.schema([("event_id", pa.string()), ("video_id", pa.string())])
+REPLACED_SCHEMA = pa.schema([("video_id", pa.string())])
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS_SCHEMA, "intervals": INTERVALS_SCHEMA, "segments": SEGMENTS_SCHEMA,
-    "events": EVENTS_SCHEMA,
+    "replaced": REPLACED_SCHEMA, "events": EVENTS_SCHEMA,
 }
 SORT_KEYS: dict[str, list[tuple[str, str]]] = {
     "videos": [("video_id", "ascending")],
     "intervals": [("video_id", "ascending"), ("start_frame", "ascending")],
     "segments": [("video_id", "ascending"), ("start_frame", "ascending")],
+    "replaced": [("video_id", "ascending")],
     "events": [("event_id", "ascending")],
 }
 
@@ -175,7 +180,8 @@ def write_data_file(dataset_dir: Path, kind: Kind, table: pa.Table, run: int) ->
     """Sort, encode and publish ``table`` as ``data/<sha256>.parquet`` (no overwrite)."""
     table = table.cast(SCHEMAS[kind]).sort_by(SORT_KEYS[kind])
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=ROW_GROUP, compression="zstd")
+    pq.write_table(table, sink, compression="zstd",
+                   row_group_size=SCAN_ROW_GROUP if kind == "segments" else ROW_GROUP)
     data = sink.getvalue().to_pybytes()
     digest = hashlib.sha256(data).hexdigest()
     rel = f"data/{digest}.parquet"

@@ -76,7 +76,7 @@ def merge_runs(dataset_dir: Path, files: list[DataFile],
     runs. Only the final merged run is written; the parent's files are never touched.
     """
     runs = df.group_runs(files)
-    tables = {k: t for k, t in new.items() if t.num_rows}
+    tables = {k: t for k, t in new.items() if t.num_rows or k == "replaced"}
     size = sum(t.num_rows for t in tables.values())
     while runs and (prev_size := _rows(runs[-1])) <= size and prev_size + size <= MAX_MERGE_ROWS:
         prev = runs.pop()
@@ -92,6 +92,12 @@ def merge_runs(dataset_dir: Path, files: list[DataFile],
                 tables[kind] = pa.concat_tables([old, tables[kind]])
             else:
                 tables[kind] = old
+        if "replaced" in tables:  # what either run superseded; all of a run that predates them
+            old = (df.read_data_file(dataset_dir, prev["replaced"]) if "replaced" in prev
+                   else df.read_data_file(dataset_dir, prev["videos"]).select(["video_id"])
+                   if "videos" in prev else df.REPLACED_SCHEMA.empty_table())
+            both = pa.concat_tables([old, tables["replaced"]]).column("video_id")
+            tables["replaced"] = pa.table({"video_id": pc.unique(both.combine_chunks())})
         if "events" in prev:
             old = df.read_data_file(dataset_dir, prev["events"])
             tables["events"] = (pa.concat_tables([old, tables["events"]]) if "events" in tables
@@ -174,36 +180,42 @@ def relation(dataset_dir: Path, manifest, kind: str) -> Relation:
     ``dataset`` and ``version`` columns), as SQL over its runs' files.
 
     A video's rows come from the latest run that has the video: a run's rows are kept unless
-    a later run's ``videos`` file names their video.
+    a later run supersedes their video (its ``replaced`` file names it; a run written before
+    runs recorded that counts as superseding all of its videos).
     Nothing is read until the SQL runs, and DuckDB then streams it.
     """
     schema = df.VIDEOS_SCHEMA if kind == "videos" else SEGMENTS_SCHEMA
-    parts: list[tuple[int, Path, Path]] = []
+    parts: list[tuple[int, Path | None, Path]] = []  # (run, rows, what the run supersedes)
     for i, run in enumerate(manifest.runs()):
         if "videos" not in run:
             continue
         path = dataset_dir / run["videos"].path if kind == "videos" else segments_file(
             dataset_dir, run)
-        if path is not None:
-            parts.append((i, path, dataset_dir / run["videos"].path))
+        replaced = run.get("replaced")
+        if replaced is not None and replaced.rows == 0:
+            superseded = None
+        else:  # a run written before runs recorded it may supersede any of its videos
+            superseded = dataset_dir / (replaced or run["videos"]).path
+        if path is not None or superseded is not None:
+            parts.append((i, path, superseded))
     if kind == "videos":
         cols = ", ".join(f'"{c}"' for c in schema.names)
     else:
         cols = (f"{quote(manifest.dataset)} AS dataset, {int(manifest.version)}::BIGINT AS "
                 "version, " + ", ".join(f'"{c}"' for c in df.SEGMENTS_SCHEMA.names))
-    if not parts:
-        return Relation(_empty(schema), ())
-    files = tuple(sorted({str(p) for _, path, videos in parts for p in (path, videos)}))
-    if len(parts) == 1:
-        return Relation(f"SELECT {cols} FROM read_parquet({quote(str(parts[0][1]))})", files)
     selects = []
     for n, (_, path, _) in enumerate(parts):
+        if path is None:
+            continue
         select = f"SELECT {cols} FROM read_parquet({quote(str(path))})"
-        later = [quote(str(videos)) for _, _, videos in parts[n + 1:]]
-        if later:  # later runs are the smaller ones: their video ids make a small hash table
+        later = [quote(str(sup)) for _, _, sup in parts[n + 1:] if sup is not None]
+        if later:  # the videos later runs supersede: usually a few, a small hash table
             select += (f" ANTI JOIN (SELECT video_id FROM read_parquet([{', '.join(later)}])) "
                        "USING (video_id)")
         selects.append(select)
+    if not selects:
+        return Relation(_empty(schema), ())
+    files = tuple(sorted({str(p) for _, path, sup in parts for p in (path, sup) if p}))
     return Relation(" UNION ALL ".join(selects), files)
 
 

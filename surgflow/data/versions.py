@@ -308,6 +308,8 @@ class DatasetStore:
         new_run = {"videos": df.videos_table(list(changed.values())),
                    "intervals": df.intervals_table({v: after[v] for v in touched if after.get(v)}),
                    "segments": df.segments_table(segments),
+                   "replaced": pa.table({"video_id": [v for v in touched if v in known]},
+                                        schema=df.REPLACED_SCHEMA),
                    "events": df.events_table([(e.event_id, e.video_id) for e in new_events])}
         files = merge_runs(self.dataset_dir(dataset), list(parent.files) if parent else [],
                            new_run)
