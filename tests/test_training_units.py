@@ -69,8 +69,10 @@ def test_feature_cache_is_keyed_by_model_version_and_video_hash(tmp_path):
 
 
 def _video(n: int, fps: float) -> ViewVideo:
-    return ViewVideo("v", "/nonexistent.mp4", "0" * 64, fps, n, 64, 64, "cholecystectomy",
-                     "h", "train", "cholecystectomy", 1)
+    return ViewVideo(video_id="v", uri="/nonexistent.mp4", path="/nonexistent.mp4",
+                     sha256="0" * 64, procedure="cholecystectomy", source="h", recorded_at=None,
+                     num_frames=n, fps=fps, width=64, height=64, split="train",
+                     content_hash="", dataset="cholecystectomy", version=1)
 
 
 def test_second_labels_put_each_labelled_second_in_place():

@@ -38,7 +38,7 @@ from surgflow.data.clip_sampling import (
     clip_starts,
     frame_step,
 )
-from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA
+from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA, DatasetVideo
 from surgflow.data.segments import SEGMENT_COLUMNS, Relation
 from surgflow.data.versions import parse_ref
 from surgflow.errors import BadInput, NotFound
@@ -114,20 +114,11 @@ class ViewSpec(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class ViewVideo:
-    """A video of a view, with what the loader needs to read it."""
+class ViewVideo(DatasetVideo):
+    """A video of a view: the snapshot of it that its source version holds (the record's
+    fields read through: ``v.path``, ``v.fps``, ``v.source``) and that version, ``dataset`` at
+    ``version``. A row of the version's ``videos`` file with the two builds one."""
 
-    video_id: str
-    path: str
-    sha256: str
-    fps: float
-    num_frames: int
-    width: int
-    height: int
-    procedure: str
-    source: str
-    split: str
     dataset: str
     version: int
 
