@@ -240,8 +240,9 @@ class DatasetStore:
         ``videos``, with labels of the procedure and ranges inside the video (BadInput
         otherwise). ``offsets`` (``{"topic:partition": next_offset}``) are merged with the
         parent's, keeping the maximum. With nothing new, nothing is written and ``version`` is
-        None. If another writer publishes first, the commit is rebuilt on that version and
-        retried.
+        None. If another writer publishes first, the commit is carried onto that version when
+        the versions in between touched none of its videos and applied none of its events, and
+        rebuilt on it otherwise; then publishing is retried.
         """
         labels = ProcedureCatalog(self.home).get(dataset).labels
         self.dataset_dir(dataset)
@@ -252,13 +253,25 @@ class DatasetStore:
         batch: dict[str, LabelEvent] = {}
         for e in events:
             batch.setdefault(e.event_id, e)
+        built, base = None, None
         for attempt in range(max_retries + 1):
             latest = self.latest_version(dataset)
             parent = self.manifest(dataset, latest) if latest is not None else None
-            built = self._build(dataset, parent, videos, list(batch.values()), offsets,
-                                parked_events, labels)
+            if built is not None and parent is not None:
+                # Lost a race: writers of disjoint videos commute, so the version built on
+                # ``base`` is carried onto the new parent instead of being rebuilt.
+                built = self._rebased(dataset, base, built, parent, videos, batch)
+                if built is None:
+                    log.info("dataset %s: version %d changed videos or events of this commit; "
+                             "rebuilding on it", dataset, parent.version)
+                else:
+                    log.debug("dataset %s: carried onto version %d", dataset, parent.version)
+            if built is None:
+                built = self._build(dataset, parent, videos, list(batch.values()), offsets,
+                                    parked_events, labels)
             if built is None:
                 return CommitResult(dataset, None, latest, 0, len(events), 0, attempt, None)
+            base = parent
             manifest, applied, added = built
             path = self._manifest_path(dataset, manifest.version)
             if write_exclusive(path, json_bytes(manifest.model_dump(mode="json"))):
@@ -279,7 +292,8 @@ class DatasetStore:
         fresh: dict[str, DatasetVideo] = {}
         for v in videos:
             if v.video_id not in known and v.video_id not in fresh:
-                fresh[v.video_id] = _snapshot(v)
+                fresh[v.video_id] = DatasetVideo(record=v, split=split_of(v.video_id),
+                                                content_hash="")
         if not new_events and not fresh:
             return None
         for e in new_events:
@@ -304,7 +318,7 @@ class DatasetStore:
                 stats.add_video(old.source, old.split)
             h = video_hash(vid, old.sha256, new_segs)
             stats.add_labels(new_segs, h)
-            changed[vid] = DatasetVideo(**{**old.__dict__, "content_hash": h})
+            changed[vid] = old.model_copy(update={"content_hash": h})
         new_run = {"videos": df.videos_table(list(changed.values())),
                    "intervals": df.intervals_table({v: after[v] for v in touched if after.get(v)}),
                    "segments": df.segments_table(segments),
@@ -381,13 +395,59 @@ class DatasetStore:
                 problems.append(f"{f.path}: row count differs from the manifest")
         return problems
 
+    # ---- carrying a commit onto a newer parent ---------------------------------------------
 
-def _snapshot(v: VideoRecord) -> DatasetVideo:
-    return DatasetVideo(
-        video_id=v.video_id, uri=v.uri, path=v.path, sha256=v.sha256, procedure=v.procedure,
-        source=v.source, recorded_at=v.recorded_at, num_frames=v.num_frames, fps=v.fps,
-        width=v.width, height=v.height, split=split_of(v.video_id), content_hash="",
-    )
+    def _rebased(self, dataset: str, base: Manifest | None, built: tuple[Manifest, int, int],
+                 parent: Manifest, videos: list[VideoRecord],
+                 events: dict[str, LabelEvent]) -> tuple[Manifest, int, int] | None:
+        """``built``, a child of ``base``, carried onto ``parent`` (a later version); None when
+        a version in between holds other rows for one of the commit's videos or applied one
+        of its events, so that the commit must be rebuilt.
+
+        Versions that change disjoint videos commute: every statistic and the fingerprint are
+        sums over videos, and a video's rows come from the latest run that holds it. So the
+        rows ``built`` wrote for its videos are still right on top of ``parent``, and its
+        statistics move by the same amounts there; no event is resolved again.
+        """
+        manifest, applied, added = built
+        ids = list(events)
+        done = self._applied(dataset, base, ids)
+        if self._applied(dataset, parent, ids) != done:
+            return None
+        wanted = sorted({v.video_id for v in videos} | {e.video_id for e in events.values()})
+        known = self._videos(dataset, base, wanted)
+        if (self._videos(dataset, parent, wanted) != known
+                or self._intervals(dataset, parent, wanted)
+                != self._intervals(dataset, base, wanted)):
+            return None
+        new_ids = sorted(i for i in ids if i not in done)
+        touched = sorted({events[i].video_id for i in new_ids}
+                         | {v.video_id for v in videos if v.video_id not in known})
+        if len(new_ids) != applied:
+            return None  # not the events ``built`` applied: be safe and rebuild
+        d = self.dataset_dir(dataset)
+        # The run ``built`` wrote holds its videos' rows, plus those of any runs it merged;
+        # only the former are carried (``parent`` has its own, possibly newer, copy of those).
+        run = {kind: df.read_data_file(d, f, *(("event_id", new_ids) if kind == "events"
+                                               else ("video_id", touched)))
+               for kind, f in manifest.runs()[-1].items()}
+        stats, mine, was = Stats(parent), Stats(manifest), Stats(base)
+        for name in ("sources", "labels", "provenance", "splits"):
+            getattr(stats, name).update(getattr(mine, name))
+            getattr(stats, name).subtract(getattr(was, name))
+        stats.videos += mine.videos - was.videos
+        stats.total += mine.total - was.total
+        offsets = dict(parent.offsets)
+        for k, off in manifest.offsets.items():
+            offsets[k] = max(off, offsets.get(k, off))
+        rebased = Manifest(
+            dataset=dataset, version=parent.version + 1, parent=parent.version,
+            created_at=datetime.now(UTC), files=merge_runs(d, list(parent.files), run),
+            offsets=dict(sorted(offsets.items())),
+            events_applied=parent.events_applied + applied,
+            parked_events=manifest.parked_events, **stats.fields(),
+        )
+        return rebased, applied, added
 
 
 def _known(names: list[str]) -> str:

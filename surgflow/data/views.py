@@ -380,12 +380,7 @@ def _clips(
         if not ok.any():
             continue
         dataset, version = sel.sources[rec["src"]]
-        view_videos.append(ViewVideo(
-            video_id=vid, path=rec["path"], sha256=rec["sha256"], fps=rec["fps"],
-            num_frames=rec["num_frames"], width=rec["width"], height=rec["height"],
-            procedure=rec["procedure"], source=rec["source"], split=rec["split"],
-            dataset=dataset, version=version,
-        ))
+        view_videos.append(ViewVideo(**rec, dataset=dataset, version=version))
         vids.append(np.full(int(ok.sum()), len(view_videos) - 1, dtype=np.int64))
         starts.append(st[ok])
         labels.append(local[k[ok]])
