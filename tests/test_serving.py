@@ -202,10 +202,11 @@ def test_a_procedure_without_a_production_model_is_409(env):
 
 
 @pytest.mark.parametrize(("body", "what"), [
-    (b"{not json", "JSON"), (b"[]", "body"), (b'{"video_id": "a"}', "uri"),
-    (b'{"video_id": "../x", "uri": "/a", "procedure": "p"}', "video_id"),
-    (b'{"video_id": "a", "uri": "", "procedure": "p"}', "uri"),
-    (b'{"video_id": 7, "uri": "/a", "procedure": "p"}', "video_id"),
+    (b"{not json", "not valid JSON"), (b"[]", "body: "), (b'{"video_id": "a"}', "uri is required"),
+    (b'{"video_id": "../x", "uri": "/a", "procedure": "p"}', "video_id: "),
+    (b'{"video_id": "../x", "uri": "/a", "procedure": "p"}', "(got '../x')"),
+    (b'{"video_id": "a", "uri": "", "procedure": "p"}', "uri: "),
+    (b'{"video_id": 7, "uri": "/a", "procedure": "p"}', "video_id: "),
 ])
 def test_bodies_failing_the_schema_are_422_with_a_reason(env, body, what):
     with http(env.url) as c:

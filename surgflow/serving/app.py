@@ -32,6 +32,8 @@ from surgflow.errors import (
     SurgflowError,
     UnknownName,
     UnsafeURI,
+    describe_validation,
+    dotted,
 )
 from surgflow.serving.pool import NotServed
 
@@ -130,12 +132,18 @@ def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> J
 
 
 def _describe_validation(e: RequestValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "request body does not match the schema: " + "; ".join(parts)
+    errors = e.errors()
+    # FastAPI reports unparsable JSON as a validation error whose location ends in the character
+    # offset and whose input is {}: say what the parser said, not "(got a mapping)".
+    bad_json = next((err for err in errors if err["type"] == "json_invalid"), None)
+    if bad_json is not None:
+        return (f"request body is not valid JSON: {bad_json['ctx']['error']} "
+                f"at character {bad_json['loc'][-1]}")
+    return "request body does not match the schema: " + describe_validation(e, _body_field)
+
+
+def _body_field(loc: tuple[int | str, ...]) -> str:
+    return dotted(tuple(p for p in loc if p != "body")) or "body"
 
 
 # ---- token and body-size guard ---------------------------------------------------------------
