@@ -91,14 +91,13 @@ def gate_spec(recipe: dict | None, ref: str) -> GateSpec:
     """The gate block of a version's recipe (defaults when it has none); ConfigError if bad."""
     from pydantic import ValidationError
 
-    from surgflow.errors import ConfigError
+    from surgflow.errors import ConfigError, describe_validation, dotted
 
     block = (recipe or {}).get("gate") or {}
     try:
         return GateSpec.model_validate(block)
     except ValidationError as e:
-        why = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'gate'}: "
-                        f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+        why = describe_validation(e, lambda loc: dotted(loc) or "gate")
         raise ConfigError(f"{ref}: the recipe's gate block is invalid: {why}") from e
 
 
