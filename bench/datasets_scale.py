@@ -5,8 +5,9 @@ videos with 1M and 10M segments (and 50M with ``--large``), built through the st
 commits, each figure is measured in a fresh process, as a user's command would run:
 
 - ``commit``: publish a 1k-segment change (100 human events x 10 segments on 100 videos);
-- ``first query``: ``data query`` (labelled frames by label and provenance) right after that
-  new version; ``later query``: the same again;
+- ``first query``: ``data query`` (labelled frames by label and provenance, a scan of every
+  segment) right after that new version; ``later query``: the same again; ``one-video
+  query``: one video's segments;
 - ``view``: resolve a training recipe's view (train split, model labels with confidence >= 0.5,
   16-frame clips at 1 fps) into clips;
 - peak memory (max RSS) of each of those processes, and of one that only imports (``baseline``).
@@ -33,7 +34,8 @@ from pathlib import Path
 N_VIDEOS = 100_000
 CHUNK = 10_000  # videos per building commit
 QUERY = ("SELECT label, provenance, sum(end_frame - start_frame) AS frames, count(*) AS n "
-         "FROM segments GROUP BY ALL ORDER BY ALL")
+         "FROM segments GROUP BY ALL ORDER BY ALL")  # scans every segment
+ONE_VIDEO = "SELECT * FROM segments WHERE video_id = 'case-042042' ORDER BY start_frame"
 
 
 def _rss_mb() -> float:
@@ -67,7 +69,7 @@ def measure(home: Path, what: str, round_: int) -> dict:
     from surgflow.data.taxonomy import CHOLEC80_PHASES
     from surgflow.data.versions import DatasetStore
 
-    if what == "query":
+    if what in ("query", "one-video"):
         from surgflow.data.query import query
     elif what == "view":  # views import the clip sampler, and with it torch
         from surgflow.data.views import ViewSpec, resolve_view
@@ -86,6 +88,8 @@ def measure(home: Path, what: str, round_: int) -> dict:
         out["runs"] = DatasetStore(home).manifest(DS).run_count()
     elif what == "query":
         out["rows"] = len(query(home, QUERY))
+    elif what == "one-video":
+        out["rows"] = len(query(home, ONE_VIDEO))
     elif what == "view":
         spec = ViewSpec(sources=[DS], split="train", min_confidence=0.5,
                         clip={"frames": 16, "fps": 1.0})
@@ -113,10 +117,12 @@ def catalog_figures(home: Path, per_video: int, rounds: int) -> dict:
         (home / "built").touch()
     figures: dict = {"segments": N_VIDEOS * per_video,
                      "build_s": None if built else time.perf_counter() - t}
-    commits, first, later, peaks = [], [], [], {"commit": [], "query": [], "view": []}
+    commits, first, later, one = [], [], [], []
+    peaks: dict[str, list[float]] = {"commit": [], "query": []}
     for r in range(rounds):
         c = child(home, "commit", r)
         q1, q2 = child(home, "query"), child(home, "query")
+        one.append(child(home, "one-video")["seconds"])
         commits.append(c["seconds"])
         first.append(q1["seconds"])
         later.append(q2["seconds"])
@@ -126,7 +132,8 @@ def catalog_figures(home: Path, per_video: int, rounds: int) -> dict:
     v = child(home, "view")
     figures.update({
         "commit_s": statistics.median(commits), "first_query_s": statistics.median(first),
-        "later_query_s": statistics.median(later), "view_s": v["seconds"], "clips": v["clips"],
+        "later_query_s": statistics.median(later), "one_video_query_s": statistics.median(one),
+        "view_s": v["seconds"], "clips": v["clips"],
         "commit_peak_mb": max(peaks["commit"]), "query_peak_mb": max(peaks["query"]),
         "view_peak_mb": v["peak_mb"],
     })
@@ -134,7 +141,8 @@ def catalog_figures(home: Path, per_video: int, rounds: int) -> dict:
 
 
 ROWS = [("1k-segment commit (s)", "commit_s"), ("first query after it (s)", "first_query_s"),
-        ("later query (s)", "later_query_s"), ("view resolution (s)", "view_s"),
+        ("later query (s)", "later_query_s"), ("one-video query (s)", "one_video_query_s"),
+        ("view resolution (s)", "view_s"),
         ("commit peak memory (MB)", "commit_peak_mb"), ("query peak memory (MB)", "query_peak_mb"),
         ("view peak memory (MB)", "view_peak_mb")]
 
