@@ -11,78 +11,82 @@ from surgflow.data.query import query as run_query
 from surgflow.data.versions import DEFAULT_GC_GRACE_S, DatasetStore, parse_ref
 from surgflow.errors import BadInput
 
+app = typer.Typer()
+
 
 def store() -> DatasetStore:
     return DatasetStore(get_settings().home)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+@app.command("versions")
+@handle_errors
+def versions(
+    dataset: str = typer.Argument(..., help="Dataset name (the procedure)."),
+    json_: bool = JsonOption,
+):
+    """List a dataset's versions, oldest first."""
+    emit([m.summary() for m in store().versions(dataset)], json_)
 
-    @app.command("versions")
-    @handle_errors
-    def versions(
-        dataset: str = typer.Argument(..., help="Dataset name (the procedure)."),
-        json_: bool = JsonOption,
-    ):
-        """List a dataset's versions, oldest first."""
-        emit([m.summary() for m in store().versions(dataset)], json_)
 
-    @app.command("show")
-    @handle_errors
-    def show(
-        ref: str = typer.Argument(..., metavar="DATASET[@VERSION]", help="Latest by default."),
-        json_: bool = JsonOption,
-    ):
-        """Statistics and fingerprint of one dataset version."""
-        name, version = parse_ref(ref)
-        emit(store().manifest(name, version).show(), json_)
+@app.command("show")
+@handle_errors
+def show(
+    ref: str = typer.Argument(..., metavar="DATASET[@VERSION]", help="Latest by default."),
+    json_: bool = JsonOption,
+):
+    """Statistics and fingerprint of one dataset version."""
+    name, version = parse_ref(ref)
+    emit(store().manifest(name, version).show(), json_)
 
-    @app.command("query")
-    @handle_errors
-    def query(
-        sql: str = typer.Argument(..., help="One read-only SELECT over `videos` and `segments`."),
-        json_: bool = JsonOption,
-    ):
-        """Read-only SQL over registered videos and the latest version of every dataset."""
-        emit(run_query(get_settings().home, sql), json_)
 
-    @app.command("diff")
-    @handle_errors
-    def diff(
-        a: str = typer.Argument(..., metavar="DATASET@A"),
-        b: str = typer.Argument(..., metavar="DATASET@B"),
-        json_: bool = JsonOption,
-    ):
-        """Videos and labelled frames added, removed and relabelled from A to B."""
-        emit(diff_versions(get_settings().home, parse_ref(a), parse_ref(b)), json_, _render_diff)
+@app.command("query")
+@handle_errors
+def query(
+    sql: str = typer.Argument(..., help="One read-only SELECT over `videos` and `segments`."),
+    json_: bool = JsonOption,
+):
+    """Read-only SQL over registered videos and the latest version of every dataset."""
+    emit(run_query(get_settings().home, sql), json_)
 
-    @app.command("pin")
-    @handle_errors
-    def pin(
-        ref: str = typer.Argument(..., metavar="DATASET@N"),
-        as_: str = typer.Option("field", "--as", help="What the version is pinned as: field."),
-        json_: bool = JsonOption,
-    ):
-        """Make a dataset version its procedure's field suite (the gate's ground truth)."""
-        from surgflow.data.pins import pin as pin_version
 
-        name, version = parse_ref(ref)
-        if version is None:
-            raise BadInput(f"expected DATASET@N (a version number), got {ref!r}")
-        emit(pin_version(get_settings().home, name, version, as_), json_)
+@app.command("diff")
+@handle_errors
+def diff(
+    a: str = typer.Argument(..., metavar="DATASET@A"),
+    b: str = typer.Argument(..., metavar="DATASET@B"),
+    json_: bool = JsonOption,
+):
+    """Videos and labelled frames added, removed and relabelled from A to B."""
+    emit(diff_versions(get_settings().home, parse_ref(a), parse_ref(b)), json_, _render_diff)
 
-    @app.command("gc")
-    @handle_errors
-    def gc(
-        grace_s: float = typer.Option(
-            DEFAULT_GC_GRACE_S, "--grace-seconds", min=0.0,
-            help="Keep unreferenced files younger than this (a commit may still publish them).",
-        ),
-        json_: bool = JsonOption,
-    ):
-        """Remove data files no version references, temp files and stale caches."""
-        emit(store().gc(grace_s=grace_s), json_)
+
+@app.command("pin")
+@handle_errors
+def pin(
+    ref: str = typer.Argument(..., metavar="DATASET@N"),
+    as_: str = typer.Option("field", "--as", help="What the version is pinned as: field."),
+    json_: bool = JsonOption,
+):
+    """Make a dataset version its procedure's field suite (the gate's ground truth)."""
+    from surgflow.data.pins import pin as pin_version
+
+    name, version = parse_ref(ref)
+    if version is None:
+        raise BadInput(f"expected DATASET@N (a version number), got {ref!r}")
+    emit(pin_version(get_settings().home, name, version, as_), json_)
+
+
+@app.command("gc")
+@handle_errors
+def gc(
+    grace_s: float = typer.Option(
+        DEFAULT_GC_GRACE_S, "--grace-seconds", min=0.0,
+        help="Keep unreferenced files younger than this (a commit may still publish them).",
+    ),
+    json_: bool = JsonOption,
+):
+    """Remove data files no version references, temp files and stale caches."""
+    emit(store().gc(grace_s=grace_s), json_)
 
 
 def _render_diff(d: dict) -> None:

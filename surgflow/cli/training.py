@@ -11,6 +11,9 @@ from surgflow.cli.common import JsonOption, emit, handle_errors, stderr_console,
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
 
+runs_app = typer.Typer(help="Training runs: records, metrics, utilisation.",
+                       no_args_is_help=True)
+
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     result = record.get("result") or {}
@@ -47,82 +50,78 @@ def _render_preview(p: dict[str, Any]) -> None:
         c.print(table)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``train`` and the ``runs`` group to ``app``."""
-    runs_app = typer.Typer(help="Training runs: records, metrics, utilisation.",
-                           no_args_is_help=True)
-    app.add_typer(runs_app, name="runs")
+@handle_errors
+def train(
+    recipe: Path = typer.Argument(None, help="Recipe file (YAML).", dir_okay=False),
+    resume: str = typer.Option(None, "--resume", help="Resume this unfinished run."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Validate the recipe and show the data it would train on; start nothing."),
+    json_: bool = JsonOption,
+):
+    """Train a recipe on the Dask cluster under a Prefect flow, then export, register and
+    gate the chain; prints the run record with the candidate and its verdict."""
+    if recipe is None and resume is None:
+        raise BadInput("give a RECIPE file, or --resume RUN")
+    if dry_run and recipe is None:
+        raise BadInput("--dry-run previews a RECIPE file; give one")
+    from surgflow.training.recipe import load_recipe
 
-    @app.command("train")
-    @handle_errors
-    def train(
-        recipe: Path = typer.Argument(None, help="Recipe file (YAML).", dir_okay=False),
-        resume: str = typer.Option(None, "--resume", help="Resume this unfinished run."),
-        dry_run: bool = typer.Option(
-            False, "--dry-run",
-            help="Validate the recipe and show the data it would train on; start nothing."),
-        json_: bool = JsonOption,
-    ):
-        """Train a recipe on the Dask cluster under a Prefect flow, then export, register and
-        gate the chain; prints the run record with the candidate and its verdict."""
-        if recipe is None and resume is None:
-            raise BadInput("give a RECIPE file, or --resume RUN")
-        if dry_run and recipe is None:
-            raise BadInput("--dry-run previews a RECIPE file; give one")
-        from surgflow.training.recipe import load_recipe
+    if recipe is not None:
+        loaded = load_recipe(recipe)  # a bad recipe fails here, before anything starts
+        if dry_run:
+            from surgflow.training.pipeline import preview
 
-        if recipe is not None:
-            loaded = load_recipe(recipe)  # a bad recipe fails here, before anything starts
-            if dry_run:
-                from surgflow.training.pipeline import preview
+            emit(preview(loaded, get_settings().home), json_, _render_preview)
+            return
+    import os
 
-                emit(preview(loaded, get_settings().home), json_, _render_preview)
-                return
-        import os
+    from surgflow_flows.runtime import ensure_server, running_server
 
-        from surgflow_flows.runtime import ensure_server, running_server
+    home = get_settings().home
+    started = not (os.environ.get("PREFECT_API_URL") or running_server(home))
+    # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
+    url = ensure_server(home)
+    try:
+        from surgflow_flows.pipeline import train_and_release
+        from surgflow_flows.training import TrainingParams
 
-        home = get_settings().home
-        started = not (os.environ.get("PREFECT_API_URL") or running_server(home))
-        # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
-        url = ensure_server(home)
-        try:
-            from surgflow_flows.pipeline import train_and_release
-            from surgflow_flows.training import TrainingParams
+        params = TrainingParams(recipe_path=str(recipe) if recipe else None,
+                                resume_run=resume)
+        emit(_summary(train_and_release(params)), json_)
+    finally:
+        if started:
+            stderr_console.print(
+                f"the Prefect server started for this run is still running at {url}; "
+                "`surgflow down` stops it", soft_wrap=True, highlight=False)
 
-            params = TrainingParams(recipe_path=str(recipe) if recipe else None,
-                                    resume_run=resume)
-            emit(_summary(train_and_release(params)), json_)
-        finally:
-            if started:
-                stderr_console.print(
-                    f"the Prefect server started for this run is still running at {url}; "
-                    "`surgflow down` stops it", soft_wrap=True, highlight=False)
 
-    @runs_app.command("list")
-    @handle_errors
-    def list_runs(json_: bool = JsonOption):
-        """Every run, oldest first."""
-        from surgflow.training.runs import RunStore
+@runs_app.command("list")
+@handle_errors
+def list_runs(json_: bool = JsonOption):
+    """Every run, oldest first."""
+    from surgflow.training.runs import RunStore
 
-        emit(RunStore(get_settings().home).list(), json_)
+    emit(RunStore(get_settings().home).list(), json_)
 
-    @runs_app.command("show")
-    @handle_errors
-    def show(run: str = typer.Argument(..., help="Run id."), json_: bool = JsonOption):
-        """A run's record: parameters, attempts, per-epoch metrics, utilisation summary."""
-        from surgflow.training.runs import RunStore
 
-        emit(RunStore(get_settings().home).show(run), json_)
+@runs_app.command("show")
+@handle_errors
+def show(run: str = typer.Argument(..., help="Run id."), json_: bool = JsonOption):
+    """A run's record: parameters, attempts, per-epoch metrics, utilisation summary."""
+    from surgflow.training.runs import RunStore
 
-    @runs_app.command("plot")
-    @handle_errors
-    def plot(
-        run: str = typer.Argument(..., help="Run id."),
-        out: Path = typer.Option(None, "--out", help="PNG path (default: in the run directory)."),
-        json_: bool = JsonOption,
-    ):
-        """A PNG with the run's metrics and every rank's utilisation on one time axis."""
-        from surgflow.training.plot import plot_run
+    emit(RunStore(get_settings().home).show(run), json_)
 
-        emit({"run_id": run, "png": str(plot_run(get_settings().home, run, out))}, json_)
+
+@runs_app.command("plot")
+@handle_errors
+def plot(
+    run: str = typer.Argument(..., help="Run id."),
+    out: Path = typer.Option(None, "--out", help="PNG path (default: in the run directory)."),
+    json_: bool = JsonOption,
+):
+    """A PNG with the run's metrics and every rank's utilisation on one time axis."""
+    from surgflow.training.plot import plot_run
+
+    emit({"run_id": run, "png": str(plot_run(get_settings().home, run, out))}, json_)

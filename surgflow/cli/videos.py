@@ -1,4 +1,4 @@
-"""`surgflow data ingest` and `surgflow data quarantine`."""
+"""`surgflow data ingest|quarantine|videos`: registering videos and listing them."""
 
 from __future__ import annotations
 
@@ -17,63 +17,66 @@ from surgflow.cli.common import (
 from surgflow.config import get_settings
 from surgflow.data.registry import VideoRegistry
 
+app = typer.Typer()
+
 
 def registry() -> VideoRegistry:
     s = get_settings()
     return VideoRegistry(s.home, s.resolved_video_roots())
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("ingest")
-    @handle_errors
-    def ingest(
-        paths: list[Path] = typer.Argument(..., help="Video files; the video_id is the file stem."),
-        procedure: str = typer.Option(..., "--procedure", "-p", help="Procedure of every file."),
-        source: str = typer.Option(..., "--source", "-s", help="Where the videos come from."),
-        json_: bool = JsonOption,
-    ):
-        """Probe, hash and register local video files; bad files are quarantined."""
-        reg = registry()
-        with progress("ingesting", total=len(paths)) as advance:
-            report = reg.ingest(paths, procedure=procedure, source=source, on_done=advance)
-        emit(report, json_, _render_ingest)
-        failed = len(report["quarantined"]) + len(report["conflicts"])
-        if failed:
-            first = (report["quarantined"] + report["conflicts"])[0]
-            stderr_console.print(
-                f"error: {failed} of {len(paths)} file(s) not registered; first: {first['reason']}",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(2)
+@app.command("ingest")
+@handle_errors
+def ingest(
+    paths: list[Path] = typer.Argument(..., help="Video files; the video_id is the file stem."),
+    procedure: str = typer.Option(..., "--procedure", "-p", help="Procedure of every file."),
+    source: str = typer.Option(..., "--source", "-s", help="Where the videos come from."),
+    json_: bool = JsonOption,
+):
+    """Probe, hash and register local video files; bad files are quarantined."""
+    reg = registry()
+    with progress("ingesting", total=len(paths)) as advance:
+        report = reg.ingest(paths, procedure=procedure, source=source, on_done=advance)
+    emit(report, json_, _render_ingest)
+    failed = len(report["quarantined"]) + len(report["conflicts"])
+    if failed:
+        first = (report["quarantined"] + report["conflicts"])[0]
+        stderr_console.print(
+            f"error: {failed} of {len(paths)} file(s) not registered; first: {first['reason']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
-    @app.command("quarantine")
-    @handle_errors
-    def quarantine(json_: bool = JsonOption):
-        """List what could not be registered, each with its reason."""
-        emit([e.model_dump(mode="json") for e in registry().quarantined()], json_)
 
-    @app.command("videos")
-    @handle_errors
-    def videos(json_: bool = JsonOption):
-        """List registered videos."""
-        rows = [
-            r.model_dump(
-                mode="json",
-                include={
-                    "video_id",
-                    "procedure",
-                    "source",
-                    "num_frames",
-                    "fps",
-                    "width",
-                    "height",
-                    "sha256",
-                },
-            )
-            for r in registry().list()
-        ]
-        emit(rows, json_)
+@app.command("quarantine")
+@handle_errors
+def quarantine(json_: bool = JsonOption):
+    """List what could not be registered, each with its reason."""
+    emit([e.model_dump(mode="json") for e in registry().quarantined()], json_)
+
+
+@app.command("videos")
+@handle_errors
+def videos(json_: bool = JsonOption):
+    """List registered videos."""
+    rows = [
+        r.model_dump(
+            mode="json",
+            include={
+                "video_id",
+                "procedure",
+                "source",
+                "num_frames",
+                "fps",
+                "width",
+                "height",
+                "sha256",
+            },
+        )
+        for r in registry().list()
+    ]
+    emit(rows, json_)
 
 
 def _render_ingest(report: dict) -> None:
