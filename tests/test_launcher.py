@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -110,14 +109,8 @@ def test_killing_a_worker_restarts_the_group_from_the_last_checkpoint(dask_clust
     assert record["status"] == "succeeded"
     first, second = record["attempts"][:2]
     assert len(record["attempts"]) == 2
-    # the first attempt ends on whichever the launcher sees first: the scheduler losing the
-    # killed worker, or rank 0's collective failing as its peer's connection drops
-    survivor = first["workers"][0]
-    assert re.fullmatch(
-        rf"worker {re.escape(victim)} \(rank \[1\]\) died"
-        rf"|rank 0 on {re.escape(survivor)}: RuntimeError: \[[^\]]*gloo[^\]]*\] "
-        r".*Connection (reset|closed) by peer.*",
-        first["error"], flags=re.S), first["error"]
+    # the killed worker is the reason, not rank 0's collective failing as its peer drops
+    assert first["error"] == f"worker {victim} (rank [1]) died", first["error"]
     clip = record["result"]["stages"]["clip"]
     assert clip["resumed_from_epoch"] is not None and 1 <= clip["resumed_from_epoch"] < 8
     assert clip["final"]["epoch"] == 8

@@ -153,7 +153,13 @@ def launch(
 
 def _watch(client: Any, futures: list[Any], workers: list[str], poll_s: float,
            on_tick: Callable[[], None] | None) -> tuple[BaseException | None, str] | None:
-    """Wait for all ranks; on the first failure or lost worker return (exception, reason)."""
+    """Wait for all ranks; on the first failure or lost worker return (exception, reason).
+
+    A lost worker is the reason whenever there is one: its peers' collectives then fail too
+    (gloo's "Connection reset by peer"), and which of the two the client hears of first is a
+    race. The ranks' states are read before the workers are asked for, so a worker whose death
+    made a rank fail is already missing from the answer.
+    """
     from distributed import wait
 
     while True:
@@ -161,19 +167,20 @@ def _watch(client: Any, futures: list[Any], workers: list[str], poll_s: float,
         if pending:
             with contextlib.suppress(TimeoutError):
                 wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
-        for rank, f in enumerate(futures):
-            if f.status == "error":
-                exc = f.exception()
-                return exc, f"rank {rank} on {workers[rank]}: {type(exc).__name__}: {exc}"
-            if f.status == "cancelled":
-                return None, f"rank {rank} on {workers[rank]} was cancelled"
-        if all(f.status == "finished" for f in futures):
+        states = [f.status for f in futures]
+        if all(state == "finished" for state in states):
             return None
         alive = set(live_workers(client))
         lost = [w for w in workers if w not in alive]
         if lost:
             ranks = [workers.index(w) for w in lost]
             return None, f"worker {', '.join(lost)} (rank {ranks}) died"
+        for rank, (f, state) in enumerate(zip(futures, states, strict=True)):
+            if state == "error":
+                exc = f.exception()
+                return exc, f"rank {rank} on {workers[rank]}: {type(exc).__name__}: {exc}"
+            if state == "cancelled":
+                return None, f"rank {rank} on {workers[rank]} was cancelled"
         if on_tick:
             on_tick()
 
