@@ -94,12 +94,12 @@ class Publisher:
         self.send_raw(topic, value, key=model.video_id)
         return model
 
-    def send_raw(self, topic: str, value: bytes, key: str | None = None,
+    def send_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Send bytes as they are to a prefixed topic (used for the DLQ and by tests)."""
+        """Send bytes as they are to a prefixed topic (dead letters keep their key's bytes)."""
         future = self._producer.send(
-            self.prefix + topic, value=value, key=key.encode() if key is not None else None,
-            headers=headers or [],
+            self.prefix + topic, value=value,
+            key=key.encode() if isinstance(key, str) else key, headers=list(headers or []),
         )
         self._pending.append(future)
 

@@ -30,12 +30,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 from surgflow.config import Settings
 from surgflow.errors import BrokerError
 from surgflow.feedback import broker
 from surgflow.feedback.checkpoint import Checkpoint, position_key
-from surgflow.feedback.client import ALL_TOPICS, make_producer
+from surgflow.feedback.client import Publisher
 from surgflow.feedback.merge import BatchMerger, Record, RunReport
 from surgflow.feedback.schemas import INPUT_TOPICS
 
@@ -64,28 +65,6 @@ def _gc_paused():
             gc.enable()
 
 
-class _Sender:
-    """Dead letters and tasks out through one acks=all producer."""
-
-    def __init__(self, producer, prefix: str):
-        self.producer, self.prefix, self.pending = producer, prefix, []
-
-    def send(self, topic: str, value: bytes | None, key: bytes | None, headers) -> None:
-        self.pending.append(self.producer.send(self.prefix + topic, value=value, key=key,
-                                               headers=list(headers)))
-
-    def flush(self) -> None:
-        from kafka.errors import KafkaError
-
-        pending, self.pending = self.pending, []
-        try:
-            self.producer.flush(timeout=30)
-            for f in pending:
-                f.get(timeout=30)
-        except KafkaError as e:
-            raise BrokerError(f"sending to Kafka failed: {e}") from e
-
-
 class FeedbackConsumer:
     """Consumes the input topics of ``settings`` into dataset versions."""
 
@@ -96,15 +75,16 @@ class FeedbackConsumer:
         self.bootstrap = broker.bootstrap(settings)
         self.group_id = group_id or f"{settings.topic_prefix}feedback"
         self.topics = [settings.topic(t) for t in INPUT_TOPICS]
-        broker.ensure_topics(self.bootstrap, [settings.topic(t) for t in ALL_TOPICS],
-                             settings.topic_partitions, attempts=attempts)
+        # dead letters and tasks leave through it; creating it creates every topic
+        self._publisher = Publisher(self.bootstrap, settings.topic_prefix,
+                                    settings.topic_partitions, attempts=attempts)
         self.cluster_id = broker.cluster_id(self.bootstrap, attempts=attempts)
         self.checkpoint = Checkpoint(settings.home)
-        self._producer = make_producer(self.bootstrap, attempts=attempts)
-        self.merger = BatchMerger(settings, _Sender(self._producer, settings.topic_prefix))
+        self.merger = BatchMerger(settings, SimpleNamespace(send=self._publisher.send_raw,
+                                                            flush=self._publisher.flush))
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        self._publisher.close()
 
     def __enter__(self) -> FeedbackConsumer:
         return self
