@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 
 from surgflow.config import get_settings
 from surgflow.errors import BrokerError
-from surgflow.feedback.consumer import run_feedback
+from surgflow.feedback.consumer import FOLLOW_MAX_EVENTS, FOLLOW_MAX_SECONDS, run_feedback
 from surgflow.feedback.events import emit_version_events
 
 
@@ -30,7 +30,8 @@ def _transient(task_, task_run, state) -> bool:
 
 
 @task(name="merge-feedback", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def merge_feedback(once: bool = True, max_events: int = 500, max_seconds: float = 5.0,
+def merge_feedback(once: bool = True, max_events: int = FOLLOW_MAX_EVENTS,
+                   max_seconds: float = FOLLOW_MAX_SECONDS,
                    follow_for_s: float | None = None) -> dict:
     """Consume and merge, announcing each batch's new versions; returns the run report."""
     stop = threading.Event()
@@ -45,7 +46,8 @@ def merge_feedback(once: bool = True, max_events: int = 500, max_seconds: float 
 
 
 @flow(name="feedback")
-def feedback_flow(once: bool = True, max_events: int = 500, max_seconds: float = 5.0,
+def feedback_flow(once: bool = True, max_events: int = FOLLOW_MAX_EVENTS,
+                  max_seconds: float = FOLLOW_MAX_SECONDS,
                   follow_for_s: float | None = None) -> dict:
     """Merge the feedback topics into new dataset versions and announce them."""
     report = merge_feedback(once, max_events, max_seconds, follow_for_s)

@@ -12,6 +12,7 @@ import typer
 from surgflow.cli.common import JsonOption, emit, handle_errors, log, spinner
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
+from surgflow.feedback.consumer import FOLLOW_MAX_EVENTS, FOLLOW_MAX_SECONDS
 
 
 def register(app: typer.Typer) -> None:
@@ -22,10 +23,14 @@ def register(app: typer.Typer) -> None:
     def run(
         once: bool = typer.Option(False, "--once",
                                   help="Consume up to the current end offsets, then exit."),
-        max_events: int = typer.Option(500, "--max-events", min=1,
+        max_events: int = typer.Option(FOLLOW_MAX_EVENTS, "--max-events", min=1,
                                        help="Follow mode: commit a version every N events..."),
-        max_seconds: float = typer.Option(5.0, "--max-seconds", min=0.01,
+        max_seconds: float = typer.Option(FOLLOW_MAX_SECONDS, "--max-seconds", min=0.01,
                                           help="...or every T seconds, whichever comes first."),
+        group: str = typer.Option(None, "--group",
+                                  help="Follow mode: the consumer group to join (default: "
+                                       "the topic prefix + 'feedback'). Consumers that share "
+                                       "a home share a group."),
         as_json: bool = JsonOption,
     ) -> None:
         """Merge videos, inference outputs and annotations into new dataset versions."""
@@ -45,7 +50,8 @@ def register(app: typer.Typer) -> None:
 
         with spinner("merging feedback up to the current end offsets", enabled=once):
             report = run_feedback(get_settings(), once=once, max_events=max_events,
-                                  max_seconds=max_seconds, stop=stop, on_batch=batch_done)
+                                  max_seconds=max_seconds, stop=stop, on_batch=batch_done,
+                                  group_id=group)
         emit(report.as_json(), as_json)
 
     @app.command("publish")

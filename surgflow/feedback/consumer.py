@@ -10,6 +10,15 @@ Two modes:
   whichever comes first. On every assignment it seeks to the stored positions; before a
   revocation it finishes the batch it holds.
 
+A version has a fixed cost (reading its parent's runs, writing and syncing its files) however
+few events it holds. So under load follow mode drains what the broker has, up to
+:data:`FOLLOW_MAX_EVENTS` events per version, and that bound amortises the cost; the time
+bound (:data:`FOLLOW_MAX_SECONDS`) only matters when the stream is quiet, where it is the
+latency of an event. Consumers of one group hold disjoint partitions, hence disjoint videos
+(the message key), so their versions commute: one that loses the race to publish is carried
+onto the winner's version by the store, not rebuilt (see
+:meth:`~surgflow.data.versions.DatasetStore.commit`).
+
 Positions: the :class:`~surgflow.feedback.checkpoint.Checkpoint` is the resume point and only
 moves after :meth:`BatchMerger.process` made a batch durable (versions written, dead letters
 acknowledged, parked events on disk). Kafka's group offsets are committed afterwards, for lag
@@ -44,6 +53,10 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 200
 MAX_POLL_RECORDS = 5000
+#: follow mode's defaults: a version every this many events...
+FOLLOW_MAX_EVENTS = 10_000
+#: ...or this many seconds after the first event it holds, whichever comes first
+FOLLOW_MAX_SECONDS = 2.0
 #: --once gives up when no record arrives for this long while positions are short of the end
 STALL_TIMEOUT_S = 30.0
 
@@ -196,8 +209,8 @@ class FeedbackConsumer:
     def follow(
         self,
         *,
-        max_events: int = 500,
-        max_seconds: float = 5.0,
+        max_events: int = FOLLOW_MAX_EVENTS,
+        max_seconds: float = FOLLOW_MAX_SECONDS,
         stop: threading.Event | None = None,
         on_batch: Callable[[RunReport], None] | None = None,
         idle_exit_s: float | None = None,
@@ -239,7 +252,11 @@ class FeedbackConsumer:
             consumer.subscribe(self.topics, listener=Listener())
             idle_since = parked_checked = time.monotonic()
             while not stop.is_set():
-                got = consumer.poll(timeout_ms=POLL_MS,
+                wait_ms = POLL_MS
+                if first_at:  # never wait past the moment the batch in hand is due
+                    left = first_at[0] + max_seconds - time.monotonic()
+                    wait_ms = int(min(POLL_MS, max(0.0, left) * 1000))
+                got = consumer.poll(timeout_ms=wait_ms,
                                     max_records=max(1, max_events - len(buffer)))
                 for batch in got.values():
                     if batch and not first_at:
@@ -280,14 +297,15 @@ def run_feedback(
     settings: Settings,
     *,
     once: bool,
-    max_events: int = 500,
-    max_seconds: float = 5.0,
+    max_events: int = FOLLOW_MAX_EVENTS,
+    max_seconds: float = FOLLOW_MAX_SECONDS,
     stop: threading.Event | None = None,
     on_batch: Callable[[RunReport], None] | None = None,
+    group_id: str | None = None,
 ) -> RunReport:
     """One feedback run, as ``feedback run`` and the feedback flow do it: a ``--once`` pass, or
     follow mode until ``stop`` is set. ``on_batch`` sees every batch once it is durable."""
-    with FeedbackConsumer(settings) as consumer:
+    with FeedbackConsumer(settings, group_id=group_id) as consumer:
         if not once:
             return consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
                                    on_batch=on_batch)
