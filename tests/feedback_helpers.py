@@ -1,17 +1,26 @@
-"""Building wire events from synthetic videos, an independent per-frame oracle, CLI calls."""
+"""Building wire events from synthetic videos, an independent per-frame oracle, CLI calls,
+follow-mode consumers as processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
+from surgflow.config import get_settings
 from surgflow.data.synthetic import SyntheticVideo
+from surgflow.feedback.checkpoint import Checkpoint
+from surgflow.feedback.client import Publisher
+from surgflow.feedback.schemas import INPUT_TOPICS
 
 SURGFLOW = str(Path(sys.executable).with_name("surgflow"))
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
@@ -83,3 +92,81 @@ def cli(*args: str, check: bool = True, timeout: float = 180,
     if check and proc.returncode != 0:
         raise AssertionError(f"surgflow {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc.returncode, out, proc.stderr
+
+
+FOLLOW_LABELS = ("Preparation", "CalotTriangleDissection", "ClippingCutting",
+                 "GallbladderDissection")
+
+
+def label_stream(corpus, n_labels: int, seed: int) -> list[tuple[str, dict]]:
+    """Videos first, then a shuffled mix of model and human labels with distinct times."""
+    rng = random.Random(seed)
+    out = [("video", video_event(v)) for v in corpus]
+    minutes = rng.sample(range(10 * n_labels), n_labels)
+    for i in range(n_labels):
+        v = rng.choice(corpus)
+        a = rng.randrange(0, v.num_frames - 2)
+        b = rng.randrange(a + 1, min(v.num_frames, a + 120) + 1)
+        seg = {"start_frame": a, "end_frame": b, "label": rng.choice(FOLLOW_LABELS)}
+        if rng.random() < 0.3:
+            out.append(("annotation", annotation_event(v, f"a{i}", minutes[i], [seg])))
+        else:
+            out.append(("inference", inference_event(v, f"m{i}", minutes[i],
+                                                     confidences=[round(rng.random(), 2)],
+                                                     segments=[seg])))
+    return out
+
+
+def produce(stream, pace_s: float = 0.0) -> None:
+    with Publisher.from_settings(get_settings()) as pub:
+        for i, (kind, event) in enumerate(stream):
+            pub.publish(kind, event)
+            if pace_s and i % 10 == 9:
+                pub.flush()
+                time.sleep(pace_s)
+        pub.flush()
+
+
+def start_follow(log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SURGFLOW, "feedback", "run", "--max-events", "20", "--max-seconds", "0.3", "--json",
+         *extra], stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True)
+
+
+def consumed(home: Path, cluster_id: str, prefix: str) -> int:
+    """Messages made durable so far: offsets are contiguous from 0, so the sum of positions."""
+    topics = {prefix + t for t in INPUT_TOPICS}
+    return sum(off for key, off in Checkpoint(home).positions(cluster_id).items()
+               if key.rpartition(":")[0] in topics)
+
+
+def wait_consumed(home, cluster_id, prefix, total, timeout_s=90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while consumed(home, cluster_id, prefix) < total:
+        assert time.monotonic() < deadline, (
+            f"only {consumed(home, cluster_id, prefix)} of {total} consumed")
+        time.sleep(0.2)
+
+
+def stop_follow(proc: subprocess.Popen) -> dict:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"follow exited {proc.returncode}"
+    return json.loads(out)
+
+
+def once_reference(stream, tmp_path: Path, name: str) -> dict:
+    """`data show` of an uninterrupted --once run over the same events in a fresh home."""
+    home = tmp_path / name
+    home.mkdir()
+    env = os.environ | {"SURGFLOW_HOME": str(home),
+                        "SURGFLOW_TOPIC_PREFIX": os.environ["SURGFLOW_TOPIC_PREFIX"] + name + "."}
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        produce(stream)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    cli("feedback", "run", "--once", env=env)
+    return cli("data", "show", "cholecystectomy", env=env)[1]

@@ -11,6 +11,15 @@ import pytest
 
 from surgflow.data import versions
 from surgflow.data.versions import DatasetStore
+from tests.feedback_helpers import (
+    cli,
+    label_stream,
+    once_reference,
+    produce,
+    start_follow,
+    stop_follow,
+    wait_consumed,
+)
 from tests.test_versions import DS, human_event, model_event, rec
 
 REBUILT, CARRIED = "rebuilding on it", "carried onto version"
@@ -127,3 +136,21 @@ def test_an_event_the_winner_applied_is_a_duplicate_not_applied_twice(
     assert store.manifest(DS).events_applied == 43 + 4
     _same_content(store, commits, tmp_path)
 
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_three_consumers_on_six_partitions_lose_and_double_nothing(
+        kafka, embedded_broker, synthetic_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("SURGFLOW_TOPIC_PARTITIONS", "6")
+    monkeypatch.setenv("SURGFLOW_KAFKA_SESSION_TIMEOUT_MS", "3000")  # quick group joins
+    stream = label_stream(synthetic_corpus, 600, seed=13)
+    procs = [start_follow(tmp_path / f"c{i}.log") for i in range(3)]
+    produce(stream, 0.01)
+    wait_consumed(kafka.home, embedded_broker.cluster_id, kafka.prefix, len(stream))
+    reports = [stop_follow(p) for p in procs]
+    assert sum(r["applied"] for r in reports) == len(stream)
+    assert sum(1 for r in reports if r["consumed"]) >= 2, reports
+    got = cli("data", "show", DS)[1]
+    want = once_reference(stream, tmp_path, "ref")
+    assert got["fingerprint"] == want["fingerprint"]
+    assert got["events_applied"] == want["events_applied"] == len(stream) - len(synthetic_corpus)
