@@ -7,11 +7,8 @@ the one way a pydantic validation error becomes a one-line reason (settings, rec
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pydantic import ValidationError
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 
 class SurgflowError(Exception):
@@ -70,19 +67,26 @@ class DecodeError(SurgflowError):
     """Decoding frames from a registered video failed after retries."""
 
 
+class HasErrors(Protocol):
+    """A validation failure that lists its errors as pydantic does (a pydantic
+    ``ValidationError``, FastAPI's ``RequestValidationError``)."""
+
+    def errors(self) -> Sequence[Any]: ...
+
+
 def dotted(loc: tuple[int | str, ...]) -> str:
     """A pydantic error location as a dotted path: ``("optim", "lr")`` → ``optim.lr``."""
     return ".".join(str(p) for p in loc)
 
 
 def describe_validation(
-    e: ValidationError,
+    e: HasErrors,
     name: Callable[[tuple[int | str, ...]], str] = dotted,
     *,
     allowed: Callable[[tuple[int | str, ...]], list[str]] | None = None,
     limit: int = 5,
 ) -> str:
-    """A pydantic ValidationError as one line: each bad field as ``<name>: <what is wrong> (got
+    """A validation failure as one line: each bad field as ``<name>: <what is wrong> (got
     <value>)``, ``<name> is required`` or ``<name> is not allowed here; allowed: ...``, joined
     by ``; `` (the first ``limit``, then how many more).
 
