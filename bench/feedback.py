@@ -1,17 +1,28 @@
-"""Feedback-loop benchmark: merge throughput vs raw Kafka consumption, and follow-mode latency.
+"""Feedback-loop benchmark: merge throughput vs raw Kafka consumption, --once and follow mode.
 
-Run: ``.venv/bin/python bench/feedback.py [--events 20000] [--latency-samples 30]``
+Run: ``.venv/bin/python -m bench.feedback [--events 60000] [--videos 24] [--partitions 6]``
 
-1. Throughput. N inference/annotation events for registered videos are produced once. The
-   baseline is kafka-python reading the same N messages raw (assign, seek to beginning, poll
-   until all are in). surgflow's number is ``FeedbackConsumer.run_once`` over them: consume,
-   validate (JSON + schema + taxonomy + range), merge, and commit the new dataset version.
-   Ratio = surgflow events/s / raw events/s (target >= 0.5). Both are repeated (interleaved,
-   each merge into a fresh copy of the home) and the best of each is reported, with the median
-   of the per-pair ratios, since a shared machine makes single runs noisy. surgflow pauses the
-   cyclic garbage collector while it reads and merges a batch, so a stricter second baseline
-   reads raw with the collector paused too.
-2. Latency. A follow-mode consumer (``max_seconds`` = 0.2) runs in this process; annotations are
+The workload: N inference/annotation events (70 % model, 30 % human) on V registered videos,
+keyed by ``video_id`` on P partitions, produced once. The baseline is kafka-python reading the
+same N messages raw (assign, seek to beginning, poll until all are in, records kept).
+
+1. ``--once``. ``FeedbackConsumer.run_once`` over them: consume, validate (JSON + schema +
+   taxonomy + range), merge, and commit the new dataset version. Ratio = surgflow events/s /
+   raw events/s (target >= 0.5). Both are repeated (interleaved, each merge into a fresh copy
+   of the home) and the best of each is reported, with the median of the per-pair ratios,
+   since a shared machine makes single runs noisy. surgflow pauses the cyclic garbage
+   collector while it reads and merges a batch, so a stricter second baseline reads raw with
+   the collector paused too.
+2. Follow mode, as a user runs it: 1, then 3, ``surgflow feedback run`` processes with their
+   default batch bounds, in one consumer group, on a fresh copy of the home. Time from
+   starting the processes until the latest dataset version holds every event: Python start,
+   the group join (the broker waits about half the session timeout for members) and every
+   version included. ``after_join`` rates start at the first partition assignment a consumer
+   logs. Each measurement is paired with a raw consume just before it (ratio = pair's).
+   Target: one consumer >= 0.5 of raw; three >= 1.3x one, and the same fingerprint as
+   ``--once`` (nothing lost or doubled). ``cpu_s`` is the consumers' CPU time together: on a
+   machine shared with other work, wall figures follow the CPU that was free.
+3. Latency. A follow-mode consumer (``max_seconds`` = 0.2) runs in this process; annotations are
    produced one at a time and timed until the dataset version that contains each is published.
 
 Everything runs on the embedded broker in a temporary SURGFLOW_HOME (or the broker named by
@@ -21,21 +32,31 @@ SURGFLOW_KAFKA_BOOTSTRAP). Prints one JSON document at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
+import resource
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 LABELS = ("Preparation", "CalotTriangleDissection", "ClippingCutting", "GallbladderDissection",
           "GallbladderPackaging", "CleaningCoagulation", "GallbladderRetraction")
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
+DATASET = "cholecystectomy"
+FOLLOW_TIMEOUT_S = 600.0
+_ASSIGNED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*: assigned \d+ partitions",
+                       re.MULTILINE)
 
 
 def _label_events(videos, n: int, seed: int) -> list[tuple[str, dict]]:
@@ -91,16 +112,21 @@ def _raw_consume(bootstrap: str, topics: list[str], expected: int, gc_paused: bo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=20000)
-    ap.add_argument("--videos", type=int, default=6)
+    ap.add_argument("--events", type=int, default=60000)
+    ap.add_argument("--videos", type=int, default=24)
+    ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--latency-samples", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=0.2)
+    ap.add_argument("--repeats", type=int, default=3, help="--once measurements")
+    ap.add_argument("--follow-repeats", type=int, default=2,
+                    help="follow-mode measurements per consumer count")
+    ap.add_argument("--consumers", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--max-seconds", type=float, default=0.2, help="latency measurement")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="surgflow-bench-"))
     os.environ["SURGFLOW_HOME"] = str(work / "home")
     os.environ["SURGFLOW_VIDEO_ROOTS"] = str(work)
+    os.environ["SURGFLOW_TOPIC_PARTITIONS"] = str(args.partitions)
     os.environ.setdefault("SURGFLOW_TOPIC_PREFIX", f"bench{os.getpid()}.")
 
     from surgflow.config import get_settings
@@ -114,6 +140,7 @@ def main() -> None:
     embedded = settings.kafka_bootstrap is None
     bootstrap = broker.bootstrap(settings)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    load_before = os.getloadavg()
     try:
         videos = generate_corpus(work / "videos", args.videos, seed=1, duration_s=8)
         with Publisher.from_settings(settings) as pub:
@@ -130,16 +157,17 @@ def main() -> None:
             for kind, e in events:
                 pub.publish(kind, e)
             pub.flush()
-        log(f"produced {len(events)} label events")
+        log(f"produced {len(events)} label events on {args.partitions} partitions")
 
         topics = [settings.topic("inference"), settings.topic("annotations")]
+        raw = lambda: _raw_consume(bootstrap, topics, len(events))  # noqa: E731
+        fresh = _homes(work, settings.home)
         raw_times, raw_nogc_times, merge_times = [], [], []
         for rep in range(args.repeats):
             # Each repetition merges the same messages into a fresh copy of the home in which
             # only the videos are registered, so every run does the full work.
-            home = work / f"home-{rep}"
-            shutil.copytree(settings.home, home)
-            raw_times.append(_raw_consume(bootstrap, topics, len(events)))
+            home = fresh()
+            raw_times.append(raw())
             raw_nogc_times.append(_raw_consume(bootstrap, topics, len(events), gc_paused=True))
             with FeedbackConsumer(get_settings(home=home)) as consumer:
                 t0 = time.perf_counter()
@@ -148,16 +176,31 @@ def main() -> None:
             assert report.consumed == len(events), report.as_json()
             assert report.applied == len(events), report.as_json()
             log(f"run {rep}: raw {raw_times[-1]:.2f}s, merge {merge_times[-1]:.2f}s")
+        once_fingerprint = DatasetStore(home).manifest(DATASET).fingerprint
         raw_rate, merge_rate = len(events) / min(raw_times), len(events) / min(merge_times)
         median_ratio = statistics.median(r / m for r, m in zip(raw_times, merge_times,
                                                                  strict=True))
         log(f"raw kafka-python: {raw_rate:,.0f} events/s; surgflow merge: {merge_rate:,.0f}/s")
 
+        runs: list[dict] = []
+        for rep in range(args.follow_repeats):
+            for n in args.consumers:
+                raw_s = raw()
+                raw_times.append(raw_s)
+                run = _follow(fresh(), n, len(events), bootstrap)
+                run |= {"raw_events_per_s": round(len(events) / raw_s),
+                        "vs_raw": round(raw_s / run["seconds"], 3),
+                        "after_join_vs_raw": round(raw_s / run["after_join_s"], 3),
+                        "fingerprint_equal": run.pop("fingerprint") == once_fingerprint}
+                log(f"follow, {n} consumer(s), run {rep}: {json.dumps(run)}")
+                runs.append(run)
+        follow = _follow_summary(runs, args.consumers)
+
         settings = get_settings(home=home)  # everything consumed here: latency is per event
         latencies = _latency(settings, videos, args.latency_samples, args.max_seconds,
                              DatasetStore(settings.home), FeedbackConsumer, Publisher)
         result = {
-            "events": len(events),
+            "events": len(events), "videos": args.videos, "partitions": args.partitions,
             "baseline": "kafka-python KafkaConsumer raw consume of the same messages",
             "raw_consume_events_per_s": round(raw_rate),
             "merge_events_per_s": round(merge_rate),
@@ -167,17 +210,109 @@ def main() -> None:
             "merge_vs_raw_ratio_median_of_pairs": round(median_ratio, 3),
             "repeats": args.repeats, "rates_are": "best of repeats",
             "target_ratio": 0.5,
+            "follow": follow,
             "follow_latency_s": {
                 "samples": len(latencies), "max_seconds": args.max_seconds,
                 "p50": round(statistics.median(latencies), 3),
                 "p95": round(sorted(latencies)[max(0, int(len(latencies) * 0.95) - 1)], 3),
             },
+            "load_average_before_after": [round(load_before[0], 2),
+                                          round(os.getloadavg()[0], 2)],
+            "cpus": os.cpu_count(),
             "broker": "embedded tansu" if embedded else bootstrap,
         }
         print(json.dumps(result, indent=1))
     finally:
         if embedded:
             broker.stop(settings.home)
+
+
+def _homes(work: Path, base: Path):
+    """A maker of fresh copies of ``base`` (videos registered, no label event merged)."""
+    made = []
+
+    def fresh() -> Path:
+        home = work / f"home-{len(made)}"
+        shutil.copytree(base, home)
+        made.append(home)
+        return home
+
+    return fresh
+
+
+def _follow(home: Path, consumers: int, expected: int, bootstrap: str) -> dict:
+    """``consumers`` follow-mode processes in one new group until every event is merged."""
+    from surgflow.data.versions import DatasetStore
+
+    store = DatasetStore(home)
+    base = store.manifest(DATASET).events_applied
+    exe = shutil.which("surgflow", path=str(Path(sys.executable).parent)) or "surgflow"
+    env = os.environ | {"SURGFLOW_HOME": str(home), "SURGFLOW_KAFKA_BOOTSTRAP": bootstrap}
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    logs = [home / f"follow-{i}.log" for i in range(consumers)]
+    cpu_before = _children_cpu_s()
+    started_wall, t0 = time.time(), time.perf_counter()
+    with contextlib.ExitStack() as files:
+        procs = [subprocess.Popen([exe, "feedback", "run", "--json", "--group", group],
+                                  env=env, stdout=subprocess.PIPE, text=True,
+                                  stderr=files.enter_context(open(log, "wb")))
+                 for log in logs]
+    try:
+        while store.manifest(DATASET).events_applied < base + expected:
+            if any(p.poll() is not None for p in procs) or (
+                    time.perf_counter() - t0 > FOLLOW_TIMEOUT_S):
+                raise RuntimeError(f"follow mode did not merge {expected} events; see {logs}")
+            time.sleep(0.05)
+        seconds = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    reports = [json.loads(out) for out in outputs]
+    assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
+    assert sum(r["applied"] for r in reports) == expected, reports
+    text = [log.read_text() for log in logs]
+    joined = min(_first_assignment(t) for t in text) - started_wall
+    m = store.manifest(DATASET)
+    return {
+        "consumers": consumers, "seconds": round(seconds, 2),
+        "events_per_s": round(expected / seconds), "join_s": round(joined, 2),
+        "after_join_s": round(seconds - joined, 2),
+        "after_join_events_per_s": round(expected / (seconds - joined)),
+        "consumed": [r["consumed"] for r in reports], "versions": m.version - 1,
+        "lost_races": sum(t.count("published by another writer") for t in text),
+        "rebuilt": sum(t.count("rebuilding on it") for t in text),
+        "cpu_s": round(_children_cpu_s() - cpu_before, 1), "fingerprint": m.fingerprint,
+    }
+
+
+def _first_assignment(log_text: str) -> float:
+    found = _ASSIGNED.search(log_text)
+    if found is None:
+        raise RuntimeError(f"a consumer never logged its partition assignment:\n{log_text}")
+    stamp = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+    return stamp + int(found.group(2)) / 1000
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _follow_summary(runs: list[dict], counts: list[int]) -> dict:
+    """Best run per consumer count, and how many consumers scale against one."""
+    best = {n: max((r for r in runs if r["consumers"] == n), key=lambda r: r["events_per_s"])
+            for n in counts}
+    out: dict = {"runs": runs, "best": {str(n): best[n] for n in counts},
+                 "fingerprints_equal": all(r["fingerprint_equal"] for r in runs),
+                 "target": "1 consumer >= 0.5 of raw; 3 consumers >= 1.3x 1 consumer"}
+    if 1 in best:
+        for n in counts:
+            if n != 1:
+                out[f"{n}_vs_1"] = round(best[n]["events_per_s"] / best[1]["events_per_s"], 3)
+                out[f"{n}_vs_1_after_join"] = round(
+                    best[n]["after_join_events_per_s"] / best[1]["after_join_events_per_s"], 3)
+    return out
 
 
 def _latency(settings, videos, samples: int, max_seconds: float, store, consumer_cls,
@@ -191,7 +326,7 @@ def _latency(settings, videos, samples: int, max_seconds: float, store, consumer
     out = []
     try:
         with publisher_cls.from_settings(settings) as pub:
-            base = store.manifest("cholecystectomy").events_applied
+            base = store.manifest(DATASET).events_applied
             for i in range(samples + 3):  # the first few include the group join
                 v = videos[i % len(videos)]
                 t0 = time.perf_counter()
@@ -201,7 +336,7 @@ def _latency(settings, videos, samples: int, max_seconds: float, store, consumer
                     "produced_at": datetime.now(UTC).isoformat(),
                     "segments": [{"start_frame": 0, "end_frame": 10, "label": LABELS[i % 7]}]})
                 pub.flush()
-                while store.manifest("cholecystectomy").events_applied < base + i + 1:
+                while store.manifest(DATASET).events_applied < base + i + 1:
                     time.sleep(0.005)
                 if i >= 3:
                     out.append(time.perf_counter() - t0)
