@@ -294,10 +294,12 @@ class _Selection:
     def __exit__(self, *exc: object) -> None:
         self.con.close()
 
-    def records(self) -> dict[str, dict]:
-        """The snapshots of the videos ``kept`` names, with ``src``."""
-        t = self.con.sql("SELECT * FROM view_videos SEMI JOIN kept USING (video_id)"
-                             ).to_arrow_table()
+    def records(self, split: str | None) -> dict[str, dict]:
+        """The snapshots, with ``src``, of the videos of ``split`` (None: all): one read of
+        the small ``videos`` files, where narrowing them to ``kept``'s videos would evaluate
+        the view's filter a second time."""
+        where = f" WHERE split = '{split}'" if split is not None else ""
+        t = self.con.sql(f"SELECT * FROM view_videos{where}").to_arrow_table()
         return {r["video_id"]: r for r in t.to_pylist()}
 
     def batches(self, rows: int = 1 << 16):
@@ -366,7 +368,7 @@ def _clips(
     sel: _Selection,
     procedure_labels: dict[str, tuple[str, ...]] | None,
 ) -> ResolvedView:
-    records = sel.records()
+    records = sel.records(spec.split)
     found: dict[str, int] = {}  # label -> index in order of first appearance
     view_videos: list[ViewVideo] = []
     vids, starts, labels = [], [], []
