@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from surgflow.data import datafiles as df
+from surgflow.data.changes import apply_events
 from surgflow.data.labels import (
     Interval,
     LabelEvent,
@@ -19,6 +21,7 @@ from surgflow.data.labels import (
     frames_by,
     resolve,
     resolve_video,
+    untouched,
 )
 from surgflow.errors import BadInput
 
@@ -103,6 +106,32 @@ def test_incremental_equals_all_at_once_and_reapplying_changes_nothing(evs, data
     assert incremental == once
     replay = data.draw(st.lists(st.sampled_from(evs), max_size=5))
     assert resolve(once, replay) == once
+
+
+@settings(max_examples=150, deadline=None)
+@given(events(), st.data())
+def test_a_commit_resolving_only_the_intervals_new_events_overlap_equals_resolving_all(evs,
+                                                                                      data):
+    cut = data.draw(st.integers(0, len(evs)))
+    replay = data.draw(st.lists(st.sampled_from(evs), max_size=3))
+    parent = resolve({}, evs[:cut])
+    change = apply_events(df.intervals_table(parent), [*evs[cut:], *replay])
+    once = resolve({}, evs)
+    assert df.table_intervals(change.intervals) == once
+    assert change.after == {v: coalesce(ivs) for v, ivs in once.items()}
+    held = list(itertools.chain(*parent.values()))
+    assert change.frames_before == (frames_by(held, "label"), frames_by(held, "provenance"))
+
+
+def test_untouched_are_the_intervals_no_new_interval_overlaps():
+    def iv(a, b):
+        return Interval(a, b, "A", "human", None, T0, 0, 0, "e")
+
+    # spans [5, 12) and [20, 21); touching an end is not overlapping
+    new = [iv(5, 8), iv(7, 12), iv(20, 21)]
+    assert untouched([0, 5, 12, 15, 21], [5, 12, 15, 21, 30], new) == [
+        True, False, True, False, True]
+    assert untouched([0], [10], []) == [True]
 
 
 @settings(max_examples=150, deadline=None)

@@ -14,6 +14,7 @@ against them; :func:`coalesce` drops the key and merges neighbours for tables an
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections import defaultdict
@@ -31,6 +32,8 @@ _RANK = {"model": 0, "human": 1}
 
 def as_utc(ts: datetime) -> datetime:
     """``ts`` as a UTC instant (so ``Z`` and ``+00:00`` compare equal); ValueError if naive."""
+    if type(ts) is datetime and ts.tzinfo is UTC:  # already one: every interval's key has it
+        return ts
     if not isinstance(ts, datetime) or ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("must be timezone-aware: an RFC 3339 time with a time zone "
                          f"(e.g. 2026-11-21T08:00:00Z), got {ts}")
@@ -97,8 +100,10 @@ class Interval:
     _key: tuple = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        produced_at = _utc(self.produced_at, f"event {self.event_id!r}")
-        object.__setattr__(self, "produced_at", produced_at)
+        produced_at = self.produced_at
+        if type(produced_at) is not datetime or produced_at.tzinfo is not UTC:
+            produced_at = _utc(produced_at, f"event {self.event_id!r}")
+            object.__setattr__(self, "produced_at", produced_at)
         object.__setattr__(
             self,
             "_key",
@@ -118,10 +123,10 @@ class Interval:
         return self.end_frame - self.start_frame
 
     def with_range(self, start_frame: int, end_frame: int) -> Interval:
-        return Interval(
-            start_frame, end_frame, self.label, self.provenance, self.confidence,
-            self.produced_at, self.partition, self.offset, self.event_id,
-        )
+        # Same event, same key: copied rather than validated again (resolution makes many).
+        piece = object.__new__(Interval)
+        piece.__dict__.update(self.__dict__, start_frame=start_frame, end_frame=end_frame)
+        return piece
 
 
 def intervals_of(event: LabelEvent) -> list[Interval]:
@@ -203,20 +208,49 @@ def coalesce(intervals: Iterable[Interval]) -> list[Segment]:
 
     Input must be sorted and non-overlapping (what :func:`resolve_video` returns).
     """
+    return coalesce_rows((iv.start_frame, iv.end_frame, iv.label, iv.provenance, iv.confidence)
+                         for iv in intervals)
+
+
+def coalesce_rows(rows: Iterable[tuple[int, int, str, Provenance, float | None]]
+                  ) -> list[Segment]:
+    """:func:`coalesce` over ``(start_frame, end_frame, label, provenance, confidence)``
+    tuples, for intervals read as table rows rather than as :class:`Interval` objects."""
     out: list[Segment] = []
-    for iv in intervals:
-        prev = out[-1] if out else None
-        if (
-            prev is not None
-            and prev.end_frame == iv.start_frame
-            and (prev.label, prev.provenance, prev.confidence)
-            == (iv.label, iv.provenance, iv.confidence)
-        ):
-            out[-1] = Segment(prev.start_frame, iv.end_frame, prev.label, prev.provenance,
-                              prev.confidence)
+    cur: list | None = None
+    for start, end, label, provenance, confidence in rows:
+        if (cur is not None and cur[1] == start and cur[2] == label and cur[3] == provenance
+                and cur[4] == confidence):
+            cur[1] = end
+            continue
+        if cur is not None:
+            out.append(Segment(*cur))
+        cur = [start, end, label, provenance, confidence]
+    if cur is not None:
+        out.append(Segment(*cur))
+    return out
+
+
+def untouched(starts: Sequence[int], ends: Sequence[int], new: Iterable[Interval]) -> list[bool]:
+    """Which of a video's resolved intervals (sorted, non-overlapping ``[starts[i], ends[i])``)
+    no interval of ``new`` overlaps.
+
+    Those keep their frames and their key whatever ``new`` holds, and no piece resolved from
+    the others can merge with them (a resolved piece next to one has another key), so
+    resolving ``new`` on top of a video needs only the intervals that are not untouched:
+    ``resolve_video(all + new)`` is the untouched ones plus ``resolve_video(others + new)``.
+    """
+    spans: list[list[int]] = []  # the union of ``new``'s ranges, sorted and disjoint
+    for lo, hi in sorted((iv.start_frame, iv.end_frame) for iv in new):
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
         else:
-            out.append(Segment(iv.start_frame, iv.end_frame, iv.label, iv.provenance,
-                               iv.confidence))
+            spans.append([lo, hi])
+    his = [hi for _, hi in spans]
+    out = []
+    for start, end in zip(starts, ends, strict=True):
+        i = bisect.bisect_right(his, start)  # the first span that ends after ``start``
+        out.append(i == len(spans) or spans[i][0] >= end)
     return out
 
 

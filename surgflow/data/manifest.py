@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -106,6 +106,18 @@ class Stats:
         for s in segments:
             self.labels[s.label] += sign * (s.end_frame - s.start_frame)
             self.provenance[s.provenance] += sign * (s.end_frame - s.start_frame)
+        self.add_hash(content_hash, sign)
+
+    def add_frames(self, labels: Mapping[str, int], provenance: Mapping[str, int],
+                   sign: int = 1) -> None:
+        """Labelled frames by label and by provenance, summed over some videos."""
+        for k, n in labels.items():
+            self.labels[k] += sign * n
+        for k, n in provenance.items():
+            self.provenance[k] += sign * n
+
+    def add_hash(self, content_hash: str, sign: int = 1) -> None:
+        """A video's term of the fingerprint."""
         self.total = (self.total + sign * int(content_hash, 16)) % MOD
 
     def fields(self) -> dict:

@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from surgflow.data import datafiles as df
+from surgflow.data.changes import apply_events
 from surgflow.data.datafiles import DataFile, DatasetVideo
-from surgflow.data.labels import Interval, LabelEvent, Segment, check_event, coalesce, resolve
+from surgflow.data.labels import Interval, LabelEvent, Segment, check_event
 from surgflow.data.manifest import Manifest, Stats, video_hash
 from surgflow.data.registry import VideoRecord
 from surgflow.data.segments import (
@@ -199,10 +200,12 @@ class DatasetStore:
 
     def _intervals(self, dataset: str, m: Manifest | None,
                    video_ids: list[str]) -> dict[str, list[Interval]]:
+        return df.table_intervals(self._interval_rows(dataset, m, video_ids))
+
+    def _interval_rows(self, dataset: str, m: Manifest | None, video_ids: list[str]) -> pa.Table:
         if m is None or not video_ids:
-            return {}
-        t = read_latest(self.dataset_dir(dataset), m, "intervals", video_ids)
-        return df.table_intervals(t)
+            return df.empty(df.INTERVALS_SCHEMA)
+        return read_latest(self.dataset_dir(dataset), m, "intervals", video_ids)
 
     def _videos(self, dataset: str, m: Manifest | None,
                 video_ids: list[str]) -> dict[str, DatasetVideo]:
@@ -303,16 +306,17 @@ class DatasetStore:
                                f"in dataset {dataset!r} nor among the videos of this commit")
             check_event(e, labels, video.num_frames)
         touched = sorted({e.video_id for e in new_events} | set(fresh))
-        before = self._intervals(dataset, parent, [v for v in touched if v in known])
-        after = resolve(before, new_events)
+        change = apply_events(
+            self._interval_rows(dataset, parent, [v for v in touched if v in known]), new_events)
         stats = Stats(parent)
+        stats.add_frames(*change.frames_before, sign=-1)
         changed: dict[str, DatasetVideo] = {}
         segments: dict[str, list[Segment]] = {}
         for vid in touched:
-            new_segs = segments[vid] = coalesce(after.get(vid, []))
+            new_segs = segments[vid] = change.after.get(vid, [])
             if vid in known:
                 old = known[vid]
-                stats.add_labels(coalesce(before.get(vid, [])), old.content_hash, -1)
+                stats.add_hash(old.content_hash, -1)
             else:
                 old = fresh[vid]
                 stats.add_video(old.source, old.split)
@@ -320,7 +324,7 @@ class DatasetStore:
             stats.add_labels(new_segs, h)
             changed[vid] = old.model_copy(update={"content_hash": h})
         new_run = {"videos": df.videos_table(list(changed.values())),
-                   "intervals": df.intervals_table({v: after[v] for v in touched if after.get(v)}),
+                   "intervals": change.intervals,
                    "segments": df.segments_table(segments),
                    "replaced": pa.table({"video_id": [v for v in touched if v in known]},
                                         schema=df.REPLACED_SCHEMA),
@@ -417,8 +421,8 @@ class DatasetStore:
         wanted = sorted({v.video_id for v in videos} | {e.video_id for e in events.values()})
         known = self._videos(dataset, base, wanted)
         if (self._videos(dataset, parent, wanted) != known
-                or self._intervals(dataset, parent, wanted)
-                != self._intervals(dataset, base, wanted)):
+                or not self._interval_rows(dataset, parent, wanted).equals(
+                    self._interval_rows(dataset, base, wanted))):
             return None
         new_ids = sorted(i for i in ids if i not in done)
         touched = sorted({events[i].video_id for i in new_ids}
