@@ -87,6 +87,11 @@ class DataFile(BaseModel, frozen=True):
     run: int
 
 
+def empty(schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` with no rows (``Schema.empty_table`` imports pandas: 0.5 s)."""
+    return pa.Table.from_batches([], schema=schema)
+
+
 def group_runs(files: list[DataFile]) -> list[dict[str, DataFile]]:
     """Data files grouped by run, oldest first: ``[{kind: DataFile}]``."""
     out: list[dict[str, DataFile]] = [{} for _ in range(1 + max((f.run for f in files),
@@ -216,6 +221,6 @@ def read_data_file(
         i = bisect.bisect_left(wanted, stats.min)
         if i < len(wanted) and wanted[i] <= stats.max:
             groups.append(g)
-    table = pf.read_row_groups(groups).cast(SCHEMAS[f.kind]) if groups else SCHEMAS[
-        f.kind].empty_table()
+    table = pf.read_row_groups(groups).cast(SCHEMAS[f.kind]) if groups else empty(
+        SCHEMAS[f.kind])
     return table.filter(pc.is_in(table.column(column), value_set=pa.array(wanted, pa.string())))

@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA
+from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA, empty
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.segments import SEGMENTS_SCHEMA, Relation
 from surgflow.data.sql import check_read_only, lock_down, one_line
@@ -58,7 +58,7 @@ def connect(home: Path, sql: str | None = None,
             con.execute("CREATE VIEW segments AS "
                         + " UNION ALL ".join(f"({r.sql})" for r in relations))
         else:
-            con.register("segments", SEGMENTS_SCHEMA.empty_table())
+            con.register("segments", empty(SEGMENTS_SCHEMA))
         if sql is None or "videos" in _table_names(sql):
             con.register("videos", registry_videos(home))
         lock_down(con, files)

@@ -14,6 +14,7 @@ holds the run.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,16 +33,20 @@ SEGMENTS_SCHEMA = pa.schema([("dataset", pa.string()), ("version", pa.int64()),
 SEGMENT_COLUMNS = tuple(SEGMENTS_SCHEMA.names)
 
 
+READ_THREADS = 4
+
+
 def latest_rows(dataset_dir: Path, runs: list[dict[str, DataFile]], kind: str,
                 video_ids: list[str] | None = None) -> pa.Table:
     """Current ``videos`` or ``intervals`` rows over ``runs`` (optionally only some videos)."""
+    files = [run[kind] for run in reversed(runs) if kind in run]
+    with ThreadPoolExecutor(READ_THREADS) as pool:  # reading and decoding release the GIL
+        tables = list(pool.map(lambda f: (
+            df.read_data_file(dataset_dir, f) if video_ids is None
+            else df.read_data_file(dataset_dir, f, "video_id", video_ids)), files))
     parts: list[pa.Table] = []
     seen: pa.Array | None = None
-    for run in reversed(runs):
-        if kind not in run:
-            continue
-        t = (df.read_data_file(dataset_dir, run[kind]) if video_ids is None
-             else df.read_data_file(dataset_dir, run[kind], "video_id", video_ids))
+    for t in tables:
         if t.num_rows == 0:
             continue
         if seen is not None:
@@ -51,7 +56,7 @@ def latest_rows(dataset_dir: Path, runs: list[dict[str, DataFile]], kind: str,
             seen = ids if seen is None else pa.concat_arrays([seen, ids])
         parts.append(t)
     if not parts:
-        return df.SCHEMAS[kind].empty_table()
+        return df.empty(df.SCHEMAS[kind])
     return pa.concat_tables(parts).sort_by(df.SORT_KEYS[kind])
 
 
@@ -95,7 +100,7 @@ def merge_runs(dataset_dir: Path, files: list[DataFile],
         if "replaced" in tables:  # what either run superseded; all of a run that predates them
             old = (df.read_data_file(dataset_dir, prev["replaced"]) if "replaced" in prev
                    else df.read_data_file(dataset_dir, prev["videos"]).select(["video_id"])
-                   if "videos" in prev else df.REPLACED_SCHEMA.empty_table())
+                   if "videos" in prev else df.empty(df.REPLACED_SCHEMA))
             both = pa.concat_tables([old, tables["replaced"]]).column("video_id")
             tables["replaced"] = pa.table({"video_id": pc.unique(both.combine_chunks())})
         if "events" in prev:
