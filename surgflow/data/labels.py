@@ -104,14 +104,7 @@ class Interval:
         if type(produced_at) is not datetime or produced_at.tzinfo is not UTC:
             produced_at = _utc(produced_at, f"event {self.event_id!r}")
             object.__setattr__(self, "produced_at", produced_at)
-        object.__setattr__(
-            self,
-            "_key",
-            (
-                _RANK[self.provenance], produced_at, self.partition, self.offset, self.event_id,
-                self.label, -1.0 if self.confidence is None else self.confidence,
-            ),
-        )
+        object.__setattr__(self, "_key", (*_event_key(self), *_segment_key(self)))
 
     @property
     def key(self) -> tuple:
@@ -131,15 +124,30 @@ class Interval:
 
 def intervals_of(event: LabelEvent) -> list[Interval]:
     """The event's segments as (unresolved) intervals carrying its key; empty ranges dropped."""
-    return [
-        Interval(
-            s.start_frame, s.end_frame, s.label, event.provenance,
-            None if event.provenance == "human" else s.confidence,
-            event.produced_at, event.partition, event.offset, event.event_id,
-        )
-        for s in event.segments
-        if s.end_frame > s.start_frame
-    ]
+    human = event.provenance == "human"
+    base = {"provenance": event.provenance, "produced_at": event.produced_at,
+            "partition": event.partition, "offset": event.offset, "event_id": event.event_id}
+    key = _event_key(event)
+    out = []
+    for s in event.segments:
+        if s.end_frame <= s.start_frame:
+            continue
+        # The event's fields are checked already: built like with_range, not validated again.
+        iv = object.__new__(Interval)
+        iv.__dict__.update(base, start_frame=s.start_frame, end_frame=s.end_frame,
+                           label=s.label, confidence=None if human else s.confidence)
+        iv.__dict__["_key"] = (*key, *_segment_key(iv))
+        out.append(iv)
+    return out
+
+
+def _event_key(e: LabelEvent | Interval) -> tuple:
+    """The event's part of the precedence key (see :attr:`Interval.key`)."""
+    return (_RANK[e.provenance], e.produced_at, e.partition, e.offset, e.event_id)
+
+
+def _segment_key(iv: Interval) -> tuple:
+    return (iv.label, -1.0 if iv.confidence is None else iv.confidence)
 
 
 def resolve_video(candidates: Iterable[Interval]) -> list[Interval]:
@@ -260,34 +268,32 @@ def check_event(event: LabelEvent, labels: Sequence[str], num_frames: int) -> No
     Checks: at least one segment; every label in ``labels``; ``0 <= start < end <= num_frames``;
     model confidences in [0, 1]; no two segments of the event overlap.
     """
-    where = f"event {event.event_id!r} for video {event.video_id!r}"
+    def fail(problem: str, n: int | None = None) -> BadInput:
+        at = "" if n is None else f", segment {n}"
+        return BadInput(f"event {event.event_id!r} for video {event.video_id!r}{at}: {problem}")
+
     if not event.segments:
-        raise BadInput(f"{where}: has no segments")
-    known = set(labels)
+        raise fail("has no segments")
+    model = event.provenance == "model"
     for n, s in enumerate(event.segments):
-        at = f"{where}, segment {n}"
-        if s.label not in known:
-            raise BadInput(f"{at}: unknown label {s.label!r}; known: {', '.join(labels)}")
+        if s.label not in labels:
+            raise fail(f"unknown label {s.label!r}; known: {', '.join(labels)}", n)
         if not (isinstance(s.start_frame, int) and isinstance(s.end_frame, int)):
-            raise BadInput(f"{at}: frame numbers must be integers")
+            raise fail("frame numbers must be integers", n)
         if s.start_frame < 0 or s.end_frame > num_frames:
-            raise BadInput(
-                f"{at}: range [{s.start_frame}, {s.end_frame}) is outside the video's "
-                f"{num_frames} frames [0, {num_frames})"
-            )
+            raise fail(f"range [{s.start_frame}, {s.end_frame}) is outside the video's "
+                       f"{num_frames} frames [0, {num_frames})", n)
         if s.end_frame <= s.start_frame:
-            raise BadInput(f"{at}: empty range [{s.start_frame}, {s.end_frame})")
-        if event.provenance == "model" and s.confidence is not None and not (
-            0.0 <= s.confidence <= 1.0
-        ):
-            raise BadInput(f"{at}: confidence {s.confidence} is outside [0, 1]")
-    ordered = sorted(event.segments, key=lambda s: (s.start_frame, s.end_frame))
+            raise fail(f"empty range [{s.start_frame}, {s.end_frame})", n)
+        if model and s.confidence is not None and not 0.0 <= s.confidence <= 1.0:
+            raise fail(f"confidence {s.confidence} is outside [0, 1]", n)
+    ordered = event.segments
+    if any(b.start_frame < a.start_frame for a, b in itertools.pairwise(ordered)):
+        ordered = sorted(ordered, key=lambda s: (s.start_frame, s.end_frame))
     for a, b in itertools.pairwise(ordered):
         if b.start_frame < a.end_frame:
-            raise BadInput(
-                f"{where}: segments [{a.start_frame}, {a.end_frame}) and "
-                f"[{b.start_frame}, {b.end_frame}) overlap"
-            )
+            raise fail(f"segments [{a.start_frame}, {a.end_frame}) and "
+                       f"[{b.start_frame}, {b.end_frame}) overlap")
 
 
 def frames_by(segments: Iterable[Segment | Interval], attr: str) -> dict[str, int]:
