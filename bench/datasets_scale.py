@@ -12,6 +12,9 @@ commits, each figure is measured in a fresh process, as a user's command would r
   16-frame clips at 1 fps) into clips;
 - peak memory (max RSS) of each of those processes, and of one that only imports (``baseline``).
 
+Each of those processes starts as a ``surgflow`` command does (pyarrow's first conversion does
+not import pandas; see ``surgflow.cli.common.skip_pandas_probe``).
+
 The last columns are the growth factor from 1M to 10M segments; the targets (at 10M on a 2-core
 machine): first query < 1 s, commit < 1 s, commit and query peak memory < 1 GB, and every
 figure growing less than 2x from 1M to 10M.
@@ -69,6 +72,9 @@ def measure(home: Path, what: str, round_: int) -> dict:
     from surgflow.data.taxonomy import CHOLEC80_PHASES
     from surgflow.data.versions import DatasetStore
 
+    from surgflow.cli.common import skip_pandas_probe
+
+    skip_pandas_probe()  # as a `surgflow` command starts
     if what in ("query", "one-video"):
         from surgflow.data.query import query
     elif what == "view":  # views import the clip sampler, and with it torch

@@ -22,7 +22,7 @@ from surgflow.cli import (
     training,
     videos,
 )
-from surgflow.cli.common import setup_logging
+from surgflow.cli.common import setup_logging, skip_pandas_probe
 
 app = typer.Typer(
     name="surgflow",
@@ -60,4 +60,5 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def main() -> None:
+    skip_pandas_probe()
     app()

@@ -32,6 +32,35 @@ stdout_console = Console()
 log = logging.getLogger("surgflow")
 
 
+class _NoPandas:
+    """An import finder under which ``import pandas`` fails (see :func:`skip_pandas_probe`)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is not probed for", name="pandas")
+
+
+def skip_pandas_probe() -> None:
+    """Keep pyarrow from importing pandas (about 0.45 s) on a command's first table.
+
+    The first time pyarrow converts Python objects it imports pandas, only to recognise pandas
+    objects among them, which no surgflow command passes it. That first probe is made here with
+    pandas out of reach, so pyarrow notes "no pandas" and goes on; it imports pandas for real
+    the first time anything asks it for pandas (``to_pandas``, ``from_pandas``), so code that
+    uses pandas in the same process still works.
+    """
+    if "pandas" in sys.modules:
+        return
+    import pyarrow as pa
+
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def _default(o: Any) -> Any:
     if isinstance(o, (datetime, date)):
         return o.isoformat()
