@@ -137,32 +137,35 @@ def test_follow_commits_every_n_events_or_t_seconds(kafka, synthetic_corpus):
             consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
                             on_batch=lambda r: batches.append(r.consumed))
 
-    # N first: 25 waiting messages, batches of 10, the last 5 wait for T (60 s) or the stop
+    # N first: 25 waiting messages, batches of 10; the last 5 are merged once there is nothing
+    # more to read, without waiting for T (60 s)
     thread = threading.Thread(target=follow, args=(10, 60.0))
     thread.start()
     deadline = time.monotonic() + 30
-    while sum(batches) < 20 and time.monotonic() < deadline:
+    while sum(batches) < 25 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
-    assert batches == [10, 10]
+    assert batches == [10, 10, 5]
     stop.set()
     thread.join(30)
-    assert batches == [10, 10, 5]  # stopping merges the batch in hand
+    assert batches == [10, 10, 5]
 
-    # T first: one message, N far away: merged after about T seconds
+    # T: records that keep coming, N far away: versions come while they still do
     batches.clear()
     stop.clear()
     thread = threading.Thread(target=follow, args=(1000, 0.5))
     thread.start()
-    time.sleep(0.5)
+    merged_while_sending = []
     with Publisher.from_settings(get_settings()) as pub:
-        pub.annotation(annotation_event(v, "t-first", 99, v.segments[:1]))
-        pub.flush()
-    t0 = time.monotonic()
-    while not batches and time.monotonic() - t0 < 20:
+        for i in range(60):
+            pub.annotation(annotation_event(v, f"t-{i}", 99 + i, v.segments[:1]))
+            pub.flush()
+            merged_while_sending.append(sum(batches))
+            time.sleep(0.05)
+    deadline = time.monotonic() + 20
+    while sum(batches) < 60 and time.monotonic() < deadline:
         time.sleep(0.02)
-    before_stop = list(batches)
     stop.set()
     thread.join(30)
-    assert before_stop == [1]
-    assert cli("data", "show", "cholecystectomy")[1]["events_applied"] == 25
+    assert sum(batches) == 60 and len(batches) > 1
+    assert 0 < merged_while_sending[-1] < 60, merged_while_sending
+    assert cli("data", "show", "cholecystectomy")[1]["events_applied"] == 84

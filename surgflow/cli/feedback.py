@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
         max_events: int = typer.Option(FOLLOW_MAX_EVENTS, "--max-events", min=1,
                                        help="Follow mode: commit a version every N events..."),
         max_seconds: float = typer.Option(FOLLOW_MAX_SECONDS, "--max-seconds", min=0.01,
-                                          help="...or every T seconds, whichever comes first."),
+                                          help="...or when its first event is T seconds "
+                                               "old, whichever comes first (at once when "
+                                               "there is nothing more to read)."),
         group: str = typer.Option(None, "--group",
                                   help="Follow mode: the consumer group to join (default: "
                                        "the topic prefix + 'feedback'). Consumers that share "

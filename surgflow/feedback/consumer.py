@@ -7,14 +7,15 @@ Two modes:
   start and merges everything as one batch: one new version per affected dataset.
 - :meth:`FeedbackConsumer.follow` joins the consumer group, so several consumers share the
   partitions, and commits a batch every ``max_events`` events or ``max_seconds`` seconds,
-  whichever comes first. On every assignment it seeks to the stored positions; before a
-  revocation it finishes the batch it holds.
+  whichever comes first, or as soon as it has read all there is. On every assignment it seeks
+  to the stored positions; before a revocation it finishes the batch it holds.
 
 A version has a fixed cost (reading its parent's runs, writing and syncing its files) however
 few events it holds. So under load follow mode drains what the broker has, up to
-:data:`FOLLOW_MAX_EVENTS` events per version, and that bound amortises the cost; the time
-bound (:data:`FOLLOW_MAX_SECONDS`) only matters when the stream is quiet, where it is the
-latency of an event. Consumers of one group hold disjoint partitions, hence disjoint videos
+:data:`FOLLOW_MAX_EVENTS` events per version, and that bound amortises the cost. Once it has
+read everything (a poll finds nothing within :data:`POLL_MS`) it merges what it holds; the
+time bound (:data:`FOLLOW_MAX_SECONDS`) caps an event's latency when records trickle in
+without a pause. Consumers of one group hold disjoint partitions, hence disjoint videos
 (the message key), so their versions commute: one that loses the race to publish is carried
 onto the winner's version by the store, not rebuilt (see
 :meth:`~surgflow.data.versions.DatasetStore.commit`).
@@ -217,8 +218,9 @@ class FeedbackConsumer:
     ) -> RunReport:
         """Consume as a member of the group until ``stop`` is set (or idle for ``idle_exit_s``).
 
-        A batch is merged when it holds ``max_events`` records or its first record is
-        ``max_seconds`` old, whichever comes first; ``on_batch`` sees each batch's report.
+        A batch is merged when it holds ``max_events`` records, when its first record is
+        ``max_seconds`` old, or when a poll finds no more records, whichever comes first;
+        ``on_batch`` sees each batch's report.
         """
         from kafka import ConsumerRebalanceListener
 
@@ -266,7 +268,9 @@ class FeedbackConsumer:
                     idle_since = time.monotonic()
                 full = len(buffer) >= max_events
                 due = bool(first_at) and time.monotonic() - first_at[0] >= max_seconds
-                if full or due:
+                # A poll that finds nothing more means the batch in hand is all there is for
+                # now: holding it until ``max_seconds`` would only delay it.
+                if full or due or not got:
                     flush()
                 if not buffer and time.monotonic() - parked_checked >= max_seconds:
                     # A video can arrive while its feedback sits parked by another consumer of
