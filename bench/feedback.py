@@ -222,6 +222,7 @@ def main() -> None:
             "broker": "embedded tansu" if embedded else bootstrap,
         }
         print(json.dumps(result, indent=1))
+        shutil.rmtree(work, ignore_errors=True)  # kept when something failed: logs are there
     finally:
         if embedded:
             broker.stop(settings.home)
