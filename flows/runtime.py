@@ -116,6 +116,8 @@ def export(api_url: str) -> None:
     os.environ["PREFECT_API_URL"] = api_url
     os.environ["PREFECT_UI_URL"] = ui_url(api_url)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    # Prefect's client has analytics of its own, with a first-run notice in a terminal.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def ensure_server(home: Path | None = None, timeout: float = 120.0) -> str:

@@ -18,7 +18,7 @@ from surgflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_PASSED = ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_HOME")
+_PASSED = ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_HOME", "DO_NOT_TRACK")
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
