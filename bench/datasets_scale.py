@@ -68,11 +68,10 @@ def build(home: Path, per_video: int) -> None:
 def measure(home: Path, what: str, round_: int) -> dict:
     """One figure, in this process: seconds and peak RSS."""
     from bench.datasets_store import DS, T0
+    from surgflow.cli.common import skip_pandas_probe
     from surgflow.data.labels import LabelEvent, LabelSegment
     from surgflow.data.taxonomy import CHOLEC80_PHASES
     from surgflow.data.versions import DatasetStore
-
-    from surgflow.cli.common import skip_pandas_probe
 
     skip_pandas_probe()  # as a `surgflow` command starts
     if what in ("query", "one-video"):
