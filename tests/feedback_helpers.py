@@ -127,10 +127,25 @@ def produce(stream, pace_s: float = 0.0) -> None:
         pub.flush()
 
 
+_RUNNING: list[subprocess.Popen] = []  # the follow-mode consumers tests started
+
+
 def start_follow(log: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [SURGFLOW, "feedback", "run", "--max-events", "20", "--max-seconds", "0.3", "--json",
-         *extra], stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True)
+    with open(log, "ab") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [SURGFLOW, "feedback", "run", "--max-events", "20", "--max-seconds", "0.3", "--json",
+             *extra], stdout=subprocess.PIPE, stderr=err, text=True)
+    _RUNNING.append(proc)
+    return proc
+
+
+def end_follow_consumers() -> None:
+    """Kill the follow-mode consumers a test left running (it failed before stopping them)."""
+    while _RUNNING:
+        proc = _RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def consumed(home: Path, cluster_id: str, prefix: str) -> int:
