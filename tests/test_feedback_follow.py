@@ -137,17 +137,19 @@ def test_follow_commits_every_n_events_or_t_seconds(kafka, synthetic_corpus):
             consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
                             on_batch=lambda r: batches.append(r.consumed))
 
-    # N first: 25 waiting messages, batches of 10; the last 5 are merged once there is nothing
-    # more to read, without waiting for T (60 s)
+    # N first: 25 waiting messages, batches of at most 10; the last ones are merged once there
+    # is nothing more to read, without waiting for T (60 s). (A poll that comes back empty
+    # while a fetch is still on its way merges early: on a loaded machine batches may be
+    # smaller, never bigger.)
     thread = threading.Thread(target=follow, args=(10, 60.0))
     thread.start()
     deadline = time.monotonic() + 30
     while sum(batches) < 25 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert batches == [10, 10, 5]
+    assert sum(batches) == 25 and max(batches) <= 10 and len(batches) >= 3, batches
     stop.set()
     thread.join(30)
-    assert batches == [10, 10, 5]
+    assert sum(batches) == 25
 
     # T: records that keep coming, N far away: versions come while they still do
     batches.clear()
@@ -156,16 +158,16 @@ def test_follow_commits_every_n_events_or_t_seconds(kafka, synthetic_corpus):
     thread.start()
     merged_while_sending = []
     with Publisher.from_settings(get_settings()) as pub:
-        for i in range(60):
+        for i in range(100):
             pub.annotation(annotation_event(v, f"t-{i}", 99 + i, v.segments[:1]))
             pub.flush()
             merged_while_sending.append(sum(batches))
             time.sleep(0.05)
     deadline = time.monotonic() + 20
-    while sum(batches) < 60 and time.monotonic() < deadline:
+    while sum(batches) < 100 and time.monotonic() < deadline:
         time.sleep(0.02)
     stop.set()
     thread.join(30)
-    assert sum(batches) == 60 and len(batches) > 1
-    assert 0 < merged_while_sending[-1] < 60, merged_while_sending
-    assert cli("data", "show", "cholecystectomy")[1]["events_applied"] == 84
+    assert sum(batches) == 100 and len(batches) > 1
+    assert 0 < merged_while_sending[-1] < 100, merged_while_sending
+    assert cli("data", "show", "cholecystectomy")[1]["events_applied"] == 124
