@@ -222,10 +222,10 @@ def main() -> None:
             "broker": "embedded tansu" if embedded else bootstrap,
         }
         print(json.dumps(result, indent=1))
-        shutil.rmtree(work, ignore_errors=True)  # kept when something failed: logs are there
     finally:
         if embedded:
             broker.stop(settings.home)
+    shutil.rmtree(work, ignore_errors=True)  # kept when something failed: logs are there
 
 
 def _homes(work: Path, base: Path):
