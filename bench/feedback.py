@@ -4,7 +4,11 @@ Run: ``.venv/bin/python -m bench.feedback [--events 60000] [--videos 24] [--part
 
 The workload: N inference/annotation events (70 % model, 30 % human) on V registered videos,
 keyed by ``video_id`` on P partitions, produced once. The baseline is kafka-python reading the
-same N messages raw (assign, seek to beginning, poll until all are in, records kept).
+same N messages raw (assign, seek to beginning, poll until all are in, records kept), with the C
+record checksum (``crc32c``) that surgflow installs. A second baseline, ``raw (python crc)``,
+reads them in a subprocess in which ``crc32c`` cannot be imported, so kafka-python checks every
+record batch in pure Python (about five times slower here): that is how kafka-python runs
+without its ``crc32c`` extra, and what ratios against raw consume were measured against before.
 
 1. ``--once``. ``FeedbackConsumer.run_once`` over them: consume, validate (JSON + schema +
    taxonomy + range), merge, and commit the new dataset version. Ratio = surgflow events/s /
@@ -20,8 +24,10 @@ same N messages raw (assign, seek to beginning, poll until all are in, records k
    version included. ``after_join`` rates start at the first partition assignment a consumer
    logs. Each measurement is paired with a raw consume just before it (ratio = pair's).
    Target: one consumer >= 0.5 of raw; three >= 1.3x one, and the same fingerprint as
-   ``--once`` (nothing lost or doubled). ``cpu_s`` is the consumers' CPU time together: on a
-   machine shared with other work, wall figures follow the CPU that was free.
+   ``--once`` (nothing lost or doubled). ``vs_once`` compares the run with the best ``--once``
+   merge of the same events (1.0 = follow mode keeps pace with it). ``cpu_s`` is the
+   consumers' CPU time together: on a machine shared with other work, wall figures follow the
+   CPU that was free.
 3. Latency. A follow-mode consumer (``max_seconds`` = 0.2) runs in this process; annotations are
    produced one at a time and timed until the dataset version that contains each is published.
 
@@ -110,6 +116,17 @@ def _raw_consume(bootstrap: str, topics: list[str], expected: int, gc_paused: bo
     return elapsed
 
 
+def _raw_consume_python_crc(bootstrap: str, topics: list[str], expected: int) -> float:
+    """:func:`_raw_consume` in a subprocess where kafka-python falls back to its pure-Python
+    record checksum (``crc32c`` made unimportable before kafka is imported)."""
+    code = ("import json, sys; sys.modules['crc32c'] = None; "
+            "from bench.feedback import _raw_consume; "
+            f"print(json.dumps(_raw_consume({bootstrap!r}, {topics!r}, {expected})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parent.parent)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=60000)
@@ -162,25 +179,29 @@ def main() -> None:
         topics = [settings.topic("inference"), settings.topic("annotations")]
         raw = lambda: _raw_consume(bootstrap, topics, len(events))  # noqa: E731
         fresh = _homes(work, settings.home)
-        raw_times, raw_nogc_times, merge_times = [], [], []
+        raw_times, raw_nogc_times, raw_py_times, merge_times = [], [], [], []
         for rep in range(args.repeats):
             # Each repetition merges the same messages into a fresh copy of the home in which
             # only the videos are registered, so every run does the full work.
             home = fresh()
             raw_times.append(raw())
             raw_nogc_times.append(_raw_consume(bootstrap, topics, len(events), gc_paused=True))
+            raw_py_times.append(_raw_consume_python_crc(bootstrap, topics, len(events)))
             with FeedbackConsumer(get_settings(home=home)) as consumer:
                 t0 = time.perf_counter()
                 report = consumer.run_once()
                 merge_times.append(time.perf_counter() - t0)
             assert report.consumed == len(events), report.as_json()
             assert report.applied == len(events), report.as_json()
-            log(f"run {rep}: raw {raw_times[-1]:.2f}s, merge {merge_times[-1]:.2f}s")
+            log(f"run {rep}: raw {raw_times[-1]:.2f}s (python crc {raw_py_times[-1]:.2f}s), "
+                f"merge {merge_times[-1]:.2f}s")
         once_fingerprint = DatasetStore(home).manifest(DATASET).fingerprint
         raw_rate, merge_rate = len(events) / min(raw_times), len(events) / min(merge_times)
         median_ratio = statistics.median(r / m for r, m in zip(raw_times, merge_times,
                                                                  strict=True))
-        log(f"raw kafka-python: {raw_rate:,.0f} events/s; surgflow merge: {merge_rate:,.0f}/s")
+        raw_py_s = statistics.median(raw_py_times)
+        log(f"raw kafka-python: {raw_rate:,.0f} events/s ({len(events) / raw_py_s:,.0f}/s with "
+            f"the python crc); surgflow merge: {merge_rate:,.0f}/s")
 
         runs: list[dict] = []
         for rep in range(args.follow_repeats):
@@ -191,6 +212,8 @@ def main() -> None:
                 run |= {"raw_events_per_s": round(len(events) / raw_s),
                         "vs_raw": round(raw_s / run["seconds"], 3),
                         "after_join_vs_raw": round(raw_s / run["after_join_s"], 3),
+                        "vs_raw_python_crc": round(raw_py_s / run["seconds"], 3),
+                        "vs_once": round(min(merge_times) / run["seconds"], 3),
                         "fingerprint_equal": run.pop("fingerprint") == once_fingerprint}
                 log(f"follow, {n} consumer(s), run {rep}: {json.dumps(run)}")
                 runs.append(run)
@@ -201,13 +224,16 @@ def main() -> None:
                              DatasetStore(settings.home), FeedbackConsumer, Publisher)
         result = {
             "events": len(events), "videos": args.videos, "partitions": args.partitions,
-            "baseline": "kafka-python KafkaConsumer raw consume of the same messages",
+            "baseline": ("kafka-python KafkaConsumer raw consume of the same messages, C "
+                         "checksum; raw_consume_python_crc: the same without crc32c"),
             "raw_consume_events_per_s": round(raw_rate),
             "merge_events_per_s": round(merge_rate),
             "merge_vs_raw_ratio": round(merge_rate / raw_rate, 3),
             "raw_consume_gc_paused_events_per_s": round(len(events) / min(raw_nogc_times)),
             "merge_vs_raw_gc_paused_ratio": round(min(raw_nogc_times) / min(merge_times), 3),
             "merge_vs_raw_ratio_median_of_pairs": round(median_ratio, 3),
+            "raw_consume_python_crc_events_per_s": round(len(events) / raw_py_s),
+            "merge_vs_raw_python_crc_ratio": round(raw_py_s / min(merge_times), 3),
             "repeats": args.repeats, "rates_are": "best of repeats",
             "target_ratio": 0.5,
             "follow": follow,

@@ -128,6 +128,7 @@ def produce(stream, pace_s: float = 0.0) -> None:
 
 
 _RUNNING: list[subprocess.Popen] = []  # the follow-mode consumers tests started
+_LOGS: dict[int, Path] = {}  # their stderr logs, by pid
 
 
 def start_follow(log: Path, *extra: str) -> subprocess.Popen:
@@ -136,6 +137,7 @@ def start_follow(log: Path, *extra: str) -> subprocess.Popen:
             [SURGFLOW, "feedback", "run", "--max-events", "20", "--max-seconds", "0.3", "--json",
              *extra], stdout=subprocess.PIPE, stderr=err, text=True)
     _RUNNING.append(proc)
+    _LOGS[proc.pid] = log
     return proc
 
 
@@ -166,7 +168,9 @@ def wait_consumed(home, cluster_id, prefix, total, timeout_s=90.0) -> None:
 def stop_follow(proc: subprocess.Popen) -> dict:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, f"follow exited {proc.returncode}"
+    log = _LOGS.get(proc.pid)
+    tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+    assert proc.returncode == 0, f"follow exited {proc.returncode}; its log ends:\n{tail}"
     return json.loads(out)
 
 

@@ -79,6 +79,28 @@ class LabelEvent:
         object.__setattr__(self, "produced_at", _utc(self.produced_at, f"event {self.event_id!r}"))
         object.__setattr__(self, "segments", tuple(self.segments))
 
+    @classmethod
+    def of_checked(cls, event_id: str, video_id: str, provenance: Provenance,
+                   produced_at: datetime, partition: int, offset: int,
+                   segments: Iterable[tuple[int, int, str, float | None]],
+                   task_id: str | None = None) -> LabelEvent:
+        """An event from fields a wire schema has validated already: ``provenance`` one of
+        :data:`PROVENANCES` and ``produced_at`` a UTC datetime (what the schemas' time fields
+        give). ``segments`` are ``(start_frame, end_frame, label, confidence)``. Built without
+        validating them again: the consumer makes one per message."""
+        new = object.__new__
+        segs = []
+        for start, end, label, confidence in segments:
+            seg = new(LabelSegment)
+            seg.__dict__.update(start_frame=start, end_frame=end, label=label,
+                                confidence=confidence)
+            segs.append(seg)
+        event = new(cls)
+        event.__dict__.update(event_id=event_id, video_id=video_id, provenance=provenance,
+                              produced_at=produced_at, partition=partition, offset=offset,
+                              segments=tuple(segs), task_id=task_id)
+        return event
+
 
 @dataclass(frozen=True, order=False)
 class Interval:

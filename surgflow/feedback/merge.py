@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from surgflow.config import Settings
-from surgflow.data.labels import LabelEvent, LabelSegment, check_event
+from surgflow.data.labels import LabelEvent, check_event
 from surgflow.data.registry import VideoRecord, VideoRegistry
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
@@ -280,6 +280,7 @@ class BatchMerger:
             dataset, videos=list(plan.videos[dataset].values()),
             events=plan.events.get(dataset, []), offsets=positions,
             parked_events=max(0, self.parking.count(dataset) - released),
+            checked=True,  # every event passed check_event in _label
         )
         # A video can join its dataset through its video event or through a label event that
         # names it (another consumer of the group may hold the video event); count it once.
@@ -340,12 +341,11 @@ class BatchMerger:
 def to_label_event(event: InferenceEvent | AnnotationEvent, partition: int,
                    offset: int) -> LabelEvent:
     """The store's view of a wire event at a stream position."""
-    human = isinstance(event, AnnotationEvent)
-    return LabelEvent(
-        event_id=event.event_id, video_id=event.video_id,
-        provenance="human" if human else "model", produced_at=event.produced_at,
-        partition=partition, offset=offset,
-        segments=tuple(LabelSegment(s.start_frame, s.end_frame, s.label,
-                                    None if human else s.confidence) for s in event.segments),
-        task_id=event.task_id if human else None,
-    )
+    if isinstance(event, AnnotationEvent):
+        return LabelEvent.of_checked(
+            event.event_id, event.video_id, "human", event.produced_at, partition, offset,
+            ((s.start_frame, s.end_frame, s.label, None) for s in event.segments),
+            event.task_id)
+    return LabelEvent.of_checked(
+        event.event_id, event.video_id, "model", event.produced_at, partition, offset,
+        ((s.start_frame, s.end_frame, s.label, s.confidence) for s in event.segments))
