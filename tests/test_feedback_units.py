@@ -106,3 +106,28 @@ def test_dead_letter_headers_are_the_spec_names():
         ("surgflow.source.partition", b"2"),
         ("surgflow.source.offset", b"41"),
     ]
+
+
+def test_a_revocation_drops_only_what_is_held_of_the_revoked_partitions():
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from surgflow.feedback.consumer import _drop_revoked
+
+    def rec(topic: str, partition: int, offset: int):
+        return SimpleNamespace(topic=topic, partition=partition, offset=offset)
+
+    buffer = [rec("p.inference", 0, 5), rec("p.inference", 1, 7), rec("p.annotations", 0, 2),
+              rec("p.inference", 0, 6)]
+    first_at = [12.5]
+    revoked = {TopicPartition("p.inference", 0), TopicPartition("p.videos", 0)}
+    assert _drop_revoked(buffer, first_at, revoked) == 2
+    assert [(m.topic, m.partition, m.offset) for m in buffer] == [
+        ("p.inference", 1, 7), ("p.annotations", 0, 2)]
+    assert first_at == [12.5]  # the batch in hand keeps its age
+    assert _drop_revoked(buffer, first_at, {TopicPartition("p.videos", 1)}) == 0
+    assert len(buffer) == 2
+    everything = {TopicPartition("p.inference", 1), TopicPartition("p.annotations", 0)}
+    assert _drop_revoked(buffer, first_at, everything) == 2
+    assert buffer == [] and first_at == []

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from surgflow.cli.common import JsonOption, emit, handle_errors, stdout_console
 from surgflow.config import get_settings
-from surgflow.data.query import diff as diff_versions
-from surgflow.data.query import query as run_query
-from surgflow.data.versions import DEFAULT_GC_GRACE_S, DatasetStore, parse_ref
 from surgflow.errors import BadInput
 
+if TYPE_CHECKING:
+    from surgflow.data.versions import DatasetStore
+
+# The store (pyarrow, DuckDB) is imported by the commands that use it, not by every command.
 app = typer.Typer()
+GC_GRACE_S = 900.0  # surgflow.data.versions.DEFAULT_GC_GRACE_S (tests/test_cli_datasets.py)
 
 
 def store() -> DatasetStore:
+    from surgflow.data.versions import DatasetStore
+
     return DatasetStore(get_settings().home)
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    from surgflow.data.versions import parse_ref as parse
+
+    return parse(ref)
 
 
 @app.command("versions")
@@ -46,6 +58,8 @@ def query(
     json_: bool = JsonOption,
 ):
     """Read-only SQL over registered videos and the latest version of every dataset."""
+    from surgflow.data.query import query as run_query
+
     emit(run_query(get_settings().home, sql), json_)
 
 
@@ -57,6 +71,8 @@ def diff(
     json_: bool = JsonOption,
 ):
     """Videos and labelled frames added, removed and relabelled from A to B."""
+    from surgflow.data.query import diff as diff_versions
+
     emit(diff_versions(get_settings().home, parse_ref(a), parse_ref(b)), json_, _render_diff)
 
 
@@ -80,7 +96,7 @@ def pin(
 @handle_errors
 def gc(
     grace_s: float = typer.Option(
-        DEFAULT_GC_GRACE_S, "--grace-seconds", min=0.0,
+        GC_GRACE_S, "--grace-seconds", min=0.0,
         help="Keep unreferenced files younger than this (a commit may still publish them).",
     ),
     json_: bool = JsonOption,

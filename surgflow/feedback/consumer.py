@@ -8,7 +8,8 @@ Two modes:
 - :meth:`FeedbackConsumer.follow` joins the consumer group, so several consumers share the
   partitions, and commits a batch every ``max_events`` events or ``max_seconds`` seconds,
   whichever comes first, or as soon as it has read all there is. On every assignment it seeks
-  to the stored positions; before a revocation it finishes the batch it holds.
+  to the stored positions; on a revocation it drops what it holds of the revoked partitions
+  (not merged, so the checkpoint has not passed it: their next owner reads it again).
 
 A version has a fixed cost (reading its parent's runs, writing and syncing its files) however
 few events it holds. So under load follow mode drains what the broker has, up to
@@ -40,19 +41,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from surgflow.config import Settings
 from surgflow.errors import BrokerError
 from surgflow.feedback import broker
 from surgflow.feedback.checkpoint import Checkpoint, position_key
 from surgflow.feedback.client import Publisher
-from surgflow.feedback.merge import BatchMerger, Record, RunReport
 from surgflow.feedback.schemas import INPUT_TOPICS
+
+if TYPE_CHECKING:
+    from surgflow.feedback.merge import BatchMerger, RunReport
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 200
+#: follow mode's polls while it loads the merge machinery (the join goes on meanwhile)
+JOIN_POLL_MS = 20
 MAX_POLL_RECORDS = 5000
 #: follow mode's defaults: a version every this many events...
 FOLLOW_MAX_EVENTS = 10_000
@@ -94,8 +102,15 @@ class FeedbackConsumer:
                                     settings.topic_partitions, attempts=attempts)
         self.cluster_id = broker.cluster_id(self.bootstrap, attempts=attempts)
         self.checkpoint = Checkpoint(settings.home)
-        self.merger = BatchMerger(settings, SimpleNamespace(send=self._publisher.send_raw,
-                                                            flush=self._publisher.flush))
+
+    @cached_property
+    def merger(self) -> BatchMerger:
+        # Imported on first use: it brings the dataset store (pyarrow, DuckDB), which a
+        # follow-mode consumer loads while the broker holds its group join.
+        from surgflow.feedback.merge import BatchMerger
+
+        return BatchMerger(self.settings, SimpleNamespace(send=self._publisher.send_raw,
+                                                          flush=self._publisher.flush))
 
     def close(self) -> None:
         self._publisher.close()
@@ -137,6 +152,8 @@ class FeedbackConsumer:
 
     def _merge(self, consumer, records: list, start: dict[str, int]) -> RunReport:
         """Make records durable, then move the checkpoint, then commit group offsets."""
+        from surgflow.feedback.merge import Record
+
         positions = dict(start)
         batch = []
         for m in records:
@@ -224,12 +241,12 @@ class FeedbackConsumer:
         """
         from kafka import ConsumerRebalanceListener
 
-        total = RunReport()
         stop = stop or threading.Event()
         buffer: list = []
         first_at: list[float] = []
         consumer = self._consumer()
         merger = self
+        total = None  # set once the merge machinery is loaded, before any record is merged
 
         def flush() -> None:
             if not buffer:
@@ -244,7 +261,7 @@ class FeedbackConsumer:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
-                flush()
+                _drop_revoked(buffer, first_at, revoked)
 
             def on_partitions_assigned(self, assigned):
                 merger._seek_stored(consumer, list(assigned))
@@ -252,6 +269,23 @@ class FeedbackConsumer:
 
         try:
             consumer.subscribe(self.topics, listener=Listener())
+            with ThreadPoolExecutor(1, thread_name_prefix="surgflow-join") as pool:
+                # The broker holds a group join for seconds (Kafka's initial rebalance delay;
+                # here half the session timeout): the join starts in the background while
+                # the merge machinery loads, instead of after it.
+                loaded = threading.Event()
+                joining = pool.submit(_poll_until, consumer, loaded, max_events)
+                try:
+                    from surgflow.feedback.merge import RunReport
+
+                    total = RunReport()
+                    self.merger  # noqa: B018 (loads it)
+                finally:
+                    loaded.set()
+                for record in joining.result():
+                    if not first_at:
+                        first_at.append(time.monotonic())
+                    buffer.append(record)
             idle_since = parked_checked = time.monotonic()
             while not stop.is_set():
                 wait_ms = POLL_MS
@@ -286,6 +320,39 @@ class FeedbackConsumer:
             return total
         finally:
             consumer.close(autocommit=False)
+
+
+def _drop_revoked(buffer: list, first_at: list[float], revoked) -> int:
+    """Drop the records of ``revoked`` partitions from a follow-mode batch; how many went.
+
+    A rebalance listener runs on kafka-python's network thread, where a blocking consumer call
+    (a commit) raises and a merge would hold up the heartbeats, so the batch is not merged
+    there. The checkpoint has not passed the dropped records: whichever member is assigned
+    their partitions reads them again. What is held of the partitions kept stays.
+    """
+    gone = {(tp.topic, tp.partition) for tp in revoked}
+    kept = [m for m in buffer if (m.topic, m.partition) not in gone]
+    dropped = len(buffer) - len(kept)
+    if dropped:
+        log.info("partitions revoked: %d records held of them are left to their next owner",
+                 dropped)
+        buffer[:] = kept
+        if not buffer:
+            first_at.clear()
+    return dropped
+
+
+def _poll_until(consumer, done: threading.Event, max_records: int) -> list:
+    """Poll ``consumer`` in short steps until ``done`` is set; the records the polls returned.
+
+    A poll drives the group join, so the join request is on the broker while ``done``'s
+    setter works. Records come only if the join completed meanwhile."""
+    got: list = []
+    while not done.is_set() and len(got) < max_records:
+        for batch in consumer.poll(timeout_ms=JOIN_POLL_MS,
+                                   max_records=max_records - len(got)).values():
+            got.extend(batch)
+    return got
 
 
 def _partitions(consumer, topic: str) -> set[int]:

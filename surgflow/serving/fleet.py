@@ -8,9 +8,10 @@ that its heartbeats and the max-poll-interval clock keep running: a video that t
 analysis is done the event (or the dead letter) is sent and acknowledged, and only then is the
 record's offset committed; then the partitions are resumed.
 
-A rebalance that revokes the partition of the record in hand waits for its analysis to finish and
-commits it before letting go, so the next owner starts after it; the group's rebalance timeout
-(the max poll interval, by default the analysis time limit plus a minute) covers that wait.
+A rebalance that revokes the partition of the record in hand waits for its analysis to finish,
+sends its outcome and queues the offset commit before letting go, so the next owner starts after
+it; the group's rebalance timeout (the max poll interval, by default the analysis time limit plus
+a minute) covers that wait.
 Partitions assigned while an analysis runs are paused too. A record that cannot be analysed (not
 a video event, an unsafe or missing uri, an undecodable or too-long video, no production model)
 goes to the DLQ with the reason, with the same headers as the feedback flow's dead letters; the
@@ -129,7 +130,8 @@ class Fleet:
                 if job is not None and not job.done and job.tp in set(revoked):
                     log.info("partition %s:%d revoked while analysing; finishing first",
                              job.tp.topic, job.tp.partition)
-                    fleet._finish(consumer, job)
+                    # on kafka-python's network thread: the commit is sent, not waited for
+                    fleet._finish(consumer, job, wait_commit=False)
 
             def on_partitions_assigned(self, assigned):
                 if fleet._job is not None and assigned:
@@ -201,8 +203,13 @@ class Fleet:
                             value=record.value, key=record.key, reason=reason)
         return _Result(video_id, letter=letter)
 
-    def _finish(self, consumer, job: _Job) -> None:
-        """Send the outcome, wait for its acknowledgement, then commit the record's offset."""
+    def _finish(self, consumer, job: _Job, wait_commit: bool = True) -> None:
+        """Send the outcome, wait for its acknowledgement, then commit the record's offset.
+
+        In a rebalance listener (kafka-python's network thread, where a blocking consumer call
+        raises) ``wait_commit`` is False: the commit is queued ahead of the group's rejoin and
+        a failure is logged, as a failed commit is here.
+        """
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
@@ -219,12 +226,21 @@ class Fleet:
             consumer.seek(job.tp, job.record.offset)
             time.sleep(RETRY_PAUSE_S)
             return
-        try:
-            consumer.commit({job.tp: OffsetAndMetadata(job.record.offset + 1, "", -1)})
-        except (KafkaError, AssertionError, ValueError) as e:
+        offsets = {job.tp: OffsetAndMetadata(job.record.offset + 1, "", -1)}
+
+        def failed(e) -> None:
             # the event is out; a member that reads the record again sends the same event id
             log.warning("committing %s:%d@%d failed: %s", job.tp.topic, job.tp.partition,
                         job.record.offset, e)
+
+        try:
+            if wait_commit:
+                consumer.commit(offsets)
+            else:
+                consumer.commit_async(offsets, callback=lambda _, result: (
+                    failed(result) if isinstance(result, Exception) else None))
+        except (KafkaError, AssertionError, ValueError) as e:
+            failed(e)
         if result.event is not None:
             self.report.analysed.append(result.video_id or "")
             outcome = "analysed"
