@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,20 @@ def test_parking_is_idempotent_and_keeps_position(tmp_path):
     assert (lot.count(), lot.count("cholecystectomy"), lot.count("appendectomy")) == (2, 1, 0)
     lot.release(back)
     assert lot.parked("case-1") == [] and lot.count() == 1
+
+
+def test_an_entry_another_consumer_releases_while_it_is_listed_is_skipped(tmp_path,
+                                                                         monkeypatch):
+    lot = ParkingLot(tmp_path)
+    kept = make("case-1", "e-1", "annotations", 0, 4, b"{}")
+    gone = make("case-1", "e-2", "annotations", 0, 5, b"{}")
+    assert lot.park(kept) and lot.park(gone)
+    listed = sorted((lot.root / "case-1").glob("*.json"))
+    lot.release(gone)  # by another consumer of the home, after listing and before reading
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed))
+    assert [e.event_id for e in lot.parked("case-1")] == ["e-1"]
+    lot.release(kept)
+    assert lot.videos() == []
 
 
 def test_checkpoint_moves_forward_only_and_per_cluster(tmp_path):

@@ -76,7 +76,8 @@ class ParkingLot:
         d = self._dir(video_id)
         if not d.is_dir():
             return []
-        events = [ParkedEvent(**json.loads(f.read_text())) for f in d.glob("*.json")]
+        events = [ParkedEvent(**entry) for f in d.glob("*.json")
+                  if (entry := _read(f)) is not None]
         return sorted(events, key=lambda e: (e.topic, e.partition, e.offset))
 
     def videos(self) -> list[str]:
@@ -85,9 +86,10 @@ class ParkingLot:
             return []
         out = []
         for d in sorted(self.root.iterdir()):
-            first = next(d.glob("*.json"), None)
-            if first is not None:
-                out.append(json.loads(first.read_text())["video_id"])
+            for f in d.glob("*.json"):
+                if (entry := _read(f)) is not None:
+                    out.append(entry["video_id"])
+                    break
         return out
 
     def release(self, event: ParkedEvent) -> None:
@@ -100,3 +102,12 @@ class ParkingLot:
             return 0
         pattern = "*/*.json" if procedure is None else f"*/{procedure}.*.json"
         return sum(1 for _ in self.root.glob(pattern))
+
+
+def _read(path: Path) -> dict | None:
+    """A parked entry, or None when it is gone: consumers of one home share the lot, and one
+    releases an entry (after the version that applied it is durable) while another lists it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
