@@ -212,6 +212,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     from surgflow.evaluation.gate import report_of
     from surgflow.registry import ModelRegistry
     from surgflow.training.triggers import TriggerLedger
+    from surgflow_flows.deployments import trigger_names
     from surgflow_flows.feedback import feedback_flow
     from surgflow_flows.pipeline import ensure_gpu_limit
     from surgflow_flows.stack import Stack, down
@@ -236,12 +237,14 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             ensure_gpu_limit(1)
             stack.start_dask(2)
             stack.start_mlflow_ui(wait=False)
-            stack.start_deployments(recipes)
+            deployments = stack.start_deployments(recipes)
         with step(f"hospitals A and B upload {sum(size.first.values())} annotated videos"):
             first = make_videos(root / "videos", size.first, FIRST_HOSPITALS,
                                 size.first_duration_s, seed, "case")
             publish_uploads(settings, first, annotate=True, at=t0)
         with step("feedback flow merges them; the version is pinned as the field suite"):
+            # its version event must find the served deployments' triggers registered
+            stack.wait_triggers(deployments, trigger_names(recipes))
             run1 = feedback_flow(once=True)
             v1_data = DatasetStore(home).latest_version(PROCEDURE)
             pin(home, PROCEDURE, v1_data)

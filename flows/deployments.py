@@ -61,6 +61,11 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def trigger_names(recipes_dir: str | Path) -> set[str]:
+    """The names of the automations the deployments' triggers become."""
+    return {t.name for d in declarations(recipes_dir) for t in d["triggers"]}
+
+
 def deployments(recipes_dir: str | Path) -> list[Any]:
     """Runner deployments for :func:`serve`."""
     return [d["flow"].to_deployment(name=d["name"], cron=d["cron"], triggers=d["triggers"],

@@ -119,6 +119,23 @@ class Stack:
         wait_ready(service.pid, answers, name=service.name, where=url,
                    log_path=Path(service.log), timeout_s=timeout_s, poll_s=0.5)
 
+    def wait_triggers(self, service: Service, names: set[str], timeout_s: float = 300.0) -> None:
+        """Wait until the Prefect server holds an automation named each of ``names``: the
+        triggers ``service`` (the served deployments) registers as it starts. An event emitted
+        before they exist crosses no trigger, and nothing would retrain."""
+        api = self.state["prefect_api_url"]
+
+        def registered() -> bool:
+            try:
+                r = httpx.post(f"{api}/automations/filter", json={}, timeout=5)
+                return r.status_code == 200 and names <= {a["name"] for a in r.json()}
+            except httpx.HTTPError:
+                return False
+
+        wait_ready(service.pid, registered, name=service.name,
+                   where=f"{api} (its triggers {', '.join(sorted(names))})",
+                   log_path=Path(service.log), timeout_s=timeout_s, poll_s=0.5)
+
     def start_dask(self, workers: int = 2) -> str:
         from surgflow.training.cluster import worker_env
 
@@ -186,6 +203,8 @@ class Stack:
 def up(recipes_dir: Path, *, workers: int = 2, settings: Settings | None = None,
        serve_port: int | None = None, mlflow_port: int | None = None) -> dict[str, Any]:
     """Start the whole stack (see the module docstring); returns its URLs and services."""
+    from surgflow_flows.deployments import trigger_names
+
     stack = Stack(settings)
     with locked(stack.home / "stack.lock"):
         stack.check_not_running()
@@ -196,9 +215,10 @@ def up(recipes_dir: Path, *, workers: int = 2, settings: Settings | None = None,
             ui = stack.start_mlflow_ui(mlflow_port, wait=False)
             svc = stack.start_service(serve_port, wait=False)
             stack.start_feedback_follow()
-            stack.start_deployments(recipes_dir)
+            deployments = stack.start_deployments(recipes_dir)
             stack.wait_http(ui)
             stack.wait_http(svc, "/healthz")
+            stack.wait_triggers(deployments, trigger_names(recipes_dir))
         except BaseException:
             down(stack.home)
             raise
