@@ -112,3 +112,11 @@ def test_diff_and_gc(two_versions):
     assert not (two_versions.root / DS / "cache").exists()  # diff and show build nothing
     assert report["removed_files"] == 1
     assert ok_json("data", "show", DS)["version"] == 2
+
+
+def test_gc_grace_default_is_the_stores():
+    # the command line names the default without importing the store at start-up
+    from surgflow.cli.datasets import GC_GRACE_S
+    from surgflow.data.versions import DEFAULT_GC_GRACE_S
+
+    assert GC_GRACE_S == DEFAULT_GC_GRACE_S

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 # The store (pyarrow, DuckDB) is imported by the commands that use it, not by every command.
 app = typer.Typer()
-GC_GRACE_S = 900.0  # surgflow.data.versions.DEFAULT_GC_GRACE_S (tests/test_cli_datasets.py)
+GC_GRACE_S = 900.0  # the store's DEFAULT_GC_GRACE_S (tests/test_cli_datasets.py checks)
 
 
 def store() -> DatasetStore:
