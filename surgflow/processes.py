@@ -54,11 +54,20 @@ def pid_alive(pid: int) -> bool:
 
 def _runs(proc: psutil.Process, program: str) -> bool:
     """Whether ``proc``'s command line mentions ``program``: a guard against signalling an
-    unrelated process that reused a recorded pid. An unreadable command line is not ours."""
-    try:
-        return any(program in part for part in proc.cmdline())
-    except psutil.Error:
-        return False
+    unrelated process that reused a recorded pid. An unreadable command line is not ours.
+
+    Just after a fork's exec the kernel shows an empty command line for a moment (the parent
+    of a vfork resumes before the new program's arguments are mapped), so an empty one is
+    read again for up to a second."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            parts = proc.cmdline()
+        except psutil.Error:
+            return False
+        if parts or time.monotonic() >= deadline:
+            return any(program in part for part in parts)
+        time.sleep(0.01)
 
 
 def _group(leader: psutil.Process) -> list[psutil.Process]:
