@@ -56,9 +56,9 @@ def _runs(proc: psutil.Process, program: str) -> bool:
     """Whether ``proc``'s command line mentions ``program``: a guard against signalling an
     unrelated process that reused a recorded pid. An unreadable command line is not ours.
 
-    Just after a fork's exec the kernel shows an empty command line for a moment (the parent
-    of a vfork resumes before the new program's arguments are mapped), so an empty one is
-    read again for up to a second."""
+    A process that ``subprocess.Popen`` has just started can show an empty command line for a
+    moment (seen here in about 1 of 25 tries), so an empty one is read again for up to a
+    second."""
     deadline = time.monotonic() + 1.0
     while True:
         try:

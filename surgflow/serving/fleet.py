@@ -9,9 +9,10 @@ analysis is done the event (or the dead letter) is sent and acknowledged, and on
 record's offset committed; then the partitions are resumed.
 
 A rebalance that revokes the partition of the record in hand waits for its analysis to finish,
-sends its outcome and queues the offset commit before letting go, so the next owner starts after
-it; the group's rebalance timeout (the max poll interval, by default the analysis time limit plus
-a minute) covers that wait.
+sends its outcome and queues the offset commit before letting go (a listener may not block on the
+consumer), so the next owner normally starts after it; if the commit lands late, the next owner
+analyses the video again and sends the same event id. The group's rebalance timeout (the max poll
+interval, by default the analysis time limit plus a minute) covers the wait.
 Partitions assigned while an analysis runs are paused too. A record that cannot be analysed (not
 a video event, an unsafe or missing uri, an undecodable or too-long video, no production model)
 goes to the DLQ with the reason, with the same headers as the feedback flow's dead letters; the
