@@ -3,6 +3,7 @@ left behind under one SURGFLOW_HOME."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -29,4 +30,18 @@ def processes_of(home: Path) -> list[psutil.Process]:
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+    return found
+
+
+def stop_processes_of(home: Path, timeout: float = 10.0) -> list[psutil.Process]:
+    """Terminate (then kill) what :func:`processes_of` finds, so that a test that failed or
+    timed out does not leave services running; the processes it found."""
+    found = processes_of(home)
+    for p in found:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     return found

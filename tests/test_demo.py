@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process_helpers import clean_env, processes_of
+from tests.process_helpers import clean_env, stop_processes_of
 
 
 @pytest.mark.slow
@@ -22,7 +22,11 @@ def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path
     home = tmp_path / "home"
     env = clean_env(home)
     cmd = [sys.executable, "-m", "surgflow", "demo", "--size", "small", "--json"]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=1800)
+    finally:  # a demo killed at the timeout leaves its services; they must not outlive it
+        left = stop_processes_of(home)
     assert r.returncode == 0, r.stderr[-3000:] + _tail(home / "logs" / "deployments.log")
     out = json.loads(r.stdout)
 
@@ -44,7 +48,7 @@ def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path
         assert out["served"]["cholecystectomy"]["version"] == 2, out["served"]
     assert Path(out["highlights"]).stat().st_size > 0
     assert out["report_path"] and Path(out["report_path"]).is_file()
-    assert processes_of(home) == [], "the demo stops everything it started"
+    assert left == [], f"the demo stops everything it started; left: {left}"
 
 
 def _tail(path: Path, n: int = 3000) -> str:
