@@ -23,6 +23,8 @@ without its ``crc32c`` extra, and what ratios against raw consume were measured 
    the group join (the broker waits about half the session timeout for members) and every
    version included. ``after_join`` rates start at the first partition assignment a consumer
    logs. Each measurement is paired with a raw consume just before it (ratio = pair's).
+   ``vs_raw_bound`` is the most ``vs_raw`` could be after that join: reading at raw speed
+   with a merge that cost nothing (raw / (join + raw)).
    Target: one consumer >= 0.5 of raw; three >= 1.3x one, and the same fingerprint as
    ``--once`` (nothing lost or doubled). ``vs_once`` compares the run with the best ``--once``
    merge of the same events (1.0 = follow mode keeps pace with it). ``cpu_s`` is the
@@ -212,6 +214,7 @@ def main() -> None:
                 run |= {"raw_events_per_s": round(len(events) / raw_s),
                         "vs_raw": round(raw_s / run["seconds"], 3),
                         "after_join_vs_raw": round(raw_s / run["after_join_s"], 3),
+                        "vs_raw_bound": round(raw_s / (run["join_s"] + raw_s), 3),
                         "vs_raw_python_crc": round(raw_py_s / run["seconds"], 3),
                         "vs_once": round(min(merge_times) / run["seconds"], 3),
                         "fingerprint_equal": run.pop("fingerprint") == once_fingerprint}
