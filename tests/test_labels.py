@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from surgflow.data import datafiles as df
-from surgflow.data.changes import apply_events
+from surgflow.data.changes import apply_events, resolve_rows
 from surgflow.data.labels import (
     Interval,
     LabelEvent,
@@ -19,6 +19,7 @@ from surgflow.data.labels import (
     check_event,
     coalesce,
     frames_by,
+    intervals_of,
     resolve,
     resolve_video,
     untouched,
@@ -121,6 +122,22 @@ def test_a_commit_resolving_only_the_intervals_new_events_overlap_equals_resolvi
     assert change.after == {v: coalesce(ivs) for v, ivs in once.items()}
     held = list(itertools.chain(*parent.values()))
     assert change.frames_before == (frames_by(held, "label"), frames_by(held, "provenance"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(events(max_events=12), st.data())
+def test_resolving_rows_equals_resolving_interval_objects(evs, data):
+    """The table form of resolution against the object form, on raw candidates (duplicates,
+    equal keys, pieces of one event on both sides of another's) and on resolved pieces."""
+    candidates = {v: [iv for e in evs if e.video_id == v for iv in intervals_of(e)]
+                  for v in sorted({e.video_id for e in evs})}
+    extra = data.draw(st.lists(st.sampled_from(evs), max_size=4))
+    for e in extra:  # replays and pieces already resolved take part too
+        candidates[e.video_id] += intervals_of(e)
+    for v, ivs in resolve({}, evs[:data.draw(st.integers(0, len(evs)))]).items():
+        candidates.setdefault(v, []).extend(ivs)
+    rows = resolve_rows(df.intervals_table(candidates))
+    assert df.table_intervals(rows) == {v: resolve_video(c) for v, c in candidates.items() if c}
 
 
 def test_untouched_are_the_intervals_no_new_interval_overlaps():

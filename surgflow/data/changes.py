@@ -1,32 +1,30 @@
 """What a commit does to the videos it touches, on their intervals as table rows.
 
 New events are resolved against the parent's resolved intervals of their videos. Only the
-intervals a new event overlaps become :class:`~surgflow.data.labels.Interval` objects and go
-through :func:`~surgflow.data.labels.resolve_video`; the rest (at catalog scale, most of a video's
-intervals) stay Arrow rows and are carried into the new run as they are (see
-:func:`~surgflow.data.labels.untouched`), so the Python work follows the change rather than the
-length of the videos it touches.
+intervals a new event overlaps take part in the resolution; the rest (at catalog scale, most of
+a video's intervals) are carried into the new run as they are (see
+:func:`~surgflow.data.labels.untouched`), so the work follows the change rather than the length
+of the videos it touches.
+
+The resolution itself runs on Arrow columns (:func:`resolve_rows`): candidates are sorted by
+the precedence key once, then each video's frame range is painted in key order, so no Python
+object is made per interval. It computes what :func:`~surgflow.data.labels.resolve_video` does
+on :class:`~surgflow.data.labels.Interval` objects (the per-frame maximum of the key, adjacent
+pieces of one key merged); the tests check the two against each other and against a per-frame
+reference.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from surgflow.data import datafiles as df
-from surgflow.data.labels import (
-    Interval,
-    LabelEvent,
-    Segment,
-    coalesce_rows,
-    intervals_of,
-    resolve_video,
-    untouched,
-)
+from surgflow.data.labels import LabelEvent, Segment, coalesce_rows
 
 _ROW = ("start_frame", "end_frame", "label", "provenance", "confidence")
 
@@ -43,25 +41,134 @@ class Change:
 def apply_events(before: pa.Table, events: list[LabelEvent]) -> Change:
     """Resolve ``events`` on top of ``before``, the parent's ``intervals`` rows (sorted by video
     and start frame) of the videos they name."""
-    new: dict[str, list[Interval]] = defaultdict(list)
-    for e in events:
-        new[e.video_id].extend(intervals_of(e))
-    ids = before.column("video_id").to_pylist()
-    starts = before.column("start_frame").to_pylist()
-    ends = before.column("end_frame").to_pylist()
-    keep: list[bool] = []
-    for vid, rows in itertools.groupby(range(len(ids)), key=ids.__getitem__):
-        rows = list(rows)
-        keep += untouched(starts[rows[0]:rows[-1] + 1], ends[rows[0]:rows[-1] + 1],
-                          new.get(vid, ()))
-    touched = before.filter(pa.array([not k for k in keep], pa.bool_())) if ids else before
-    held = df.table_intervals(touched)
-    resolved = {vid: resolve_video([*held.get(vid, ()), *ivs]) for vid, ivs in new.items()}
-    carried = before.filter(pa.array(keep, pa.bool_())) if ids else before
-    after = pa.concat_tables([carried, df.intervals_table(resolved)]).sort_by(
-        df.SORT_KEYS["intervals"])
+    before = before.cast(df.INTERVALS_SCHEMA)
+    new = event_rows(events)
+    keep = pa.array(untouched_rows(before, new), pa.bool_())
+    resolved = resolve_rows(pa.concat_tables([before.filter(pc.invert(keep)), new]))
+    after = pa.concat_tables([before.filter(keep), resolved]).sort_by(df.SORT_KEYS["intervals"])
     return Change(after, _coalesced(after), (_frames(before, "label"),
                                              _frames(before, "provenance")))
+
+
+def event_rows(events: list[LabelEvent]) -> pa.Table:
+    """The events' segments as (unresolved) ``intervals`` rows carrying their event's key;
+    empty ranges dropped, human rows without a confidence (as
+    :func:`~surgflow.data.labels.intervals_of` makes them)."""
+    segments = [s for e in events for s in e.segments]
+    owner = pa.array(np.repeat(np.arange(len(events)), [len(e.segments) for e in events]),
+                     pa.int64())
+    per_event = pa.table({
+        "video_id": pa.array([e.video_id for e in events], pa.string()),
+        "provenance": pa.array([e.provenance for e in events], pa.string()),
+        "produced_at": pa.array([e.produced_at for e in events], df.TS),
+        "partition": pa.array([e.partition for e in events], pa.int32()),
+        "offset": pa.array([e.offset for e in events], pa.int64()),
+        "event_id": pa.array([e.event_id for e in events], pa.string()),
+    }).take(owner)
+    human = pc.equal(per_event.column("provenance"), "human")
+    confidence = pa.array([s.confidence for s in segments], pa.float64())
+    cols = {"start_frame": pa.array([s.start_frame for s in segments], pa.int64()),
+            "end_frame": pa.array([s.end_frame for s in segments], pa.int64()),
+            "label": pa.array([s.label for s in segments], pa.string()),
+            "confidence": pc.if_else(human, pa.scalar(None, pa.float64()), confidence)}
+    table = pa.table({name: cols[name] if name in cols else per_event.column(name)
+                      for name in df.INTERVALS_SCHEMA.names}, schema=df.INTERVALS_SCHEMA)
+    return table.filter(pc.greater(table.column("end_frame"), table.column("start_frame")))
+
+
+def untouched_rows(held: pa.Table, new: pa.Table) -> np.ndarray:
+    """Which rows of ``held`` (resolved, sorted by video and start frame) no row of ``new`` of
+    their video overlaps: :func:`~surgflow.data.labels.untouched` on whole tables (why those
+    can be carried over unresolved is said there)."""
+    out = np.ones(held.num_rows, bool)
+    if held.num_rows == 0 or new.num_rows == 0:
+        return out
+    new = new.select(["video_id", "start_frame", "end_frame"]).sort_by(
+        [("video_id", "ascending"), ("start_frame", "ascending")])
+    new_starts = new.column("start_frame").to_numpy()
+    new_ends = new.column("end_frame").to_numpy()
+    spans = _runs(new.column("video_id"))
+    held_starts = held.column("start_frame").to_numpy()
+    held_ends = held.column("end_frame").to_numpy()
+    for video, (a, b) in _runs(held.column("video_id")).items():
+        if video not in spans:
+            continue
+        lo, hi = spans[video]
+        starts, ends = new_starts[lo:hi], new_ends[lo:hi]
+        reach = np.maximum.accumulate(ends)  # the union of the new ranges, as disjoint spans:
+        first = np.concatenate([[True], starts[1:] > reach[:-1]])  # where one begins
+        span_starts = starts[first]
+        span_ends = reach[np.append(np.flatnonzero(first)[1:], len(starts)) - 1]
+        i = np.searchsorted(span_ends, held_starts[a:b], side="right")  # first ending after
+        inside = i < len(span_starts)
+        overlaps = np.zeros(b - a, bool)
+        overlaps[inside] = span_starts[i[inside]] < held_ends[a:b][inside]
+        out[a:b] = ~overlaps
+    return out
+
+
+def _runs(column: pa.ChunkedArray) -> dict[str, tuple[int, int]]:
+    """Each value of a sorted column and its rows ``[first, end)``."""
+    firsts = np.flatnonzero(_changes(column))
+    ends = [*firsts[1:].tolist(), len(column)]
+    return dict(zip(column.take(pa.array(firsts)).to_pylist(),
+                    zip(firsts.tolist(), ends, strict=True), strict=True))
+
+
+#: the precedence key (see :attr:`~surgflow.data.labels.Interval.key`) as sort columns, after
+#: the video: a human label beats a model label, then later ``produced_at``, ``partition``,
+#: ``offset``, and ``event_id``, label, confidence (None as -1) to keep the order total
+_KEY = ("_human", "produced_at", "partition", "offset", "event_id", "label", "_confidence")
+
+
+def resolve_rows(candidates: pa.Table) -> pa.Table:
+    """Per-frame maximum of the precedence key over possibly overlapping ``intervals`` rows,
+    video by video: sorted, non-overlapping rows, adjacent pieces of one key merged (what
+    :func:`~surgflow.data.labels.resolve_video` returns, as rows)."""
+    if candidates.num_rows == 0:
+        return candidates
+    t = candidates.append_column(
+        "_human", pc.equal(candidates.column("provenance"), "human")).append_column(
+        "_confidence", pc.fill_null(candidates.column("confidence"), -1.0))
+    t = t.take(pc.sort_indices(t, sort_keys=[(c, "ascending") for c in ("video_id", *_KEY)]))
+    n = t.num_rows
+    new_video = _changes(t.column("video_id"))
+    new_key = new_video.copy()
+    for c in _KEY:
+        new_key |= _changes(t.column(c))
+    key = np.cumsum(new_key) - 1  # the key's rank; ascending, equal for equal keys
+    starts = t.column("start_frame").to_numpy()
+    ends = t.column("end_frame").to_numpy()
+    firsts = np.flatnonzero(new_video)
+    rows, run_starts, run_ends = [], [], []
+    for a, b in zip(firsts, [*firsts[1:], n], strict=True):
+        s, e, k = starts[a:b], ends[a:b], key[a:b]
+        bounds = np.unique(np.concatenate([s, e]))
+        winner = np.full(len(bounds) - 1, -1, np.int64)  # per piece between two bounds
+        # in ascending key order, so each piece ends up with the largest key covering it
+        for lo, hi, kk in zip(np.searchsorted(bounds, s).tolist(),
+                              np.searchsorted(bounds, e).tolist(), k.tolist(), strict=True):
+            winner[lo:hi] = kk
+        first = np.flatnonzero(np.concatenate([[True], winner[1:] != winner[:-1]]))
+        run_key = winner[first]
+        won = run_key >= 0  # pieces no candidate covers are no run
+        rows.append(np.searchsorted(key, run_key[won]))  # a row of the winning key
+        run_starts.append(bounds[first[won]])
+        run_ends.append(bounds[np.append(first[1:], len(winner))[won]])
+    out = t.take(pa.array(np.concatenate(rows)))
+    cols = {"start_frame": pa.array(np.concatenate(run_starts), pa.int64()),
+            "end_frame": pa.array(np.concatenate(run_ends), pa.int64())}
+    return pa.table({name: cols[name] if name in cols else out.column(name)
+                     for name in df.INTERVALS_SCHEMA.names}, schema=df.INTERVALS_SCHEMA)
+
+
+def _changes(column: pa.ChunkedArray) -> np.ndarray:
+    """Where a sorted column's value differs from the row before (the first row counts)."""
+    values = column.combine_chunks()
+    out = np.ones(len(values), bool)
+    if len(values) > 1:
+        out[1:] = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+    return out
 
 
 def _frames(table: pa.Table, column: str) -> dict[str, int]:
