@@ -106,6 +106,8 @@ class _Plan:
     completions: list[tuple[str, str]] = field(default_factory=list)
     release: list[ParkedEvent] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    #: when the batch is merged: the creation time of the tasks it asks for
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class BatchMerger:
@@ -228,9 +230,10 @@ class BatchMerger:
             return reject(str(e))
         assert isinstance(event, InferenceEvent | AnnotationEvent)
         procedure = event.procedure if isinstance(event, InferenceEvent) else None
+        labels = None
         if procedure is not None:
             try:
-                self._procedure_labels(procedure)
+                labels = self._procedure_labels(procedure)
             except BadInput as e:
                 return reject(f"event {event.event_id!r}: {e}")
         try:
@@ -249,14 +252,16 @@ class BatchMerger:
                           f"{video.video_id!r} is a {video.procedure!r} video")
         label_event = to_label_event(event, r.partition, r.offset)
         try:
-            check_event(label_event, self._procedure_labels(video.procedure), video.num_frames)
+            check_event(label_event, labels if labels is not None
+                        else self._procedure_labels(video.procedure),
+                        video.num_frames)
         except BadInput as e:
             return reject(str(e))
         plan.events[video.procedure].append(label_event)
         plan.videos[video.procedure][video.video_id] = video
         if isinstance(event, InferenceEvent):
-            now = datetime.now(UTC)
-            plan.tasks.extend(tasks_for(event, self.settings.feedback_confidence_threshold, now))
+            plan.tasks.extend(tasks_for(event, self.settings.feedback_confidence_threshold,
+                                        plan.now))
         elif event.task_id:
             plan.completions.append((event.task_id, event.event_id))
         if parked is not None:
