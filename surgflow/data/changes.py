@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from surgflow.data import datafiles as df
-from surgflow.data.labels import LabelEvent, Segment, coalesce_rows
+from surgflow.data.labels import LabelEvent, Segment, coalesce_rows, untouched_by
 
 _ROW = ("start_frame", "end_frame", "label", "provenance", "confidence")
 
@@ -78,32 +78,22 @@ def event_rows(events: list[LabelEvent]) -> pa.Table:
 
 def untouched_rows(held: pa.Table, new: pa.Table) -> np.ndarray:
     """Which rows of ``held`` (resolved, sorted by video and start frame) no row of ``new`` of
-    their video overlaps: :func:`~surgflow.data.labels.untouched` on whole tables (why those
-    can be carried over unresolved is said there)."""
+    their video overlaps: :func:`~surgflow.data.labels.untouched` over tables (why those can be
+    carried over unresolved is said there)."""
     out = np.ones(held.num_rows, bool)
     if held.num_rows == 0 or new.num_rows == 0:
         return out
-    new = new.select(["video_id", "start_frame", "end_frame"]).sort_by(
-        [("video_id", "ascending"), ("start_frame", "ascending")])
-    new_starts = new.column("start_frame").to_numpy()
-    new_ends = new.column("end_frame").to_numpy()
-    spans = _runs(new.column("video_id"))
-    held_starts = held.column("start_frame").to_numpy()
-    held_ends = held.column("end_frame").to_numpy()
+    new = new.select(["video_id", "start_frame", "end_frame"]).sort_by("video_id")
+    new_starts = new.column("start_frame").to_pylist()
+    new_ends = new.column("end_frame").to_pylist()
+    ranges = _runs(new.column("video_id"))
+    held_starts = held.column("start_frame").to_pylist()
+    held_ends = held.column("end_frame").to_pylist()
     for video, (a, b) in _runs(held.column("video_id")).items():
-        if video not in spans:
-            continue
-        lo, hi = spans[video]
-        starts, ends = new_starts[lo:hi], new_ends[lo:hi]
-        reach = np.maximum.accumulate(ends)  # the union of the new ranges, as disjoint spans:
-        first = np.concatenate([[True], starts[1:] > reach[:-1]])  # where one begins
-        span_starts = starts[first]
-        span_ends = reach[np.append(np.flatnonzero(first)[1:], len(starts)) - 1]
-        i = np.searchsorted(span_ends, held_starts[a:b], side="right")  # first ending after
-        inside = i < len(span_starts)
-        overlaps = np.zeros(b - a, bool)
-        overlaps[inside] = span_starts[i[inside]] < held_ends[a:b][inside]
-        out[a:b] = ~overlaps
+        if video in ranges:
+            lo, hi = ranges[video]
+            out[a:b] = untouched_by(held_starts[a:b], held_ends[a:b],
+                                    zip(new_starts[lo:hi], new_ends[lo:hi], strict=True))
     return out
 
 

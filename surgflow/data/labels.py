@@ -270,8 +270,14 @@ def untouched(starts: Sequence[int], ends: Sequence[int], new: Iterable[Interval
     resolving ``new`` on top of a video needs only the intervals that are not untouched:
     ``resolve_video(all + new)`` is the untouched ones plus ``resolve_video(others + new)``.
     """
-    spans: list[list[int]] = []  # the union of ``new``'s ranges, sorted and disjoint
-    for lo, hi in sorted((iv.start_frame, iv.end_frame) for iv in new):
+    return untouched_by(starts, ends, ((iv.start_frame, iv.end_frame) for iv in new))
+
+
+def untouched_by(starts: Sequence[int], ends: Sequence[int],
+                 ranges: Iterable[tuple[int, int]]) -> list[bool]:
+    """:func:`untouched`, with the new intervals given as ``(start_frame, end_frame)``."""
+    spans: list[list[int]] = []  # the union of the ranges, sorted and disjoint
+    for lo, hi in sorted(ranges):
         if spans and lo <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], hi)
         else:
