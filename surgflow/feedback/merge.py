@@ -230,10 +230,9 @@ class BatchMerger:
             return reject(str(e))
         assert isinstance(event, InferenceEvent | AnnotationEvent)
         procedure = event.procedure if isinstance(event, InferenceEvent) else None
-        labels = None
         if procedure is not None:
             try:
-                labels = self._procedure_labels(procedure)
+                self._procedure_labels(procedure)
             except BadInput as e:
                 return reject(f"event {event.event_id!r}: {e}")
         try:
@@ -252,9 +251,7 @@ class BatchMerger:
                           f"{video.video_id!r} is a {video.procedure!r} video")
         label_event = to_label_event(event, r.partition, r.offset)
         try:
-            check_event(label_event, labels if labels is not None
-                        else self._procedure_labels(video.procedure),
-                        video.num_frames)
+            check_event(label_event, self._procedure_labels(video.procedure), video.num_frames)
         except BadInput as e:
             return reject(str(e))
         plan.events[video.procedure].append(label_event)
