@@ -42,9 +42,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from surgflow.data.clip_sampling import ChunkedShuffleSampler, ClipSpec, clip_starts, frame_step
+from surgflow.data.clip_sampling import ClipSpec, clip_starts, frame_step
 from surgflow.data.clips import ClipDataset, ClipVideo
 from surgflow.data.proxies import ProxySpec, ProxyStore
+from surgflow.data.samplers import ChunkedShuffleSampler
 from surgflow.data.synthetic import generate_video
 from surgflow.data.video import probe, sha256_file
 

@@ -13,15 +13,14 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 from surgflow.data.clip_sampling import (
-    ChunkedShuffleSampler,
     ClipSpec,
-    WeightedDistributedSampler,
     centre_frame,
     chunk_ids,
     clip_frames,
     clip_starts,
     frame_step,
 )
+from surgflow.data.samplers import ChunkedShuffleSampler, WeightedDistributedSampler
 from surgflow.errors import BadInput
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from surgflow.data.clip_sampling import ClipSpec, WeightedDistributedSampler
+from surgflow.data.clip_sampling import ClipSpec
 from surgflow.data.clips import (
     _INHERITED,
     MEAN,
@@ -24,6 +24,7 @@ from surgflow.data.clips import (
     iter_video,
     normalise,
 )
+from surgflow.data.samplers import WeightedDistributedSampler
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.data.views import ViewSpec, resolve_view
 from surgflow.errors import DecodeError

@@ -23,7 +23,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -31,17 +31,14 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from surgflow.data.balancing import Balance, balance, check_params, shares
-from surgflow.data.clip_sampling import (
-    ChunkedShuffleSampler,
-    ClipSpec,
-    centre_frame,
-    clip_starts,
-    frame_step,
-)
+from surgflow.data.clip_sampling import ClipSpec, centre_frame, clip_starts, frame_step
 from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA, DatasetVideo
 from surgflow.data.segments import SEGMENT_COLUMNS, Relation
 from surgflow.data.versions import parse_ref
 from surgflow.errors import BadInput, NotFound
+
+if TYPE_CHECKING:
+    from surgflow.data.samplers import ChunkedShuffleSampler
 
 
 class SegmentStore(Protocol):
@@ -165,6 +162,8 @@ class ResolvedView:
     ) -> ChunkedShuffleSampler:
         """The view's training sampler: chunked shuffle seeded by the spec, weighted draws when
         the view balances (``num_samples`` per epoch, default the number of clips)."""
+        from surgflow.data.samplers import ChunkedShuffleSampler  # torch: training only
+
         weighted = self.spec.balance != "none"
         return ChunkedShuffleSampler(
             self.video, chunk_size=chunk_size, seed=self.spec.seed,
