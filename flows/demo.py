@@ -286,7 +286,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             report.highlights = _highlights(settings, root, sorted(held_out)[0])
         registry = ModelRegistry()
         report.models = [registry.get(MODEL, v).model_dump(mode="json") for v in (1, 2)]
-        found = report_of(home, MODEL, 2, seal2)
+        found = report_of(registry, MODEL, 2, seal2)
         report.report_path = str(found) if found else None
         report.versions = [m.summary() | {"sources": dict(m.sources)}
                            for m in DatasetStore(home).versions(PROCEDURE)]

@@ -1,4 +1,4 @@
-"""`surgflow models architectures|list|show|gate|promote|rollback|history` (SPEC §7):
+"""`surgflow models architectures|list|show|gate|promote|rollback|history|verify` (SPEC §7):
 what can be built, and the registered chains with their stage pointers and seals."""
 
 from __future__ import annotations
@@ -55,9 +55,19 @@ def show(
                               help="A version number or candidate / approved / production."),
     json_: bool = JsonOption,
 ):
-    """One version: its stages, recipe, dataset versions, metrics, artifacts and seal."""
+    """One version: its stages, recipe, dataset versions, metrics, artifacts and seal.
+
+    Stages are where surgflow's history puts them; an MLflow alias that disagrees is listed
+    under alias_drift (and never served)."""
     name, version = parse_ref(ref)
-    emit(registry().get(name, version).show(), json_, _render_show)
+    reg = registry()
+    doc = reg.get(name, version).show()
+    doc["alias_drift"] = reg.alias_drift(name)
+    for d in doc["alias_drift"]:
+        log.warning("%s: %s; surgflow's history has %s at %s (run `surgflow models verify "
+                    "%s`; promoting that version again puts the alias back)", name,
+                    d["reason"], d["stage"], _v(d["history"]), name)
+    emit(doc, json_, _render_show)
 
 
 @app.command("gate")
@@ -118,6 +128,21 @@ def history(
 ):
     """Every pointer move of a model, oldest first."""
     emit(registry().history(name), json_, _render_history)
+
+
+@app.command("verify")
+@handle_errors
+def verify(
+    name: str = typer.Argument(..., help="A model name, e.g. cholecystectomy-phase."),
+    json_: bool = JsonOption,
+):
+    """Audit a model: every MLflow alias that drifted from surgflow's history, and every
+    servable version (production, approved, rollback targets) re-hashed with its ONNX parity
+    re-run. Exit 1 on any drift or mismatch."""
+    report = registry().audit(name)
+    emit(report, json_, _render_audit)
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def _v(version: int | None) -> str:
@@ -181,3 +206,18 @@ def _render_history(moves: list[dict]) -> None:
         table.add_row(m["at"][:19].replace("T", " "), m["stage"], _v(m["from"]), _v(m["to"]),
                       m["by"], m["reason"])
     stdout_console.print(table)
+
+
+def _render_audit(r: dict) -> None:
+    pointers = ", ".join(f"{s}@{v}" for s, v in r["pointers"].items()) or "(none)"
+    stdout_console.print(f"[bold]{r['name']}[/bold]  pointers (surgflow's history): {pointers}")
+    for d in r["alias_drift"]:
+        stdout_console.print(f"  [red]drift[/red] {d['reason']} (history: {_v(d['history'])})")
+    if r["production_unservable"]:
+        stdout_console.print(f"  [red]not servable[/red] {r['production_unservable']}")
+    for c in r["versions"]:
+        mark = "[green]ok[/green]" if c["passed"] else "[red]FAILED[/red]"
+        detail = (f"hashes match, parity max |Δ| {c['max_abs_diff']:.2e}" if c["passed"]
+                  else c["reason"])
+        stdout_console.print(f"  {r['name']}@{c['version']}: {mark} {detail}", soft_wrap=True)
+    stdout_console.print("verified" if r["ok"] else "[red]problems found[/red]")

@@ -54,7 +54,7 @@ def gate_version(registry: Any, name: str, version: int | str, *,
         seal = C.make_seal(model=mv.ref, baseline=baseline_ref, field_suite=None,
                            checks=[C.no_field_suite_check(str(e))], onnx=onnx)
         return {**seal, "report_path": None}
-    report = _report_path(home, name, mv.version, baseline_ref, suite.ref)
+    report = registry.report_path(name, mv.version, baseline_ref, suite.ref)
     for stored in registry.seals(name, mv.version):
         if (stored.get("baseline"), stored.get("field_suite")) == (baseline_ref, suite.ref):
             _approve(registry, name, mv.version, stored, fresh=False)
@@ -80,7 +80,7 @@ def gate_version(registry: Any, name: str, version: int | str, *,
     if fresh or not report.is_file():
         _write_report(report, stored, labels, candidate_m, baseline_m, encoder_m, suite, cand,
                       base)
-        _attach(registry, mv.run_id, report)
+        registry.attach(mv.run_id, report)
     _approve(registry, name, mv.version, stored, fresh=fresh)
     log.info("%s against %s on %s: %s", mv.ref, baseline_ref or "(no production)", suite.ref,
              stored["verdict"])
@@ -163,20 +163,12 @@ def _approve(registry: Any, name: str, version: int, seal: dict, *, fresh: bool)
             continue
 
 
-def report_of(home: Path, name: str, version: int, seal: dict) -> Path | None:
+def report_of(registry: Any, name: str, version: int, seal: dict) -> Path | None:
     """The comparison report written beside ``seal`` of ``name@version``, if there is one."""
     if not seal.get("field_suite"):
         return None
-    path = _report_path(home, name, version, seal.get("baseline"), seal["field_suite"])
+    path = registry.report_path(name, version, seal.get("baseline"), seal["field_suite"])
     return path if path.is_file() else None
-
-
-def _report_path(home: Path, name: str, version: int, baseline: str | None,
-                 suite: str) -> Path:
-    from surgflow.registry.seals import key
-
-    return (Path(home) / "registry" / name / "seals" / str(version)
-            / f"report-{key(baseline, suite)}.html")
 
 
 def _write_report(path: Path, seal: dict, labels: list[str], candidate: dict,
@@ -193,14 +185,3 @@ def _write_report(path: Path, seal: dict, labels: list[str], candidate: dict,
         })
     write_report(path, seal=seal, labels=labels, candidate=candidate, baseline=baseline,
                  encoder=encoder, timelines=timelines)
-
-
-def _attach(registry: Any, run_id: str | None, path: Path) -> None:
-    """Log the report to the candidate's MLflow run under ``gate/`` (a warning if it fails:
-    the seal, not the attachment, is the record)."""
-    if not run_id:
-        return
-    try:
-        registry.client.log_artifact(run_id, str(path), "gate")
-    except Exception as e:  # MLflow store errors have no common base worth naming
-        log.warning("could not attach %s to MLflow run %s: %s", path.name, run_id, e)

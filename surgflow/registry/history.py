@@ -1,9 +1,11 @@
 """A model's pointer history: an append-only ``history.jsonl``, one move a line,
-``{"stage", "from", "to", "at", "by", "reason"}``, oldest first.
+``{"stage", "from", "to", "at", "by", "via", "reason"}``, oldest first.
 
-MLflow keeps only where each alias points now; this file keeps how it got there. Lines are
-appended (and fsynced) only while the model's pointer lock is held, so the history of each
-stage is the exact sequence of its alias values.
+This file is where each pointer points: the last move of a stage is its value
+(:func:`pointers`). ``via`` names what allowed the move (:data:`ALLOWED_VIA`). Lines are
+appended (and fsynced) only while the model's pointer lock is held. Histories written before
+``via`` existed are read by the move's reason; their lines by ``mlflow`` recorded an alias
+moved outside surgflow and are not moves.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# what may allow a move of each stage
+ALLOWED_VIA = {"candidate": ("register",), "approved": ("seal",),
+               "production": ("seal", "force", "rollback")}
+# the `by` of lines that recorded an alias moved outside surgflow (older histories)
+OUTSIDE = "mlflow"
 
 
 def read(path: Path) -> list[dict]:
@@ -50,12 +58,54 @@ def append(path: Path, move: dict) -> None:
         os.fsync(f.fileno())
 
 
-def last_to(moves: list[dict], stage: str) -> int | None:
-    """Where ``stage`` points according to the history (None: never set, or unset)."""
-    for m in reversed(moves):
+def moves_of(moves: list[dict]) -> list[dict]:
+    """The lines that are surgflow's moves (not records of an alias moved outside it)."""
+    return [m for m in moves if m.get("by") != OUTSIDE]
+
+
+def last_move(moves: list[dict], stage: str) -> dict | None:
+    """The last move of ``stage`` (None: never moved)."""
+    for m in reversed(moves_of(moves)):
         if m.get("stage") == stage:
-            return m.get("to")
+            return m
     return None
+
+
+def pointers(moves: list[dict]) -> dict[str, int]:
+    """Stage -> version of every pointer that is set."""
+    out = {}
+    for stage in ALLOWED_VIA:
+        m = last_move(moves, stage)
+        if m is not None and m.get("to") is not None:
+            out[stage] = int(m["to"])
+    return out
+
+
+def via(move: dict) -> str:
+    """What allowed ``move``: its ``via``, or for older lines what its reason says."""
+    if move.get("via"):
+        return move["via"]
+    reason = str(move.get("reason") or "")
+    if move.get("stage") == "candidate":
+        return "register"
+    if reason.startswith("rollback from"):
+        return "rollback"
+    if reason.startswith("forced past"):
+        return "force"
+    return "seal"
+
+
+def drift(recorded: dict[str, int], aliases: dict[str, int]) -> list[dict]:
+    """Each stage whose MLflow alias disagrees with the history's pointer."""
+    out = []
+    for stage in ALLOWED_VIA:
+        have, alias = recorded.get(stage), aliases.get(stage)
+        if have == alias:
+            continue
+        where = f"to {alias}" if alias is not None else "(alias removed)"
+        out.append({"stage": stage, "alias": alias, "history": have,
+                    "reason": f"{stage} alias moved outside surgflow {where}"})
+    return out
 
 
 def production_lineage(moves: list[dict]) -> list[int]:
@@ -66,7 +116,7 @@ def production_lineage(moves: list[dict]) -> list[int]:
     versions back instead of toggling between the last two.
     """
     stack: list[int] = []
-    for m in moves:
+    for m in moves_of(moves):
         if m.get("stage") != "production":
             continue
         to = m.get("to")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 from pydantic import BaseModel
 
@@ -26,7 +29,6 @@ TAG_CODE = "code_version"
 TAG_METRICS = "metrics"
 TAG_PARITY = "parity"
 TAG_UNPROMOTABLE = "unpromotable_reason"
-TAG_VERDICT = "verdict"
 
 
 def model_name(procedure: str) -> str:
@@ -66,6 +68,10 @@ def parse_version_ref(ref: int | str, where: str | None = None) -> int | str:
 
 
 class Artifact(BaseModel, frozen=True):
+    """One registered file: ``name`` inside the bundle, ``path`` where it opens (an absolute
+    path, or a URI with its scheme on a remote artifact store) and its ``sha256``."""
+
+    name: str
     path: str
     sha256: str
 
@@ -95,7 +101,7 @@ class ModelVersion(BaseModel, frozen=True):
 
     @property
     def hashes(self) -> dict[str, str]:
-        return {a.path: a.sha256 for a in self.artifacts}
+        return {a.name: a.sha256 for a in self.artifacts}
 
     def summary(self) -> dict:
         """The ``models list`` entry (SPEC §7)."""
@@ -151,19 +157,31 @@ def _json_tag(tags: dict[str, str], key: str, default: Any) -> Any:
         return default
 
 
+def artifact_location(source: str | None, name: str) -> str:
+    """Where the bundle file ``name`` of a version whose artifacts are at ``source`` opens."""
+    if not source:
+        return name
+    parsed = urlparse(source)
+    if parsed.scheme == "file" or (not parsed.scheme and source.startswith("/")):
+        return str(Path(url2pathname(unquote(parsed.path))) / name)
+    return f"{source.rstrip('/')}/{name}"
+
+
 def from_mlflow(mv: Any, seal: dict | None, pointers: dict[str, int]) -> ModelVersion:
-    """A :class:`ModelVersion` from an MLflow model version entity, its latest seal and the
-    model's stage pointers (MLflow's version searches leave aliases out)."""
+    """A :class:`ModelVersion` from an MLflow model version record (its tags and artifact
+    ``source``), its latest seal (the verdict's one record) and the model's stage pointers."""
     tags = dict(mv.tags or {})
+    source = getattr(mv, "source", None)
     return ModelVersion(
         name=mv.name, version=int(mv.version),
         created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
         run_id=mv.run_id or None, recipe=tags.get(TAG_RECIPE),
         stages=[s for s in STAGES if pointers.get(s) == int(mv.version)],
-        verdict=(seal or {}).get("verdict") or tags.get(TAG_VERDICT) or None,
+        verdict=(seal or {}).get("verdict"),
         dataset_versions=_json_tag(tags, TAG_DATASETS, []),
         metrics=_json_tag(tags, TAG_METRICS, {}),
-        artifacts=[Artifact(path=p, sha256=h) for p, h in hashes_from_tags(tags).items()],
+        artifacts=[Artifact(name=p, path=artifact_location(source, p), sha256=h)
+                   for p, h in hashes_from_tags(tags).items()],
         seal=seal, procedure=tags.get(TAG_PROCEDURE), parity=_json_tag(tags, TAG_PARITY, None),
         unpromotable_reason=tags.get(TAG_UNPROMOTABLE) or None,
     )

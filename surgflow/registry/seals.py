@@ -113,6 +113,10 @@ class SealStore:
                 found.append(((str(seal.get("sealed_at", "")), p.stat().st_mtime_ns), seal))
         return [seal for _, seal in sorted(found, key=lambda t: t[0])]
 
+    def report_path(self, version: int, baseline: str | None, field_suite: str) -> Path:
+        """Where the gate's comparison report for these inputs lives, beside their seal."""
+        return self.root / str(version) / f"report-{key(baseline, field_suite)}.html"
+
     def latest(self, version: int) -> dict | None:
         seals = self.all(version)
         return seals[-1] if seals else None

@@ -1,13 +1,15 @@
 """The production chains the service runs, one per procedure, and their hot swap.
 
 A :class:`ModelPool` holds one :class:`Served` per procedure. :meth:`ModelPool.refresh` asks the
-registry for every procedure's production pointer (a cheap call); where it moved, it fetches the
-new version's bundle (every sha256 re-checked), re-runs its ONNX parity check, builds and warms a
-new runner, and only then swaps the reference. A request holds the :class:`Served` it started
-with, so requests in flight finish on the old chain while new ones get the new one. A version
-whose bundle or parity check fails is never swapped in; it is logged and reported under
-``rejected`` on ``/v1/models`` until the pointer moves again. A watcher thread calls
-:meth:`refresh` every ``SURGFLOW_SERVE_POLL_S`` seconds, off the request path.
+registry for every procedure's production version (local files: surgflow's pointer history,
+never an MLflow alias); where it moved, it fetches the new version's bundle with every sha256
+re-checked (parity was re-run when it was promoted), builds and warms a new runner, and only
+then swaps the reference. A request holds the :class:`Served` it started with, so requests in
+flight finish on the old chain while new ones get the new one. A version whose bundle fails its
+check is never swapped in; it is logged and reported under ``rejected`` on ``/v1/models``
+until the pointer moves again, and so is a production alias moved outside surgflow (the
+version surgflow promoted goes on being served). A watcher thread calls :meth:`refresh` every
+``SURGFLOW_SERVE_POLL_S`` seconds, off the request path.
 """
 
 from __future__ import annotations
@@ -29,10 +31,6 @@ log = logging.getLogger(__name__)
 
 class NotServed(SurgflowError):
     """A known procedure has no production chain loaded (HTTP 409)."""
-
-
-class ParityRejected(SurgflowError):
-    """A version's ONNX parity check failed; it is not served."""
 
 
 @dataclass(frozen=True)
@@ -67,26 +65,15 @@ class Rejection:
 
 
 def load_chain(registry, name: str, version: int, *, threads: int | None = None):
-    """A warmed runner of ``name@version``: bundle re-hashed, parity re-run, sessions built."""
-    from surgflow.export import check_parity
+    """A warmed runner of ``name@version``. Its files must hash to the registered sha256
+    (:meth:`~surgflow.registry.ModelRegistry.verify` without parity: parity was re-run when the
+    version was promoted, and files that match their hashes are the files it passed on)."""
     from surgflow.inference import ChainRunner
 
-    bundle: Path = registry.bundle(name, version, verify=True)
-    parity = check_parity(bundle)
-    if not _passed(parity):
-        raise ParityRejected(f"{name}@{version}: ONNX parity check failed ({_parity_text(parity)})")
+    bundle: Path = registry.verify(name, version, parity=False).path
     runner = ChainRunner.load(bundle, intra_op_threads=threads)
     runner.warm()
     return runner
-
-
-def _passed(parity: Any) -> bool:
-    return bool(parity.get("passed") if isinstance(parity, dict) else parity.passed)
-
-
-def _parity_text(parity: Any) -> str:
-    get = parity.get if isinstance(parity, dict) else (lambda k: getattr(parity, k, None))
-    return (f"max |Δlogit| {get('max_abs_diff')}, top-1 agreement {get('top1_agreement')}")
 
 
 class ModelPool:
@@ -104,6 +91,7 @@ class ModelPool:
         self._loader = loader or load_chain
         self._served: dict[str, Served] = {}
         self._rejected: dict[str, Rejection] = {}
+        self._drift: dict[str, Rejection] = {}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -128,7 +116,8 @@ class ModelPool:
         """``/v1/models``: every served procedure's name, version, loaded_at (and rejections)."""
         with self._lock:
             out: dict[str, dict[str, Any]] = {p: s.describe() for p, s in self._served.items()}
-            for p, r in self._rejected.items():
+            # a drifted alias is reported first: it is what an operator must put back
+            for p, r in {**self._rejected, **self._drift}.items():
                 entry = out.setdefault(p, {"name": r.name, "version": None, "loaded_at": None})
                 entry["rejected"] = r.describe()
         return dict(sorted(out.items()))
@@ -157,6 +146,7 @@ class ModelPool:
     def _refresh_one(self, procedure: str) -> bool:
         name = self._model_name(procedure)
         version = self.registry.production(name)
+        self._note_drift(procedure, name)
         with self._lock:
             current = self._served.get(procedure)
             rejected = self._rejected.get(procedure)
@@ -191,6 +181,26 @@ class ModelPool:
         log.info("now serving %s@%d for %s%s", name, version, procedure,
                  f" (was version {current.version})" if current else "")
         return True
+
+    def _note_drift(self, procedure: str, name: str) -> None:
+        """Remember (and log once) a production alias that disagrees with the registry's
+        history; the version the history names goes on being served."""
+        drift = next((d for d in self.registry.alias_drift(name)
+                      if d["stage"] == "production"), None) if self._registered(name) else None
+        with self._lock:
+            known = self._drift.get(procedure)
+            if drift is None:
+                self._drift.pop(procedure, None)
+                return
+            if known is not None and known.version == drift["alias"]:
+                return
+            self._drift[procedure] = Rejection(name, drift["alias"], drift["reason"],
+                                               datetime.now(UTC))
+        log.warning("%s: %s; serving %s@%s, the version surgflow promoted", name,
+                    drift["reason"], name, drift["history"])
+
+    def _registered(self, name: str) -> bool:
+        return self.registry.reader.exists(name)
 
     def start(self, interval_s: float | None = None) -> None:
         """Start the watcher thread (a first :meth:`refresh` should have run already)."""
