@@ -43,7 +43,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from surgflow.data.clip_sampling import ClipSpec, clip_starts, frame_step
-from surgflow.data.clips import ClipDataset, ClipVideo
+from surgflow.data.clips import ClipDataset
+from surgflow.data.frames import ClipVideo
 from surgflow.data.proxies import ProxySpec, ProxyStore
 from surgflow.data.samplers import ChunkedShuffleSampler
 from surgflow.data.synthetic import generate_video

@@ -63,10 +63,10 @@ def decode_only(runner, path: Path) -> float:
 
 
 def model_only(runner, path: Path) -> float:
-    from surgflow.inference.decode import batch_clips, per_second_clips
+    from surgflow.inference.decode import per_second_clips
 
     ds = per_second_clips(path, probe(path), runner.spec.clip)
-    batches = [batch_clips(ds, i, min(i + runner.batch_size, len(ds)))
+    batches = [ds.batch(i, min(i + runner.batch_size, len(ds)))
                for i in range(0, len(ds), runner.batch_size)]
     t0 = time.perf_counter()
     features = [runner.encoder.run(["features", "logits"], {"clips": b})[0] for b in batches]

@@ -15,15 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from surgflow.data.clip_sampling import ClipSpec
-from surgflow.data.clips import (
-    _INHERITED,
-    MEAN,
-    STD,
-    ClipDataset,
-    ClipVideo,
-    iter_video,
-    normalise,
-)
+from surgflow.data.clips import MEAN, STD, ClipDataset, iter_video, normalise
+from surgflow.data.frames import _INHERITED, ClipVideo
 from surgflow.data.samplers import WeightedDistributedSampler
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.data.views import ViewSpec, resolve_view

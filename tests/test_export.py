@@ -16,6 +16,7 @@ import torch
 
 from surgflow.data.clip_sampling import ClipSpec
 from surgflow.data.clips import normalise
+from surgflow.data.seconds import second_clips
 from surgflow.data.synthetic import generate_video
 from surgflow.data.video import probe
 from surgflow.errors import BadInput
@@ -30,7 +31,6 @@ from surgflow.export import (
 )
 from surgflow.training import checkpoints
 from surgflow.training.chain import chain_version
-from surgflow.training.data import second_clips
 from surgflow.training.models import CLIP_ARCHITECTURES, MSTCN, build_clip_model
 from tests.fixtures.models import TrainedBundle
 
@@ -73,8 +73,9 @@ def test_chain_bundle_holds_every_file_and_passes_parity(tiny_chain_bundle: Trai
         chain_logits = g["chain_logits"]
     assert video_id == b.val_videos[0].stem  # the run's first validation video
     # the golden clips are real per-second clips, built as training builds them
-    items = second_clips(_view_video(b), b.spec.clip, dtype=torch.uint8)
-    assert np.array_equal(clips, np.stack([items[i]["clip"].numpy() for i in range(12)]))
+    items = second_clips(_view_video(b), b.spec.clip)
+    assert np.array_equal(clips, np.stack([items.read(i).transpose(3, 0, 1, 2)
+                                           for i in range(12)]))
     assert len(set(chain_logits.argmax(1).tolist())) > 1  # a trained chain, not a constant
 
 
@@ -285,8 +286,8 @@ def test_parity_holds_for_every_registered_architecture(name, golden_video, tmp_
     size = arch.fixed_size or max(32, arch.min_size)
     clip = ClipSpec(frames=frames, stride=1, fps=5, size=size)
     path, info = golden_video
-    items = second_clips(_as_clip_video(path, info), clip, dtype=torch.uint8)
-    model = _realistic(name, torch.stack([items[i]["clip"] for i in range(len(items))]))
+    items = second_clips(_as_clip_video(path, info), clip)
+    model = _realistic(name, torch.from_numpy(items.batch(0, len(items))))
     temporal = MSTCN(arch.feature_dim, len(LABELS), stages=2, layers=4, channels=16)
     temporal = temporal if name == "resnet18" else None  # the default chain
     spec = build_bundle(tmp_path / name, procedure="cholecystectomy", labels=LABELS,
@@ -302,6 +303,6 @@ def test_parity_holds_for_every_registered_architecture(name, golden_video, tmp_
 
 
 def _as_clip_video(path: Path, info):
-    from surgflow.data.clips import ClipVideo
+    from surgflow.data.frames import ClipVideo
 
     return ClipVideo.of(path, info)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from surgflow.data.clip_sampling import ClipSpec
-from surgflow.data.clips import ClipDataset, ClipVideo, FrameReader, iter_video
+from surgflow.data.clips import ClipDataset, iter_video
+from surgflow.data.frames import ClipVideo, FrameReader
 from surgflow.data.proxies import ProxySpec, ProxyStore, scaled_size
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.data.video import probe, sha256_file

@@ -14,14 +14,16 @@ import pytest
 import torch
 
 from surgflow.data.clip_sampling import ClipSpec, frame_step
-from surgflow.data.clips import ClipVideo
+from surgflow.data.clips import ClipDataset
+from surgflow.data.frames import ClipVideo
+from surgflow.data.seconds import second_clips
 from surgflow.data.synthetic import generate_video
 from surgflow.data.video import probe
 from surgflow.errors import BadInput, DeadlineExceeded, VideoError
 from surgflow.export import load_torch_chain
 from surgflow.inference import ChainRunner, Timeline
-from surgflow.inference.decode import ClipStream, batch_clips, per_second_clips
-from surgflow.training.data import collate, second_clips
+from surgflow.inference.decode import ClipStream, per_second_clips
+from surgflow.training.data import collate
 from tests.fixtures.models import TrainedBundle
 
 
@@ -62,7 +64,7 @@ def _torch_chain(bundle_dir: Path, video, clip: ClipSpec) -> tuple[np.ndarray, n
     """Per-second argmax of the torch encoder head and of the torch chain on training's
     per-second clips (normalised floats, as training feeds them)."""
     encoder, temporal, _ = load_torch_chain(bundle_dir)
-    ds = second_clips(video, clip)
+    ds = ClipDataset.of(second_clips(video, clip))
     x, _ = collate([ds[i] for i in range(len(ds))])
     with torch.no_grad():
         features = encoder.features(x)
@@ -127,9 +129,9 @@ def test_batches_are_training_clips_with_shared_frames_decoded_once(odd_video):
     clip = ClipSpec(frames=8, stride=1, fps=5, size=48)
     info = probe(odd_video)
     ds = per_second_clips(odd_video, info, clip)
-    want = np.stack([ds[i]["clip"].numpy() for i in range(len(ds))])
+    want = np.stack([ds.read(i).transpose(3, 0, 1, 2) for i in range(len(ds))])
     assert want.dtype == np.uint8 and want.shape == (8, 3, 8, 48, 48)
-    got = np.concatenate([batch_clips(ds, k, min(k + 3, len(ds))) for k in range(0, len(ds), 3)])
+    got = np.concatenate([ds.batch(k, min(k + 3, len(ds))) for k in range(0, len(ds), 3)])
     assert np.array_equal(got, want)
 
 

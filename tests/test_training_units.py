@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from surgflow.data.clip_sampling import ClipSpec
+from surgflow.data.seconds import second_clips
 from surgflow.data.views import ViewVideo
 from surgflow.errors import BadInput, NotFound
 from surgflow.training import checkpoints
-from surgflow.training.data import second_clips, second_labels
+from surgflow.training.data import second_labels
 from surgflow.training.features import FeatureCache
 from surgflow.training.loop import confusion, scores
 from surgflow.training.models import build_clip_model

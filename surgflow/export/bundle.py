@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from surgflow.data.clip_sampling import ClipSpec
-from surgflow.data.clips import ClipVideo
+from surgflow.data.frames import ClipVideo
+from surgflow.data.seconds import second_clips
 from surgflow.data.video import VideoInfo, sha256_file
 from surgflow.data.views import ViewVideo
 from surgflow.errors import BadInput
@@ -62,8 +63,6 @@ def build_bundle(
     ``temporal_spec`` is the recipe's ``temporal`` section (a TemporalSpec or its dict); it is
     read off the network when omitted. A failed parity is recorded in ``parity.json``, not
     raised."""
-    from surgflow.training.data import second_clips
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise BadInput(f"chain bundle directory {out_dir} is not empty")
@@ -73,11 +72,11 @@ def build_bundle(
                        f"but {len(labels)} labels were given: {list(labels)}")
     encoder = encoder.cpu().eval()
     video = _clip_video(golden_video)
-    items = second_clips(video, clip, dtype=torch.uint8)
+    items = second_clips(video, clip)
     n = min(int(golden_seconds), len(items))
     if n < 1:
         raise BadInput(f"golden video {video.video_id!r}: golden_seconds must be >= 1")
-    clips = np.stack([items[i]["clip"].numpy() for i in range(n)])
+    clips = items.batch(0, n)
 
     stages = [StageInfo(name="encoder", architecture=encoder.arch_name,
                         version=checkpoints.weights_digest(encoder), file_onnx=ENCODER_ONNX,

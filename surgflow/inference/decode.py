@@ -1,12 +1,12 @@
 """A video's per-second clips as uint8 batches, decoded in a thread ahead of the model.
 
-The clips are exactly training's (:func:`surgflow.training.data.second_clips`): one per second,
-centred on that second's frame, read by the same :class:`~surgflow.data.clips.FrameReader`
-(decode at reduced size, centre crop). A batch's frames are decoded in one forward pass (frames
-shared by overlapping clips once), then gathered into clips. The thread runs at most
-``prefetch`` batches ahead through a bounded queue, so memory is a few batches whatever the
-video's length, while decoding overlaps the model's work (decord and onnxruntime both release
-the GIL).
+The clips are exactly training's (:func:`surgflow.data.seconds.second_clips`): one per second,
+centred on that second's frame, decoded by the same :class:`~surgflow.data.frames.ClipSource`
+(decode at reduced size, centre crop), as numpy without torch. A batch's frames are decoded in
+one forward pass (frames shared by overlapping clips once), then gathered into clips. The
+thread runs at most ``prefetch`` batches ahead through a bounded queue, so memory is a few
+batches whatever the video's length, while decoding overlaps the model's work (decord and
+onnxruntime both release the GIL).
 """
 
 from __future__ import annotations
@@ -18,35 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from surgflow.data.clip_sampling import ClipSpec
-from surgflow.data.clips import ClipDataset, ClipVideo
+from surgflow.data.frames import ClipSource, ClipVideo
+from surgflow.data.seconds import second_clips
 from surgflow.data.video import VideoInfo
 from surgflow.errors import BadInput, VideoError
 
 _END = object()
 
 
-def per_second_clips(path: str | Path, info: VideoInfo, clip: ClipSpec) -> ClipDataset:
-    """The video's per-second clips (uint8), as training builds them."""
-    from surgflow.training.data import second_clips
-
+def per_second_clips(path: str | Path, info: VideoInfo, clip: ClipSpec) -> ClipSource:
+    """The video's per-second clips, as training builds them; VideoError when it is shorter
+    than one clip."""
     try:
-        return second_clips(ClipVideo.of(path, info), clip, dtype=torch.uint8)
+        return second_clips(ClipVideo.of(path, info), clip)
     except BadInput as e:
         raise VideoError(str(path), str(e)) from e
-
-
-def batch_clips(ds: ClipDataset, first: int, stop: int) -> np.ndarray:
-    """Clips ``first..stop-1`` of ``ds`` as uint8 ``B×3×T×S×S``: what stacking its items gives,
-    each distinct frame decoded once."""
-    numbers = np.concatenate([ds.frames_of(i) for i in range(first, stop)])
-    unique, where = np.unique(numbers, return_inverse=True)
-    frames = ds.reader.frames(ds.videos[0], unique, ds.spec.size)  # U×S×S×3
-    b, t, s = stop - first, ds.spec.frames, ds.spec.size
-    clips = frames[where.reshape(-1)].reshape(b, t, s, s, 3)
-    return np.ascontiguousarray(clips.transpose(0, 4, 1, 2, 3))
 
 
 class ClipStream:
@@ -55,7 +43,7 @@ class ClipStream:
     Use as a context manager: leaving it (normally, on an error or on a deadline) stops the
     thread. Decode failures are raised in the consumer as :class:`VideoError`."""
 
-    def __init__(self, ds: ClipDataset, path: str | Path, *, batch_size: int, prefetch: int = 2):
+    def __init__(self, ds: ClipSource, path: str | Path, *, batch_size: int, prefetch: int = 2):
         self.ds, self.path, self.batch_size = ds, str(path), batch_size
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
@@ -93,7 +81,7 @@ class ClipStream:
                 if self._stop.is_set():
                     return
                 t0 = time.perf_counter()
-                batch = batch_clips(self.ds, first, min(first + self.batch_size, len(self.ds)))
+                batch = self.ds.batch(first, min(first + self.batch_size, len(self.ds)))
                 self.decode_s += time.perf_counter() - t0
                 if not self._put((first, batch)):
                     return

@@ -17,8 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from surgflow.data.clip_sampling import ClipSpec
+from surgflow.data.clips import ClipDataset
+from surgflow.data.seconds import second_clips
 from surgflow.data.views import ViewVideo
-from surgflow.training.data import collate, second_clips
+from surgflow.training.data import collate
 from surgflow.training.features import FeatureCache
 
 
@@ -45,7 +47,8 @@ def extract_features(
         if cache.has(model_version, v.sha256):
             skipped += 1
             continue
-        loader = DataLoader(second_clips(v, clip), batch_size=batch_size, collate_fn=collate)
+        loader = DataLoader(ClipDataset.of(second_clips(v, clip)), batch_size=batch_size,
+                            collate_fn=collate)
         feats = [model.features(x.to(device)).float().cpu() for x, _ in loader]
         cache.put(model_version, v.sha256, torch.cat(feats))
         computed += 1

@@ -4,7 +4,9 @@ Only the recipe and pinned dataset versions (``dataset@N``) cross into a rank; e
 resolves the same immutable views (resolution is deterministic) and builds its own datasets, so
 no tensor or open video reader ever crosses a process boundary. Clips, samplers and decoding are
 the data layer's (:mod:`surgflow.data.views`, :mod:`surgflow.data.clips`); this module only
-wires them to a recipe and a rank, and adds the per-second sequences a chain's stage 2 reads.
+wires them to a recipe and a rank, and adds the per-second labels a chain's stage 2 reads. The
+per-second clip is :mod:`surgflow.data.seconds`'s; ``per_second_clip`` is also named here for
+callers that resolve per-second views through this module.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from surgflow.data.clip_sampling import ClipSpec, clip_span, frame_step
-from surgflow.data.clips import ClipDataset, ClipVideo
+from surgflow.data.clip_sampling import ClipSpec, frame_step
+from surgflow.data.clips import ClipDataset
 from surgflow.data.proxies import ProxyStore
-from surgflow.data.views import ResolvedView, ViewSpec, ViewVideo, pin_source, resolve_view
+from surgflow.data.seconds import per_second_clip as per_second_clip  # re-exported, see above
+from surgflow.data.seconds import second_frames
+from surgflow.data.views import ResolvedView, ViewSpec, pin_source, resolve_view
 from surgflow.errors import BadInput
 
 SPLITS = ("train", "val")
@@ -112,36 +116,16 @@ def val_loader(view: ResolvedView, optim: Any, rank: int, world: int,
                       **_loader_kw(optim.num_workers, cuda))
 
 
-def per_second_clip(size: int) -> ClipSpec:
-    return ClipSpec(frames=1, stride=1, fps=1.0, size=size, hop=1)
-
-
 def second_labels(view: ResolvedView) -> dict[str, np.ndarray]:
-    """Per-second labels of each video of a per-second view (see :func:`per_second_clip`);
-    -1 marks a second with no label (unlabelled, filtered out, or below min_confidence)."""
+    """Per-second labels of each video of a per-second view (see
+    :func:`~surgflow.data.seconds.per_second_clip`), one per second of
+    :func:`~surgflow.data.seconds.second_frames`; -1 marks a second with no label (unlabelled,
+    filtered out, or below min_confidence)."""
     out: dict[str, np.ndarray] = {}
     for i, v in enumerate(view.videos):
         step = frame_step(v.fps, 1.0)
-        labels = np.full(len(range(0, v.num_frames, step)), -1, dtype=np.int64)
+        labels = np.full(len(second_frames(v.fps, v.num_frames)), -1, dtype=np.int64)
         mine = view.video == i
         labels[view.start[mine] // step] = view.label[mine]
         out[v.video_id] = labels
     return out
-
-
-def second_clips(video: ViewVideo | ClipVideo, clip: ClipSpec,
-                 dtype: torch.dtype = torch.float32) -> ClipDataset:
-    """One clip per second of ``video``, centred on that second's frame (clamped to fit);
-    normalised floats of ``dtype``, or raw pixels with ``torch.uint8``."""
-    step = frame_step(video.fps, clip.fps)
-    span = clip_span(clip, step)
-    if span > video.num_frames:
-        raise BadInput(f"video {video.video_id!r} has {video.num_frames} frames, fewer than one "
-                       f"clip of {span} frames")
-    centres = np.arange(0, video.num_frames, frame_step(video.fps, 1.0), dtype=np.int64)
-    offset = (clip.frames // 2) * clip.stride * step
-    starts = np.clip(centres - offset, 0, video.num_frames - span)
-    if not isinstance(video, ClipVideo):
-        video = ClipVideo.of(video.path, video, video.video_id)
-    zeros = np.zeros(len(starts), dtype=np.int64)
-    return ClipDataset([video], zeros, starts, zeros, clip, dtype=dtype)

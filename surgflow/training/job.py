@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from surgflow.data.seconds import per_second_clip
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.errors import BadInput, ConfigError
 from surgflow.training import checkpoints, data, tracker
@@ -150,7 +151,7 @@ class _StageTrainer:
         """Per-second labels of both splits, and stage-1 features of their videos in the cache
         (each rank computes its share of the videos)."""
         started = time.time()
-        per_second = data.per_second_clip(self.recipe.clip.size)
+        per_second = per_second_clip(self.recipe.clip.size)
         views = {s: data.resolve(self.recipe, self.sources, s, self.home, per_second)
                  for s in data.SPLITS}
         videos = {v.sha256: v for s in data.SPLITS for v in views[s].videos}
