@@ -70,7 +70,8 @@ def auth_server(store, tmp_path_factory):
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
     uri = tracking.tracking_uri(store.settings)
     with open(d / "server.log", "wb") as log:
         proc = subprocess.Popen(
