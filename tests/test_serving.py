@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from surgflow.feedback.schemas import InferenceEvent, decode
 from surgflow.inference import ChainRunner
 from surgflow.registry import ModelRegistry
 from surgflow.serving.server import BackgroundServer, Service, build_service
+from tests.cli_helpers import run_cli, start_cli
 from tests.feedback_helpers import video_event
 from tests.serving_helpers import (
     NAME,
@@ -48,22 +50,38 @@ class Env:
     videos: Path
     heldout: object
     bundle: object
+    base: int  # the version registered first: what each test starts with in production
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tiny_chain_bundle, embedded_broker):
+def running(tmp_path_factory, tiny_chain_bundle, embedded_broker):
+    """One service for the module (home, registry, ONNX sessions, HTTP server, producer)."""
     root = tmp_path_factory.mktemp("serving")
     videos = root / "videos"
     heldout = generate_video(videos / "held-out-0001.mp4", seed=901, duration_s=20, fps=10,
                              width=64, height=64, gop=10)
     settings = serving_settings(root, embedded_broker.bootstrap, [videos], serve_poll_s=0.3)
-    promote(settings, register_bundle(settings, tiny_chain_bundle.bundle_dir))
+    base = register_bundle(settings, tiny_chain_bundle.bundle_dir)
+    promote(settings, base)
     service = build_service(settings, token=TOKEN)
     try:
         with BackgroundServer(service) as server:
-            yield Env(settings, server.url, service, root, videos, heldout, tiny_chain_bundle)
+            yield Env(settings, server.url, service, root, videos, heldout, tiny_chain_bundle,
+                      base)
     finally:
         service.close()
+
+
+@pytest.fixture
+def env(running):
+    """The module's service with its first version in production, served and nothing
+    rejected, whatever an earlier test promoted or spoilt: each test starts from there."""
+    if ModelRegistry(running.settings).production(NAME) != running.base:
+        promote(running.settings, running.base)
+    running.service.pool.refresh()  # the watcher may be a poll behind; this swaps now
+    status = running.service.pool.status()["cholecystectomy"]
+    assert status["version"] == running.base and "rejected" not in status, status
+    return running
 
 
 def _body(env: Env, uri: str, **over) -> dict:
@@ -94,7 +112,7 @@ def test_health_needs_no_token_and_models_lists_production(env):
     with http(env.url) as c:
         models = c.get("/v1/models").json()
     assert models["cholecystectomy"]["name"] == NAME
-    assert models["cholecystectomy"]["version"] == 1
+    assert models["cholecystectomy"]["version"] == env.base
     assert models["cholecystectomy"]["loaded_at"].endswith("Z")
 
 
@@ -123,7 +141,7 @@ def test_analyze_a_held_out_video_publishes_the_same_timeline_and_the_feedback_f
     assert not written, f"an analysis wrote {sorted(written)}"  # no frames, no copies, nothing
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == {"name": NAME, "version": 1}
+    assert body["model"] == {"name": NAME, "version": env.base}
     assert body["num_frames"] == v.num_frames and body["fps"] == pytest.approx(v.fps)
     got = frames_of(body["segments"], v.num_frames)
     accuracy = float((got == truth(v.path)).mean())
@@ -145,7 +163,7 @@ def test_analyze_a_held_out_video_publishes_the_same_timeline_and_the_feedback_f
     event = decode("inference", mine[0].value)
     assert isinstance(event, InferenceEvent)
     assert [s.model_dump() for s in event.segments] == body["segments"]
-    assert event.model.version == 1 and event.procedure == "cholecystectomy"
+    assert event.model.version == env.base and event.procedure == "cholecystectomy"
     raw = json.loads(mine[0].value)
     assert set(raw) == {"schema", "event_id", "video_id", "procedure", "model", "produced_at",
                         "segments"}  # ids and the timeline, nothing from the file
@@ -272,76 +290,95 @@ def test_openapi_schema_is_served_and_schemathesis_finds_no_server_error(env):
     assert not failures
 
 
-def test_fifty_concurrent_requests_while_a_promotion_happens_all_succeed(env):
-    v2 = register_bundle(env.settings, env.bundle.bundle_dir, recipe_name="tiny-again")
-    assert v2 == 2
+def test_requests_in_flight_across_a_promotion_finish_on_the_old_version(env, monkeypatch):
+    """Requests analysing when the production pointer moves answer with the chain they started
+    on; the swap does not wait for them; requests after it get the new chain."""
+    new = register_bundle(env.settings, env.bundle.bundle_dir, recipe_name="tiny-again")
+    old = env.service.pool.get("cholecystectomy")
+    assert old.version == env.base and new != env.base
+    slots = env.settings.serve_max_concurrent
+    # the old chain's analyses start, then wait until the test lets them go: they are in
+    # flight for as long as the test needs, however slow the machine
+    entered, release = threading.Semaphore(0), threading.Event()
+    real = old.runner.analyze
+
+    def held(*args, **kw):
+        entered.release()
+        assert release.wait(120), "the test never released the old chain's analyses"
+        return real(*args, **kw)
+
+    monkeypatch.setattr(old.runner, "analyze", held)
     uri = env.heldout.path.as_uri()
-    results: list = []
-    started = threading.Event()
 
     def one(i: int):
         with http(env.url) as c:
-            started.set()
             r = c.post("/v1/analyze", json=_body(env, uri, video_id=f"load-{i:03d}"))
-            return r.status_code, r.json().get("model", {}).get("version")
+            return r.status_code, r.json().get("model", {}).get("version"), r.text
 
-    with ThreadPoolExecutor(50) as pool:
-        futures = [pool.submit(one, i) for i in range(50)]
-        started.wait(10)
-        time.sleep(0.2)
-        promote(env.settings, v2)
-        results = [f.result() for f in futures]
-    assert [s for s, _ in results] == [200] * 50, results
-    assert {v for _, v in results} <= {1, 2}
-    deadline = time.monotonic() + 30
+    before, after = 3 * slots, slots
+    with ThreadPoolExecutor(before + after) as pool:
+        try:
+            first = [pool.submit(one, i) for i in range(before)]
+            for n in range(slots):  # every analysis slot holds a request on the old chain
+                assert entered.acquire(timeout=60), f"only {n} of {slots} analyses started"
+            assert not any(f.done() for f in first)
+            promote(env.settings, new)
+            deadline = time.monotonic() + 60
+            with http(env.url) as c:
+                while c.get("/v1/models").json()["cholecystectomy"]["version"] != new:
+                    assert time.monotonic() < deadline, f"version {new} was never swapped in"
+                    time.sleep(0.1)
+            # swapped while the old chain's requests were still analysing
+            assert not any(f.done() for f in first)
+            later = [pool.submit(one, before + i) for i in range(after)]
+        finally:
+            release.set()
+        results = [f.result() for f in first + later]
+    assert [s for s, _, _ in results] == [200] * len(results), results
+    versions = [v for _, v, _ in results]
+    # the requests in flight at the swap finished on the old chain; the queued ones and those
+    # sent after it were analysed by the new one
+    assert Counter(versions) == {env.base: slots, new: before + after - slots}, versions
+    assert all(v == new for v in versions[before:])
+    # and each published event names the version that answered
+    records = read_topic(env.settings.kafka_bootstrap, env.settings.topic("inference"),
+                         expect=len(results))
+    sent = {m.key.decode(): decode("inference", m.value).model.version for m in records
+            if m.key.startswith(b"load-")}
+    assert sent == {f"load-{i:03d}": v for i, v in enumerate(versions)}
     with http(env.url) as c:
-        while c.get("/v1/models").json()["cholecystectomy"]["version"] != 2:
-            assert time.monotonic() < deadline, "version 2 was never swapped in"
-            time.sleep(0.2)
         r = c.post("/v1/analyze", json=_body(env, uri, video_id="after-promotion"))
-    assert r.status_code == 200 and r.json()["model"]["version"] == 2
+    assert r.status_code == 200 and r.json()["model"]["version"] == new
 
 
-def test_a_version_failing_its_parity_check_is_never_swapped_in(env):
-    from surgflow.registry import model as M
-    from surgflow.registry.artifacts import file_hashes
-
-    env.service.pool.stop()  # promote and spoil v3 before the service looks at it
+def test_a_version_whose_files_no_longer_match_their_hashes_is_never_swapped_in(env):
+    """The service swaps on the registered hashes (parity was re-run at promotion): a file
+    changed after the promotion keeps the version out."""
+    env.service.pool.stop()  # promote and spoil a version before the service looks at it
     try:
         registry = ModelRegistry(env.settings)
-        v3 = register_bundle(env.settings, env.bundle.bundle_dir, recipe_name="tiny-spoilt")
-        promote(env.settings, v3)
-        bundle = registry.bundle(NAME, v3, verify=False)
-        golden = dict(np.load(bundle / "golden.npz"))
-        golden["chain_logits"] = golden["chain_logits"] + 1.0
-        np.savez(bundle / "golden.npz", **golden)
-        # the registry's hash now matches the spoilt file: only the parity check can tell
-        registry.client.set_model_version_tag(
-            NAME, str(v3), f"{M.SHA256_PREFIX}golden.npz", file_hashes(bundle)["golden.npz"])
+        bad = register_bundle(env.settings, env.bundle.bundle_dir, recipe_name="tiny-spoilt")
+        promote(env.settings, bad)
+        with open(registry.bundle(NAME, bad, verify=False) / "encoder.onnx", "ab") as f:
+            f.write(b"\x00spoilt")
         assert env.service.pool.refresh() == []
     finally:
         env.service.pool.start()
     with http(env.url) as c:
         models = c.get("/v1/models").json()["cholecystectomy"]
-        assert models["version"] == 2
-        assert models["rejected"]["version"] == v3
-        assert "parity" in models["rejected"]["reason"]
+        assert models["version"] == env.base
+        assert models["rejected"]["version"] == bad
+        assert "encoder.onnx has sha256" in models["rejected"]["reason"]
         r = c.post("/v1/analyze", json=_body(env, env.heldout.path.as_uri()))
-    assert r.status_code == 200 and r.json()["model"]["version"] == 2
+    assert r.status_code == 200 and r.json()["model"]["version"] == env.base
 
 
 def test_serve_refuses_to_start_without_a_token_or_off_loopback_when_insecure(env):
-    import subprocess
-
-    from tests.feedback_helpers import SURGFLOW
-
-    base = {k: v for k, v in os.environ.items() if k != "SURGFLOW_API_TOKEN"}
-    base |= {"SURGFLOW_HOME": str(env.settings.home),
-             "SURGFLOW_KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap}
+    kw = {"home": env.settings.home, "unset": ["SURGFLOW_API_TOKEN"], "check": False,
+          "env": {"SURGFLOW_KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap}, "timeout": 60}
     for args, reason in [(["--port", "1"], "SURGFLOW_API_TOKEN is not set"),
                          (["--insecure-local", "--host", "0.0.0.0"], "loopback only")]:
-        p = subprocess.run([SURGFLOW, "serve", *args], env=base, capture_output=True,
-                           text=True, timeout=60)
+        p = run_cli("serve", *args, **kw)
         assert p.returncode == 2 and reason in p.stderr, p.stderr
         assert p.stderr.startswith("error: ")
 
@@ -352,14 +389,13 @@ def test_serve_insecure_local_answers_on_loopback(env):
     import httpx
 
     from surgflow.processes import free_port, terminate
-    from tests.feedback_helpers import SURGFLOW
 
     port = free_port()
-    e = {k: v for k, v in os.environ.items() if k != "SURGFLOW_API_TOKEN"}
-    e |= {"SURGFLOW_HOME": str(env.settings.home), "SURGFLOW_TOPIC_PREFIX":
-          env.settings.topic_prefix, "SURGFLOW_KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap}
-    proc = subprocess.Popen([SURGFLOW, "serve", "--insecure-local", "--port", str(port)],
-                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    e = {"SURGFLOW_TOPIC_PREFIX": env.settings.topic_prefix,
+         "SURGFLOW_KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap}
+    proc = start_cli("serve", "--insecure-local", "--port", str(port), home=env.settings.home,
+                     env=e, unset=["SURGFLOW_API_TOKEN"], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -79,14 +79,14 @@ def load_chain(registry, name: str, version: int, *, threads: int | None = None)
 class ModelPool:
     """The served chain of every procedure; thread-safe; see the module docstring."""
 
-    def __init__(self, settings: Settings, registry=None, *,
+    def __init__(self, settings: Settings, models=None, *,
                  loader: Callable[[Any, str, int], Any] | None = None):
-        if registry is None:
+        if models is None:
             from surgflow.registry import ModelRegistry
 
-            registry = ModelRegistry(settings)
+            models = ModelRegistry(settings)
         self.settings = settings
-        self.registry = registry
+        self.models = models  # the model registry (not the video registry)
         self.catalog = ProcedureCatalog(settings.home)
         self._loader = loader or load_chain
         self._served: dict[str, Served] = {}
@@ -145,7 +145,7 @@ class ModelPool:
 
     def _refresh_one(self, procedure: str) -> bool:
         name = self._model_name(procedure)
-        version = self.registry.production(name)
+        version = self.models.production(name)
         self._note_drift(procedure, name)
         with self._lock:
             current = self._served.get(procedure)
@@ -166,7 +166,7 @@ class ModelPool:
             return False
         log.info("loading %s@%d for %s", name, version, procedure)
         try:
-            runner = self._loader(self.registry, name, version)
+            runner = self._loader(self.models, name, version)
         except Exception as e:  # any failure to load (hashes, parity, onnxruntime) rejects it
             reason = " ".join(str(e).split())
             log.error("not serving %s@%d: %s; %s", name, version, reason,
@@ -185,7 +185,7 @@ class ModelPool:
     def _note_drift(self, procedure: str, name: str) -> None:
         """Remember (and log once) a production alias that disagrees with the registry's
         history; the version the history names goes on being served."""
-        drift = next((d for d in self.registry.alias_drift(name)
+        drift = next((d for d in self.models.alias_drift(name)
                       if d["stage"] == "production"), None) if self._registered(name) else None
         with self._lock:
             known = self._drift.get(procedure)
@@ -200,7 +200,7 @@ class ModelPool:
                     drift["reason"], name, drift["history"])
 
     def _registered(self, name: str) -> bool:
-        return self.registry.reader.exists(name)
+        return self.models.reader.exists(name)
 
     def start(self, interval_s: float | None = None) -> None:
         """Start the watcher thread (a first :meth:`refresh` should have run already)."""
