@@ -1,10 +1,11 @@
 """The feedback flow: Kafka input topics -> dataset versions -> Prefect events (SPEC §1).
 
 Thin over :mod:`surgflow.feedback`: one task merges (a ``--once`` pass, or follow mode for a
-while) and announces each batch's new versions as the Prefect event
-``surgflow.dataset.version.created`` on resource ``surgflow.dataset.<name>``, which training
-deployments trigger on. Only broker errors are retried; bad messages never fail the flow (they
-go to the DLQ).
+while) and announces each new version as the Prefect event ``surgflow.dataset.version.created``
+on resource ``surgflow.dataset.<name>``, which training deployments trigger on: the library
+takes the announcement as a callback (:func:`emit_version_event`, which ``surgflow feedback run``
+passes too). Only broker errors are retried; bad messages never fail the flow (they go to
+the DLQ).
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ from __future__ import annotations
 import threading
 
 from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
 
 from surgflow.config import get_settings
 from surgflow.errors import BrokerError
 from surgflow.feedback.consumer import FOLLOW_MAX_EVENTS, FOLLOW_MAX_SECONDS, run_feedback
-from surgflow.feedback.events import emit_version_events
+from surgflow.feedback.events import EVENT, payload, resource_id
+
+
+def emit_version_event(version: dict) -> None:
+    """The feedback run's ``on_version`` callback: the Prefect event for one new version.
+
+    Inside a flow run Prefect delivers it when the run ends; a process that exits right after
+    (the CLI) drains Prefect's events worker first."""
+    emit_event(event=EVENT, resource={"prefect.resource.id": resource_id(version["dataset"]),
+                                      "prefect.resource.name": version["dataset"]},
+               payload=payload(version))
 
 
 def _transient(task_, task_run, state) -> bool:
@@ -41,7 +53,7 @@ def merge_feedback(once: bool = True, max_events: int = FOLLOW_MAX_EVENTS,
         timer.start()
     report = run_feedback(
         get_settings(), once=once, max_events=max_events, max_seconds=max_seconds, stop=stop,
-        on_batch=lambda r: emit_version_events(r.versions, require_api=False))
+        on_version=emit_version_event)
     return report.as_json()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -43,17 +44,25 @@ def register(app: typer.Typer) -> None:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
         from surgflow.feedback.consumer import run_feedback
-        from surgflow.feedback.events import emit_version_events
+
+        # New versions are announced as Prefect events when a Prefect API is configured;
+        # without one the run is the same, only unannounced.
+        on_version = None
+        if os.environ.get("PREFECT_API_URL"):
+            from surgflow_flows.feedback import emit_version_event as on_version
 
         def batch_done(r) -> None:
-            emit_version_events(r.versions, drain=once)
-            if not once:
-                log.info("batch: %s", json.dumps(r.as_json()))
+            log.info("batch: %s", json.dumps(r.as_json()))
 
         with spinner("merging feedback up to the current end offsets", enabled=once):
             report = run_feedback(get_settings(), once=once, max_events=max_events,
-                                  max_seconds=max_seconds, stop=stop, on_batch=batch_done,
-                                  group_id=group)
+                                  max_seconds=max_seconds, stop=stop,
+                                  on_batch=None if once else batch_done,
+                                  on_version=on_version, group_id=group)
+        if on_version is not None:
+            from surgflow_flows.runtime import drain
+
+            drain()  # the events are queued in this process, which exits now
         emit(report.as_json(), as_json)
 
     @app.command("publish")

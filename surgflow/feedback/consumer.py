@@ -24,7 +24,8 @@ onto the winner's version by the store, not rebuilt (see
 Positions: the :class:`~surgflow.feedback.checkpoint.Checkpoint` is the resume point and only
 moves after :meth:`BatchMerger.process` made a batch durable (versions written, dead letters
 acknowledged, parked events on disk). Kafka's group offsets are committed afterwards, for lag
-monitoring only; a failure to commit them is logged and ignored.
+monitoring only; a failure to commit them is logged and ignored. Then each new version is
+announced through the ``on_version`` callback, if one was given (:mod:`surgflow.feedback.events`).
 
 The embedded broker (Tansu 0.6) reports a partition's end offset as the base offset of its last
 record batch plus one, not as the offset after its last record. Reading continues to the end of
@@ -51,6 +52,7 @@ from surgflow.errors import BrokerError
 from surgflow.feedback import broker
 from surgflow.feedback.checkpoint import Checkpoint, position_key
 from surgflow.feedback.client import Publisher
+from surgflow.feedback.events import VersionCallback
 from surgflow.feedback.schemas import INPUT_TOPICS
 
 if TYPE_CHECKING:
@@ -88,11 +90,13 @@ def _gc_paused():
 
 
 class FeedbackConsumer:
-    """Consumes the input topics of ``settings`` into dataset versions."""
+    """Consumes the input topics of ``settings`` into dataset versions; ``on_version`` is called
+    with each new version once it is durable."""
 
     def __init__(self, settings: Settings, *, group_id: str | None = None,
-                 attempts: int = broker.ATTEMPTS):
+                 attempts: int = broker.ATTEMPTS, on_version: VersionCallback | None = None):
         self.settings = settings
+        self.on_version = on_version
         self.attempts = attempts
         self.bootstrap = broker.bootstrap(settings)
         self.group_id = group_id or f"{settings.topic_prefix}feedback"
@@ -151,7 +155,8 @@ class FeedbackConsumer:
                 consumer.seek(tp, pos)
 
     def _merge(self, consumer, records: list, start: dict[str, int]) -> RunReport:
-        """Make records durable, then move the checkpoint, then commit group offsets."""
+        """Make records durable, then move the checkpoint, then commit group offsets, then
+        announce the new versions."""
         from surgflow.feedback.merge import Record
 
         positions = dict(start)
@@ -164,7 +169,18 @@ class FeedbackConsumer:
         report = self.merger.process(batch, stored | positions)
         self.checkpoint.advance(self.cluster_id, positions)
         self._commit_group(consumer, positions)
+        self._announce(report.versions)
         return report
+
+    def _announce(self, versions: list[dict]) -> None:
+        if self.on_version is None:
+            return
+        for v in versions:
+            try:
+                self.on_version(v)
+            except Exception as e:  # advisory: the version is durable and the stream goes on
+                log.warning("could not announce %s@%s: %s", v["dataset"], v["version"], e,
+                            exc_info=True)
 
     def _commit_group(self, consumer, positions: dict[str, int]) -> None:
         from kafka import TopicPartition
@@ -372,11 +388,14 @@ def run_feedback(
     max_seconds: float = FOLLOW_MAX_SECONDS,
     stop: threading.Event | None = None,
     on_batch: Callable[[RunReport], None] | None = None,
+    on_version: VersionCallback | None = None,
     group_id: str | None = None,
 ) -> RunReport:
     """One feedback run, as ``feedback run`` and the feedback flow do it: a ``--once`` pass, or
-    follow mode until ``stop`` is set. ``on_batch`` sees every batch once it is durable."""
-    with FeedbackConsumer(settings, group_id=group_id) as consumer:
+    follow mode until ``stop`` is set. ``on_batch`` sees every batch once it is durable, and
+    ``on_version`` every new dataset version (the versions follow mode writes when it applies
+    parked events on its own included)."""
+    with FeedbackConsumer(settings, group_id=group_id, on_version=on_version) as consumer:
         if not once:
             return consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
                                    on_batch=on_batch)
