@@ -7,6 +7,12 @@
   recipe's own cron (if any) and on ``surgflow.recipe.retrain`` for its resource
   ``surgflow.recipe.<name>`` — the event its data triggers emit.
 
+Each recipe's periodic run has one owner (:func:`surgflow.registry.periodic.periodic_owner`):
+its own deployment when it declares a cron, else ``nightly``. Each declaration names the recipes
+whose periodic runs it owns (``periodic_runs_of``) and says so in its description; each recipe
+deployment carries the tag ``periodic-owner:<deployment>``, both shown by the Prefect UI. A
+periodic run skips a recipe unchanged since its latest model; a data trigger's run never does.
+
 :func:`deployments` builds them; :func:`serve` runs them in this process (``surgflow up``, the
 demo), :func:`deploy` registers them with a work pool (a process pool here, a Kubernetes GPU
 pool in production: see ``deployments/``) on a self-hosted server or Prefect Cloud.
@@ -20,6 +26,7 @@ from typing import Any
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from surgflow.feedback.events import EVENT as VERSION_EVENT
+from surgflow.registry.periodic import NIGHTLY, periodic_owner, recipe_deployment
 from surgflow.training.recipe import load_recipe
 from surgflow_flows.nightly import nightly_build, recipe_files
 from surgflow_flows.pipeline import recipe_pipeline
@@ -29,12 +36,18 @@ NIGHTLY_CRON = "0 2 * * *"
 
 
 def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
-    """The deployments as plain data: ``{"flow", "name", "cron", "triggers", "parameters"}``."""
+    """The deployments as plain data: ``{"flow", "name", "cron", "triggers", "parameters",
+    "description", "periodic_runs_of", "tags"}``."""
     recipes_dir = str(Path(recipes_dir).resolve())
+    recipes = [(path.resolve(), load_recipe(path)) for path in recipe_files(recipes_dir)]
+    nightly = [r.name for _, r in recipes if periodic_owner(r) == NIGHTLY]
     out: list[dict[str, Any]] = [
-        {"flow": nightly_build, "name": "nightly", "cron": NIGHTLY_CRON, "triggers": [],
-         "parameters": {"recipes_dir": recipes_dir, "promote": True},
-         "description": "train and release every recipe; promote the best approved"},
+        {"flow": nightly_build, "name": NIGHTLY, "cron": NIGHTLY_CRON, "triggers": [],
+         "parameters": {"recipes_dir": recipes_dir, "promote": True, "force": False},
+         "description": ("train and release every recipe without a cron of its own ("
+                         f"{', '.join(nightly) or 'none'}), skipping those unchanged since "
+                         "their latest model; promote the best approved"),
+         "periodic_runs_of": nightly, "tags": []},
         {"flow": check_triggers, "name": "triggers", "cron": None,
          "triggers": [DeploymentEventTrigger(
              name="on-dataset-version", expect={VERSION_EVENT},
@@ -43,20 +56,28 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
                          "version": "{{ event.payload.version }}",
                          "recipes_dir": recipes_dir})],
          "parameters": {"recipes_dir": recipes_dir},
-         "description": "decide which recipes a new dataset version retrains"},
+         "description": "decide which recipes a new dataset version retrains",
+         "periodic_runs_of": [], "tags": []},
     ]
-    for path in recipe_files(recipes_dir):
-        recipe = load_recipe(path)
+    for path, recipe in recipes:
+        cron, owner = recipe.triggers.cron, periodic_owner(recipe)
+        owns = owner != NIGHTLY
+        what = recipe.description or f"train and release {recipe.name}"
         out.append({
-            "flow": recipe_pipeline, "name": f"recipe-{recipe.name}",
-            "cron": recipe.triggers.cron,
+            "flow": recipe_pipeline, "name": recipe_deployment(recipe.name), "cron": cron,
             "triggers": [DeploymentEventTrigger(
                 name=f"retrain-{recipe.name}", expect={RETRAIN_EVENT},
                 match={"prefect.resource.id": recipe_resource(recipe.name)},
-                parameters={"recipe_path": str(path.resolve()), "promote": True,
-                            "cause": "{{ event.payload.why }}"})],
-            "parameters": {"recipe_path": str(path.resolve()), "promote": True},
-            "description": recipe.description or f"train and release {recipe.name}",
+                parameters={"recipe_path": str(path), "promote": True,
+                            "cause": "{{ event.payload.why }}", "skip_unchanged": False})],
+            # what its cron runs with: a periodic run, skipped when nothing changed
+            "parameters": {"recipe_path": str(path), "promote": True} | (
+                {"cause": f"cron {cron}", "skip_unchanged": True} if owns else {}),
+            "description": what + (f"; periodic run: this deployment, cron {cron}" if owns
+                                   else f"; periodic run: the {NIGHTLY} deployment"),
+            "periodic_runs_of": [recipe.name] if owns else [],
+            # a deployment's tags pass to its runs: this one is true of every run of the recipe
+            "tags": [f"periodic-owner:{owner}"],
         })
     return out
 
@@ -69,7 +90,8 @@ def trigger_names(recipes_dir: str | Path) -> set[str]:
 def deployments(recipes_dir: str | Path) -> list[Any]:
     """Runner deployments for :func:`serve`."""
     return [d["flow"].to_deployment(name=d["name"], cron=d["cron"], triggers=d["triggers"],
-                                    parameters=d["parameters"], description=d["description"])
+                                    parameters=d["parameters"], description=d["description"],
+                                    tags=d["tags"])
             for d in declarations(recipes_dir)]
 
 
@@ -99,6 +121,6 @@ def deploy(recipes_dir: str | Path, work_pool: str, *, image: str | None = None,
         target = flow if image else flow.from_source(source=source or root, entrypoint=entry)
         ids.append(str(target.deploy(
             name=d["name"], work_pool_name=work_pool, cron=d["cron"], triggers=d["triggers"],
-            parameters=d["parameters"], description=d["description"], image=image,
-            build=False, push=False, print_next_steps=False)))
+            parameters=d["parameters"], description=d["description"], tags=d["tags"],
+            image=image, build=False, push=False, print_next_steps=False)))
     return ids

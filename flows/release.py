@@ -38,26 +38,9 @@ def export_chain(run_id: str) -> str:
 @task(name="register-chain")
 def register_chain(run_id: str, bundle_dir: str) -> dict[str, Any]:
     """Register the bundle as the next candidate version of ``<procedure>-phase``."""
-    from surgflow.registry import ModelRegistry
-    from surgflow.training.checkpoints import code_version
-    from surgflow.training.pipeline import load_run_recipe
-    from surgflow.training.runs import RunStore
+    from surgflow.registry.release import register_run
 
-    home = get_settings().home
-    record = RunStore(home).get(run_id)
-    recipe = load_run_recipe(home, run_id)
-    stages = (record.get("result") or {}).get("stages") or {}
-    metrics = {f"{name}.val.{k}": v
-               for name, s in stages.items()
-               for k, v in ((s.get("final") or {}).get("val") or {}).items()
-               if isinstance(v, (int, float))}
-    version = ModelRegistry().register(
-        procedure=recipe.procedure, bundle_dir=Path(bundle_dir),
-        run_id=record["mlflow_run_id"], recipe_name=recipe.name,
-        recipe=recipe.model_dump(mode="json"), recipe_path=record.get("recipe_path"),
-        dataset_versions=list(record.get("dataset_versions") or []),
-        code_version=code_version(), metrics=metrics,
-    )
+    version = register_run(run_id, Path(bundle_dir), home=get_settings().home)
     return {"name": version.name, "version": version.version}
 
 

@@ -30,22 +30,10 @@ def recipe_resource(name: str) -> str:
 def evaluate(recipe_path: str, dataset: str, version: int) -> dict[str, Any] | None:
     """The firing of ``recipe_path`` for ``dataset@version``, or None if nothing crossed."""
     from surgflow.training.recipe import load_recipe
-    from surgflow.training.triggers import (
-        TriggerLedger,
-        recipe_footprint,
-        trained_footprint,
-        uses_dataset,
-    )
+    from surgflow.training.triggers import evaluate_version
 
-    home = get_settings().home
     recipe = load_recipe(recipe_path)
-    if not uses_dataset(recipe, dataset):
-        return None
-    pinned = [f"{dataset}@{version}" if s.split("@")[0] == dataset else s
-              for s in recipe.data.sources]
-    current = recipe_footprint(recipe, home, pinned)
-    firing = TriggerLedger(home).claim(recipe, current, trained_footprint(recipe, home),
-                                       cause=f"{dataset}@{version}")
+    firing = evaluate_version(recipe, get_settings().home, dataset, version)
     if firing is not None:
         emit_event(event=RETRAIN_EVENT,
                    resource={"prefect.resource.id": recipe_resource(recipe.name),

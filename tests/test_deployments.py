@@ -28,13 +28,43 @@ def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
     assert by_name["recipe-cholec-resnet18-mstcn"]["cron"] == "0 2 * * *"
 
 
+def test_each_recipes_periodic_run_has_one_owner_and_says_so() -> None:
+    from surgflow.recipes import recipes_dir, shipped
+    from surgflow.training.recipe import load_recipe
+    from surgflow_flows.deployments import declarations
+
+    decl = declarations(recipes_dir())
+    by_name = {d["name"]: d for d in decl}
+    owners = [(recipe, d["name"]) for d in decl for recipe in d["periodic_runs_of"]]
+    recipes = {load_recipe(p).name for p in shipped()}
+    assert sorted(r for r, _ in owners) == sorted(recipes), f"not one owner each: {owners}"
+    # the default recipe declares its own cron: its deployment runs it, the nightly does not
+    own = by_name["recipe-cholec-resnet18-mstcn"]
+    assert own["periodic_runs_of"] == ["cholec-resnet18-mstcn"]
+    assert "cholec-resnet18-mstcn" not in by_name["nightly"]["periodic_runs_of"]
+    assert "cholec-tiny" in by_name["nightly"]["periodic_runs_of"]
+    assert own["tags"] == ["periodic-owner:recipe-cholec-resnet18-mstcn"]
+    assert by_name["recipe-cholec-tiny"]["tags"] == ["periodic-owner:nightly"]
+    assert "periodic run: this deployment, cron 0 2 * * *" in own["description"]
+    assert "periodic run: the nightly deployment" in by_name["recipe-cholec-tiny"]["description"]
+    assert "cholec-tiny" in by_name["nightly"]["description"]
+    # its cron run skips an unchanged recipe; the run its data trigger starts never does
+    assert own["parameters"]["skip_unchanged"] is True
+    (retrain,) = own["triggers"]
+    assert retrain.parameters["skip_unchanged"] is False
+    assert "skip_unchanged" not in by_name["recipe-cholec-tiny"]["parameters"]
+    assert by_name["nightly"]["parameters"]["force"] is False
+
+
 def test_deployments_list_command_starts_nothing(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "surgflow", "deployments", "list", "--json"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "SURGFLOW_HOME": str(tmp_path / "h")})
     assert out.returncode == 0, out.stderr
-    names = [d["name"] for d in json.loads(out.stdout)]
-    assert names[:2] == ["nightly", "triggers"]
+    listed = {d["name"]: d for d in json.loads(out.stdout)}
+    assert list(listed)[:2] == ["nightly", "triggers"]
+    assert listed["recipe-cholec-resnet18-mstcn"]["periodic_runs_of"] == ["cholec-resnet18-mstcn"]
+    assert "cholec-resnet18-mstcn" not in listed["nightly"]["periodic_runs_of"]
     assert not (tmp_path / "h" / "prefect").exists(), "listing starts no server"
 
 

@@ -79,6 +79,16 @@ def test_concurrent_evaluators_of_one_crossing_fire_once(tmp_path: Path) -> None
     assert len(fired) == 1, fired
 
 
+def test_a_new_version_pins_its_own_dataset_and_leaves_the_others_as_named() -> None:
+    from surgflow.training.triggers import pinned_to
+
+    recipe = tiny_recipe(data={"sources": ["cholecystectomy", "cholecystectomy-extra@2",
+                                           "appendectomy@1"]})
+    assert pinned_to(recipe, "cholecystectomy", 4) == [
+        "cholecystectomy@4", "cholecystectomy-extra@2", "appendectomy@1"]
+    assert pinned_to(recipe, "appendectomy", 3)[2] == "appendectomy@3"
+
+
 def test_footprint_of_a_recipe_view_counts_its_labelled_frames(tmp_path: Path) -> None:
     from surgflow.data.versions import DatasetStore
     from surgflow.training.triggers import recipe_footprint, trained_footprint

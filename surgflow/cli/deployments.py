@@ -31,13 +31,15 @@ def _server() -> None:
 @app.command("list")
 @handle_errors
 def list_(recipes: Path = RecipesOption, json_: bool = JsonOption) -> None:
-    """The deployments, their schedules and triggers (nothing is started)."""
+    """The deployments, their schedules and triggers, and the recipes whose periodic runs each
+    owns (nothing is started)."""
     from surgflow_flows.deployments import declarations
 
     emit([{"name": d["name"], "flow": d["flow"].name, "cron": d["cron"],
            "triggers": [[*sorted(t.expect), t.match.get("prefect.resource.id")]
                         for t in d["triggers"]],
-           "parameters": d["parameters"]} for d in declarations(_recipes(recipes))], json_)
+           "periodic_runs_of": d["periodic_runs_of"], "parameters": d["parameters"]}
+          for d in declarations(_recipes(recipes))], json_)
 
 
 @app.command("serve")
@@ -71,8 +73,11 @@ def nightly(recipes: Path = RecipesOption, promote: bool = typer.Option(
         True, "--promote/--no-promote", help="Promote the best approved candidate."),
         gpus: int = typer.Option(None, "--gpu-slots", min=1,
                                  help="Set the `gpu` concurrency limit to this many slots."),
+        force: bool = typer.Option(False, "--force",
+                                   help="Train recipes unchanged since their latest model too."),
         json_: bool = JsonOption) -> None:
-    """Run the nightly build now: every recipe trained, gated and released concurrently."""
+    """Run the nightly build now: every recipe without a cron of its own trained, gated and
+    released concurrently; one unchanged since its latest model is skipped unless --force."""
     import asyncio
 
     _server()
@@ -81,4 +86,4 @@ def nightly(recipes: Path = RecipesOption, promote: bool = typer.Option(
 
     if gpus:
         ensure_gpu_limit(gpus)
-    emit(asyncio.run(nightly_build(str(_recipes(recipes)), promote)), json_)
+    emit(asyncio.run(nightly_build(str(_recipes(recipes)), promote, force)), json_)

@@ -11,8 +11,9 @@ The baseline is the larger of what the recipe's last trained run saw and what it
 so each crossing starts exactly one pipeline: once fired, the same data (or a replay of its
 event, or the pipeline's own later writes below the next threshold) crosses nothing.
 :class:`TriggerLedger` records firings durably and claims a crossing under a lock, so two
-evaluators of the same event fire once between them. Cron schedules are Prefect's, not decided
-here.
+evaluators of the same event fire once between them. :func:`evaluate_version` is the whole
+decision for one recipe and one new dataset version. Cron schedules are Prefect's; who owns a
+recipe's periodic run, and when that run is skipped, is :mod:`surgflow.registry.periodic`'s.
 """
 
 from __future__ import annotations
@@ -106,6 +107,25 @@ def uses_dataset(recipe: Recipe, dataset: str) -> bool:
     from surgflow.data.versions import parse_ref
 
     return any(parse_ref(s)[0] == dataset for s in recipe.data.sources)
+
+
+def pinned_to(recipe: Recipe, dataset: str, version: int) -> list[str]:
+    """``recipe``'s sources with ``dataset`` pinned to ``version``; the others as it names them."""
+    from surgflow.data.versions import parse_ref
+
+    return [f"{dataset}@{version}" if parse_ref(s)[0] == dataset else s
+            for s in recipe.data.sources]
+
+
+def evaluate_version(recipe: Recipe, home: Path, dataset: str,
+                     version: int) -> dict[str, Any] | None:
+    """The firing ``dataset@version`` claims for ``recipe`` (:meth:`TriggerLedger.claim`), or
+    None: the recipe does not mix that dataset, or its view crosses no trigger."""
+    if not uses_dataset(recipe, dataset):
+        return None
+    current = recipe_footprint(recipe, home, pinned_to(recipe, dataset, version))
+    return TriggerLedger(home).claim(recipe, current, trained_footprint(recipe, home),
+                                     cause=f"{dataset}@{version}")
 
 
 class TriggerLedger:
