@@ -14,24 +14,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from surgflow.data.chain_bundle import OPSET, ChainSpec, file_hashes
 from surgflow.data.clip_sampling import ClipSpec
 from surgflow.data.clips import normalise
 from surgflow.data.seconds import second_clips
 from surgflow.data.synthetic import generate_video
 from surgflow.data.video import probe
 from surgflow.errors import BadInput
-from surgflow.export import (
-    OPSET,
-    ChainSpec,
-    build_bundle,
-    bundle_from_run,
-    check_parity,
-    file_hashes,
-    load_torch_chain,
-)
+from surgflow.export.bundle import build_bundle, bundle_from_run, check_parity
 from surgflow.training import checkpoints
 from surgflow.training.chain import chain_version
 from surgflow.training.models import CLIP_ARCHITECTURES, MSTCN, build_clip_model
+from surgflow.training.stage_files import load_torch_chain
 from tests.fixtures.models import TrainedBundle
 
 LABELS = [f"phase-{i}" for i in range(7)]

@@ -20,10 +20,10 @@ from surgflow.data.seconds import second_clips
 from surgflow.data.synthetic import generate_video
 from surgflow.data.video import probe
 from surgflow.errors import BadInput, DeadlineExceeded, VideoError
-from surgflow.export import load_torch_chain
 from surgflow.inference import ChainRunner, Timeline
 from surgflow.inference.decode import ClipStream, per_second_clips
 from surgflow.training.data import collate
+from surgflow.training.stage_files import load_torch_chain
 from tests.fixtures.models import TrainedBundle
 
 

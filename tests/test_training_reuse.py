@@ -36,7 +36,7 @@ def production(dask_cluster, home, tmp_path_factory) -> Path:
 
 
 def test_a_temporal_stage_from_production_is_reused_not_trained(dask_cluster, home, production):
-    from surgflow.export import load_torch_chain
+    from surgflow.training.stage_files import load_torch_chain
 
     asked = []
     recipe = tiny_recipe(name="swap-encoder", optim={"epochs": 1, "seed": 9},
@@ -59,7 +59,7 @@ def test_a_temporal_stage_from_production_is_reused_not_trained(dask_cluster, ho
 
 def test_an_encoder_from_production_feeds_a_newly_trained_temporal_stage(
         dask_cluster, home, production):
-    from surgflow.export import load_torch_chain
+    from surgflow.training.stage_files import load_torch_chain
 
     recipe = tiny_recipe(name="swap-temporal", model={"from": "production"}, temporal=TEMPORAL)
     run_id = prepare_run(recipe, home, resolve_production=lambda p: production)

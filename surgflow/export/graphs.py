@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from surgflow.data.chain_bundle import OPSET
 from surgflow.data.clips import normalise
-from surgflow.export.spec import OPSET
 from surgflow.training.models import MSTCN, ClipModel
 
 

@@ -2,8 +2,9 @@
 
 :func:`reference_outputs` is the torch fp32 chain (eval mode, CPU) on uint8 clips,
 :func:`onnx_outputs` the same chain in onnxruntime on the CPU provider, :func:`compare` the pure
-comparison. Parity passes when every logit is within :data:`~surgflow.export.spec.TOLERANCE` of
-torch's and the top-1 class is identical everywhere, for the encoder head and the whole chain.
+comparison. Parity passes when every logit is within
+:data:`~surgflow.data.chain_bundle.TOLERANCE` of torch's and the top-1 class is identical
+everywhere, for the encoder head and the whole chain.
 A failure is a result (``passed`` false, with the reason), not an exception: the registry keeps
 such a version and marks it unpromotable.
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from surgflow.data.chain_bundle import OPSET, TOLERANCE, ChainSpec, Parity, StageParity
 from surgflow.data.clips import normalise
 from surgflow.export.sessions import CPU, make_session
-from surgflow.export.spec import OPSET, TOLERANCE, ChainSpec, Parity, StageParity
 from surgflow.training.models import MSTCN, ClipModel
 
 Outputs = dict[str, np.ndarray]  # "encoder_logits" L×C, "features" L×D, "chain_logits" L×C

@@ -7,6 +7,8 @@ per-second features and logits (``L×D`` floats: 7 MB for an hour at D = 512) an
 label arrays; decoded frames never outlive their batch.
 
 Parity (:mod:`surgflow.export`), the gate and the inference service all use this one runner.
+It reads the bundle with :mod:`surgflow.data.chain_bundle` and imports neither torch nor
+training.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from surgflow.data.chain_bundle import ChainSpec, read_spec
 from surgflow.data.clip_sampling import frame_step
 from surgflow.data.video import VideoInfo, probe
 from surgflow.errors import BadInput, DeadlineExceeded
-from surgflow.export.bundle import read_spec
 from surgflow.export.sessions import make_session
-from surgflow.export.spec import ChainSpec
 from surgflow.inference.decode import ClipStream, per_second_clips
 from surgflow.inference.timeline import Analysis, Timeline
 

@@ -3,9 +3,9 @@
 The driver resolves the production chain bundle of the recipe's procedure (it knows the
 registry; training does not) and passes its directory in the job as ``job["reuse"]``:
 ``{"encoder": dir}`` and/or ``{"temporal": dir}``. A rank loads the stage from the bundle's torch
-weights (:func:`surgflow.export.load_torch_chain`) after checking that it fits the recipe: the
-same class labels in the same order and, for an encoder, the same clip sampling (the features
-the temporal stage trains on must be those the chain will compute).
+weights (:func:`surgflow.training.stage_files.load_torch_chain`) after checking that it fits the
+recipe: the same class labels in the same order and, for an encoder, the same clip sampling
+(the features the temporal stage trains on must be those the chain will compute).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def check_fits(spec: Any, bundle: Path, stage: str, *, labels: list[str], clip: 
 
 def load_stage(bundle: str | Path, stage: str, *, labels: list[str], clip: Any) -> nn.Module:
     """The torch module of ``stage`` (``encoder`` or ``temporal``) of the chain in ``bundle``."""
-    from surgflow.export import load_torch_chain
+    from surgflow.training.stage_files import load_torch_chain
 
     bundle = Path(bundle)
     encoder, temporal, spec = load_torch_chain(bundle)
