@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.concurrency.asyncio import concurrency
 
+from surgflow.evaluation.thresholds import parse_gate
 from surgflow.training.recipe import load_recipe
 from surgflow_flows.release import release_flow
 from surgflow_flows.training import TrainingParams, training_flow
@@ -60,6 +61,7 @@ async def recipe_pipeline(recipe_path: str, promote: bool = True, cause: str | N
     dataset versions equal those of its latest registered model; the row says so."""
     log = get_run_logger()
     recipe = load_recipe(recipe_path)  # a bad recipe fails here, before a slot is taken
+    parse_gate(recipe.gate, f"recipe {recipe_path}")
     log.info("pipeline for %s (%s)", recipe.name, cause or "by hand")
     if skip_unchanged:
         unchanged = await asyncio.to_thread(check_unchanged, recipe_path)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
+from surgflow.evaluation.thresholds import parse_gate
 from surgflow.training.cluster import connect
 from surgflow.training.pipeline import execute_run, load_run_recipe, prepare_run
 from surgflow.training.recipe import load_recipe
@@ -81,6 +82,7 @@ def prepare(params: TrainingParams) -> str:
     if not params.recipe_path:
         raise BadInput("training flow: give params.recipe_path or params.resume_run")
     recipe = load_recipe(params.recipe_path)
+    parse_gate(recipe.gate, f"recipe {params.recipe_path}")  # its verdict's thresholds, now
     return prepare_run(recipe, home, recipe_path=str(Path(params.recipe_path).resolve()),
                        resolve_production=production_bundle)
 

@@ -10,7 +10,8 @@ import pytest
 from surgflow.errors import BadInput, ConfigError
 from surgflow.evaluation.checks import gate_checks, make_seal, verdict
 from surgflow.evaluation.metrics import LabelledVideo, evaluate
-from surgflow.training.recipe import GateSpec, parse_recipe
+from surgflow.evaluation.thresholds import GateSpec, parse_gate
+from surgflow.training.recipe import parse_recipe
 
 LABELS = ["A", "B", "C"]
 TRUTH = np.repeat([0, 1, 2], 20)  # 60 frames, 1 fps: A, B, C for 20 s each
@@ -37,8 +38,9 @@ def names(checks, passed=None):
 
 
 def spec(**gate) -> GateSpec:
-    return parse_recipe({"name": "g", "data": {"sources": ["cholecystectomy"]},
-                         "gate": gate}).gate
+    """The gate block of a recipe, as the gate (and whoever loads a recipe to train) reads it."""
+    recipe = parse_recipe({"name": "g", "data": {"sources": ["cholecystectomy"]}, "gate": gate})
+    return parse_gate(recipe.gate, "recipe g")
 
 
 def test_first_model_gets_minimums_and_parity_only():

@@ -65,10 +65,12 @@ def train(
         raise BadInput("give a RECIPE file, or --resume RUN")
     if dry_run and recipe is None:
         raise BadInput("--dry-run previews a RECIPE file; give one")
+    from surgflow.evaluation.thresholds import parse_gate
     from surgflow.training.recipe import load_recipe
 
     if recipe is not None:
         loaded = load_recipe(recipe)  # a bad recipe fails here, before anything starts
+        parse_gate(loaded.gate, f"recipe {recipe}")
         if dry_run:
             from surgflow.training.pipeline import preview
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from surgflow.evaluation.metrics import paired_bootstrap
-from surgflow.training.recipe import GateSpec
+from surgflow.evaluation.thresholds import GateSpec
 
 
 def check(name: str, value: float | None, baseline: float | None, threshold: float | None,

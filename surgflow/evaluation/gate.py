@@ -23,7 +23,7 @@ from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.errors import BadInput, ConflictError
 from surgflow.evaluation import checks as C
 from surgflow.evaluation.metrics import LabelledVideo, evaluate
-from surgflow.training.recipe import GateSpec
+from surgflow.evaluation.thresholds import GateSpec, parse_gate
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,7 @@ def gate_version(registry: Any, name: str, version: int | str, *,
 
 def gate_spec(recipe: dict | None, ref: str) -> GateSpec:
     """The gate block of a version's recipe (defaults when it has none); ConfigError if bad."""
-    from pydantic import ValidationError
-
-    from surgflow.errors import ConfigError, describe_validation, dotted
-
-    block = (recipe or {}).get("gate") or {}
-    try:
-        return GateSpec.model_validate(block)
-    except ValidationError as e:
-        why = describe_validation(e, lambda loc: dotted(loc) or "gate")
-        raise ConfigError(f"{ref}: the recipe's gate block is invalid: {why}") from e
+    return parse_gate((recipe or {}).get("gate"), f"{ref}: the recipe's gate block is invalid")
 
 
 def onnx_record(bundle: Path, hashes: dict[str, str]) -> dict | None:

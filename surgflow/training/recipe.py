@@ -11,6 +11,10 @@ on the per-second stage-1 features of whole videos.
 Either stage may instead be taken from the procedure's production chain (``model: {from:
 production}`` or ``temporal: {from: production}``), so that a candidate can be "production with
 one model swapped"; such a section names nothing else, since the stage is what production runs.
+
+The ``gate`` section is kept as written and validated by the gate's own module
+(:func:`surgflow.evaluation.thresholds.parse_gate`), which whoever loads a recipe to train it
+calls next (the CLI, the training and pipeline flows): evaluation sits above training.
 """
 
 from __future__ import annotations
@@ -172,98 +176,6 @@ class ResourceSpec(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=20, description="group restarts on a death")
 
 
-class GateBootstrapSpec(_Strict):
-    """The gate's paired bootstrap over field videos of ``metric`` (candidate − production)."""
-
-    metric: str = "macro_f1"
-    resamples: int = Field(default=1000, ge=100, le=100_000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    seed: int = Field(default=0, ge=0)
-    margin: float | None = Field(
-        default=None, ge=0.0, le=1.0,
-        description="the CI's lower bound must be ≥ −margin; default: the metric's max_drop",
-    )
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        return _known_metric(v)
-
-
-class GateSpec(_Strict):
-    """What the regression gate checks on the field suite for this recipe's candidates.
-
-    Metric names are those of :data:`surgflow.evaluation.metrics.METRICS` (``accuracy``,
-    ``macro_f1``, ``macro_precision``, ``macro_recall``, ``macro_jaccard`` and their
-    ``relaxed_`` forms). ``min_accuracy`` / ``min_macro_f1`` are the older spelling of
-    ``min: {accuracy: …, macro_f1: …}``; ``max_regression`` is the absolute drop allowed for
-    accuracy and macro F1 when ``max_drop`` is not given.
-    """
-
-    min: dict[str, float] = Field(default_factory=dict, description="absolute minimums")
-    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_macro_f1: float | None = Field(default=None, ge=0.0, le=1.0)
-    max_drop: dict[str, float] | None = Field(
-        default=None, description="largest allowed absolute drop against production, per metric"
-    )
-    max_regression: float = Field(
-        default=0.02, ge=0.0, le=1.0, description="largest allowed drop against production"
-    )
-    max_relative_drop: dict[str, float] = Field(
-        default_factory=dict, description="largest allowed drop as a fraction of production's"
-    )
-    source_max_drop: dict[str, float] = Field(
-        default_factory=lambda: {"macro_f1": 0.05},
-        description="per-source non-inferiority: no source may drop by more than this",
-    )
-    bootstrap: GateBootstrapSpec | None = Field(default_factory=GateBootstrapSpec)
-    chain_vs_encoder: bool = Field(
-        default=True, description="the chain must score at least its own encoder alone"
-    )
-    chain_vs_encoder_metrics: list[str] = Field(default_factory=lambda: ["macro_f1"])
-
-    @field_validator("min", "max_drop", "max_relative_drop", "source_max_drop")
-    @classmethod
-    def _per_metric(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for name, value in (v or {}).items():
-            _known_metric(name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: {value} must be between 0 and 1")
-        return v
-
-    @field_validator("chain_vs_encoder_metrics")
-    @classmethod
-    def _metrics(cls, v: list[str]) -> list[str]:
-        return [_known_metric(name) for name in v]
-
-    @model_validator(mode="after")
-    def _one_minimum_each(self) -> GateSpec:
-        for name, old in (("accuracy", self.min_accuracy), ("macro_f1", self.min_macro_f1)):
-            if old is not None and self.min.get(name, old) != old:
-                raise ValueError(f"min_{name} = {old} contradicts min.{name} = "
-                                 f"{self.min[name]}; give one of them")
-        return self
-
-    def minimums(self) -> dict[str, float]:
-        """Absolute minimum per metric (``min`` merged with the older fields)."""
-        old = {"accuracy": self.min_accuracy, "macro_f1": self.min_macro_f1}
-        return {k: v for k, v in old.items() if v is not None} | dict(self.min)
-
-    def drops(self) -> dict[str, float]:
-        """Largest allowed absolute drop against production, per metric."""
-        if self.max_drop is not None:
-            return dict(self.max_drop)
-        return {"accuracy": self.max_regression, "macro_f1": self.max_regression}
-
-
-def _known_metric(name: str) -> str:
-    # The metric names have one home, the (numpy-only) metrics module; imported when a gate
-    # block is validated so that a recipe naming an unknown metric fails as it is loaded.
-    from surgflow.evaluation.metrics import check_metric
-
-    return check_metric(name, "gate")
-
-
 class TriggerSpec(_Strict):
     """When this recipe retrains by itself."""
 
@@ -299,7 +211,9 @@ class Recipe(_Strict):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     temporal: TemporalSpec | None = None
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    gate: GateSpec = Field(default_factory=GateSpec)
+    # the regression gate's thresholds as written: evaluation validates them
+    # (surgflow.evaluation.thresholds.parse_gate), and training may not import evaluation
+    gate: dict[str, Any] = Field(default_factory=dict)
     triggers: TriggerSpec = Field(default_factory=TriggerSpec)
 
     @field_validator("name")
