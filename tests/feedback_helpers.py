@@ -1,5 +1,5 @@
-"""Building wire events from synthetic videos, an independent per-frame oracle, CLI calls,
-follow-mode consumers as processes."""
+"""Building wire events from synthetic videos, an independent per-frame oracle, follow-mode
+consumers as processes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -21,8 +20,8 @@ from surgflow.data.synthetic import SyntheticVideo
 from surgflow.feedback.checkpoint import Checkpoint
 from surgflow.feedback.client import Publisher
 from surgflow.feedback.schemas import INPUT_TOPICS
+from tests.cli_helpers import run_cli, start_cli
 
-SURGFLOW = str(Path(sys.executable).with_name("surgflow"))
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 
 
@@ -83,17 +82,6 @@ def expected_show(videos: list[SyntheticVideo], label_events: list[dict]) -> dic
             "provenance_frames": dict(prov_frames)}
 
 
-def cli(*args: str, check: bool = True, timeout: float = 180,
-        env: dict | None = None) -> tuple[int, object, str]:
-    """Run `surgflow ARGS --json`; return (exit code, parsed stdout or None, stderr)."""
-    proc = subprocess.run([SURGFLOW, *args, "--json"], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    out = json.loads(proc.stdout) if proc.stdout.strip() else None
-    if check and proc.returncode != 0:
-        raise AssertionError(f"surgflow {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc.returncode, out, proc.stderr
-
-
 FOLLOW_LABELS = ("Preparation", "CalotTriangleDissection", "ClippingCutting",
                  "GallbladderDissection")
 
@@ -133,9 +121,8 @@ _LOGS: dict[int, Path] = {}  # their stderr logs, by pid
 
 def start_follow(log: Path, *extra: str) -> subprocess.Popen:
     with open(log, "ab") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [SURGFLOW, "feedback", "run", "--max-events", "20", "--max-seconds", "0.3", "--json",
-             *extra], stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = start_cli("feedback", "run", "--max-events", "20", "--max-seconds", "0.3",
+                         *extra, json=True, stdout=subprocess.PIPE, stderr=err, text=True)
     _RUNNING.append(proc)
     _LOGS[proc.pid] = log
     return proc
@@ -187,5 +174,5 @@ def once_reference(stream, tmp_path: Path, name: str) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(old)
-    cli("feedback", "run", "--once", env=env)
-    return cli("data", "show", "cholecystectomy", env=env)[1]
+    run_cli("feedback", "run", "--once", env=env, json=True)
+    return run_cli("data", "show", "cholecystectomy", env=env, json=True).data

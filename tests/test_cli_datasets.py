@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,29 +10,10 @@ import pytest
 from surgflow.data.labels import LabelEvent, LabelSegment
 from surgflow.data.registry import VideoRecord
 from surgflow.data.versions import DatasetStore
+from tests.cli_helpers import cli_error, run_cli
 
 DS = "cholecystectomy"
 T0 = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "surgflow", *args], capture_output=True,
-                          text=True, env=dict(os.environ), timeout=120)
-
-
-def ok_json(*args: str):
-    r = run(*args, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)  # exactly one document: json.loads rejects trailing data
-
-
-def bad_input(*args: str) -> str:
-    r = run(*args, "--json")
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert r.stdout == ""
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def rec(i: int) -> VideoRecord:
@@ -60,33 +37,33 @@ def two_versions(surgflow_home: Path) -> DatasetStore:
 
 
 def test_versions_and_show(two_versions):
-    versions = ok_json("data", "versions", DS)
+    versions = run_cli("data", "versions", DS, json=True).data
     assert [set(v) for v in versions] == [
         {"version", "parent", "created_at", "events_applied", "videos"}] * 2
     assert [(v["version"], v["parent"], v["events_applied"], v["videos"]) for v in versions] \
         == [(1, None, 1, 2), (2, 1, 2, 3)]
-    latest = ok_json("data", "show", DS)
-    assert latest == ok_json("data", "show", f"{DS}@2")
+    latest = run_cli("data", "show", DS, json=True).data
+    assert latest == run_cli("data", "show", f"{DS}@2", json=True).data
     assert latest["version"] == 2 and latest["parent"] == 1 and latest["parked_events"] == 2
     assert latest["label_frames"] == {"ClippingCutting": 100, "Preparation": 200}
     assert latest["provenance_frames"] == {"human": 100, "model": 200}
     assert latest["sources"] == {"hospital-a": 3}
     assert sum(latest["splits"].values()) == 3 and len(latest["fingerprint"]) == 64
-    first = ok_json("data", "show", f"{DS}@1")
+    first = run_cli("data", "show", f"{DS}@1", json=True).data
     assert first["version"] == 1 and first["fingerprint"] != latest["fingerprint"]
 
 
 def test_unknown_dataset_or_version_exits_2(two_versions):
-    assert "no version yet" in bad_input("data", "show", "appendectomy")
-    assert "no version yet" in bad_input("data", "versions", "appendectomy")
-    assert "no version 9" in bad_input("data", "show", f"{DS}@9")
-    assert "DATASET@VERSION" in bad_input("data", "show", f"{DS}@latest")
-    assert "DATASET@VERSION" in bad_input("data", "show", f"{DS}@01")  # as recipes refuse it
+    assert "no version yet" in cli_error(2, "data", "show", "appendectomy")
+    assert "no version yet" in cli_error(2, "data", "versions", "appendectomy")
+    assert "no version 9" in cli_error(2, "data", "show", f"{DS}@9")
+    assert "DATASET@VERSION" in cli_error(2, "data", "show", f"{DS}@latest")
+    assert "DATASET@VERSION" in cli_error(2, "data", "show", f"{DS}@01")  # as recipes refuse it
 
 
 def test_query_returns_rows_and_rejects_writes(two_versions):
-    rows = ok_json("data", "query", "SELECT video_id, start_frame, end_frame, label, provenance,"
-                   " confidence FROM segments ORDER BY start_frame")
+    rows = run_cli("data", "query", "SELECT video_id, start_frame, end_frame, label, provenance,"
+                   " confidence FROM segments ORDER BY start_frame", json=True).data
     assert rows == [
         {"video_id": "case-0001", "start_frame": 0, "end_frame": 100, "label": "Preparation",
          "provenance": "model", "confidence": 0.7},
@@ -95,23 +72,23 @@ def test_query_returns_rows_and_rejects_writes(two_versions):
         {"video_id": "case-0001", "start_frame": 200, "end_frame": 300, "label": "Preparation",
          "provenance": "model", "confidence": 0.7},
     ]
-    assert "read-only" in bad_input("data", "query", "DELETE FROM segments")
-    assert "query failed" in bad_input("data", "query", "SELECT * FROM nowhere")
+    assert "read-only" in cli_error(2, "data", "query", "DELETE FROM segments")
+    assert "query failed" in cli_error(2, "data", "query", "SELECT * FROM nowhere")
 
 
 def test_diff_and_gc(two_versions):
-    d = ok_json("data", "diff", f"{DS}@1", f"{DS}@2")
+    d = run_cli("data", "diff", f"{DS}@1", f"{DS}@2", json=True).data
     assert d["videos_added"] == ["case-0003"] and d["frames_relabelled"] == 100
     assert d["frames_added"] == 0 and not d["same_content"]
     orphan = two_versions.root / DS / "data" / ("0" * 64 + ".parquet")
     orphan.write_bytes(b"left by a crashed commit")
-    kept = ok_json("data", "gc")
+    kept = run_cli("data", "gc", json=True).data
     assert kept["removed_files"] == 0 and orphan.exists()
-    report = ok_json("data", "gc", "--grace-seconds", "0")
+    report = run_cli("data", "gc", "--grace-seconds", "0", json=True).data
     assert f"{DS}/data/{orphan.name}" in report["removed"] and not orphan.exists()
     assert not (two_versions.root / DS / "cache").exists()  # diff and show build nothing
     assert report["removed_files"] == 1
-    assert ok_json("data", "show", DS)["version"] == 2
+    assert run_cli("data", "show", DS, json=True).data["version"] == 2
 
 
 def test_gc_grace_default_is_the_stores():

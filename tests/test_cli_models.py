@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,36 +16,16 @@ import requests
 
 from surgflow.processes import free_port
 from surgflow.registry import ModelRegistry
+from tests.cli_helpers import cli_error, run_cli, start_cli
 from tests.test_model_registry import NAME, register_version, tamper
 
 if TYPE_CHECKING:
     from tests.fixtures.models import TrainedBundle
 
 LIST_KEYS = ["name", "version", "created_at", "run_id", "recipe", "stages", "verdict"]
-SHOW_KEYS = [*LIST_KEYS, "dataset_versions", "metrics", "artifacts", "seal"]
+SHOW_KEYS = [*LIST_KEYS, "dataset_versions", "metrics", "artifacts", "seal", "alias_drift"]
 MOVE_KEYS = ["name", "stage", "from", "to"]
-HISTORY_KEYS = ["stage", "from", "to", "at", "by", "reason"]
-
-
-def run(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "surgflow", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def ok_json(*args: str):
-    r = run(*args, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def fails(code: int, *args: str) -> str:
-    """Run a command that must fail with ``code``: nothing on stdout, one reason on stderr."""
-    r = run(*args, "--json")
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert r.stdout == ""
-    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
+HISTORY_KEYS = ["stage", "from", "to", "at", "by", "via", "reason"]
 
 
 @pytest.fixture
@@ -59,42 +38,49 @@ def reg(surgflow_home: Path, tiny_chain_bundle: TrainedBundle) -> ModelRegistry:
 
 
 def test_list_and_show_json_are_spec_documents(reg: ModelRegistry) -> None:
-    rows = ok_json("models", "list")
+    rows = run_cli("models", "list", json=True).data
     assert [list(r) for r in rows] == [LIST_KEYS] * 3
     assert [(r["version"], r["recipe"], r["stages"], r["verdict"]) for r in rows] == [
         (1, "tiny-a", [], None), (2, "tiny-b", [], None), (3, "tiny-c", ["candidate"], None)]
-    assert ok_json("models", "list", NAME) == rows
+    assert run_cli("models", "list", NAME, json=True).data == rows
 
-    shown = ok_json("models", "show", f"{NAME}@2")
+    shown = run_cli("models", "show", f"{NAME}@2", json=True).data
     assert list(shown) == SHOW_KEYS
     assert {k: shown[k] for k in LIST_KEYS} == rows[1]
     assert shown["dataset_versions"] == ["cholecystectomy@1"] and shown["seal"] is None
-    assert shown["artifacts"] == [{"path": p, "sha256": h}
-                                  for p, h in sorted(reg.get(NAME, 2).hashes.items())]
-    assert {a["path"] for a in shown["artifacts"]} >= {"encoder.onnx", "temporal.onnx",
+    assert [(a["name"], a["sha256"]) for a in shown["artifacts"]] == sorted(
+        reg.get(NAME, 2).hashes.items())
+    assert {a["name"] for a in shown["artifacts"]} >= {"encoder.onnx", "temporal.onnx",
                                                        "golden.npz", "parity.json"}
-    assert ok_json("models", "show", f"{NAME}@candidate")["version"] == 3
+    # each path opens as given, and what it opens hashes to its sha256
+    for a in shown["artifacts"]:
+        path = Path(a["path"])
+        assert path.is_absolute() and path.name == Path(a["name"]).name, a
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == a["sha256"], a
+    assert shown["alias_drift"] == []
+    assert run_cli("models", "show", f"{NAME}@candidate", json=True).data["version"] == 3
 
-    people = run("models", "list")
+    people = run_cli("models", "list")
     assert people.returncode == 0 and NAME in people.stdout and "candidate" in people.stdout
 
 
 def test_promote_rollback_and_history(reg: ModelRegistry) -> None:
-    assert "no seal" in fails(2, "models", "promote", f"{NAME}@1")
-    assert "--force needs --reason" in fails(2, "models", "promote", f"{NAME}@1", "--force")
+    assert "no seal" in cli_error(2, "models", "promote", f"{NAME}@1")
+    assert "--force needs --reason" in cli_error(2, "models", "promote", f"{NAME}@1", "--force")
     assert reg.production(NAME) is None
 
-    first = ok_json("models", "promote", f"{NAME}@1", "--force", "--reason", "first release")
+    first = run_cli("models", "promote", f"{NAME}@1", "--force", "--reason", "first release",
+                    json=True).data
     assert first == {"name": NAME, "stage": "production", "from": None, "to": 1}
     assert list(first) == MOVE_KEYS
-    assert ok_json("models", "promote", f"{NAME}@2", "--to", "production", "--force",
-                   "--reason", "second")["from"] == 1
-    assert ok_json("models", "show", f"{NAME}@production")["version"] == 2
-    assert ok_json("models", "rollback", NAME) == {"name": NAME, "stage": "production",
-                                                   "from": 2, "to": 1}
-    assert "no earlier production" in fails(2, "models", "rollback", NAME)
+    assert run_cli("models", "promote", f"{NAME}@2", "--to", "production", "--force",
+                   "--reason", "second", json=True).data["from"] == 1
+    assert run_cli("models", "show", f"{NAME}@production", json=True).data["version"] == 2
+    assert run_cli("models", "rollback", NAME, json=True).data == {
+        "name": NAME, "stage": "production", "from": 2, "to": 1}
+    assert "no earlier production" in cli_error(2, "models", "rollback", NAME)
 
-    moves = ok_json("models", "history", NAME)
+    moves = run_cli("models", "history", NAME, json=True).data
     assert all(list(m) == HISTORY_KEYS for m in moves)
     prod = [m for m in moves if m["stage"] == "production"]
     assert [(m["from"], m["to"]) for m in prod] == [(None, 1), (1, 2), (2, 1)]
@@ -107,26 +93,27 @@ def test_tampered_onnx_blocks_promote_and_rollback(reg: ModelRegistry) -> None:
     reg.promote(NAME, 2, by="test", force=True, reason="second")
     before = reg.history(NAME)
     tamper(reg, 1, "encoder.onnx")
-    reason = fails(2, "models", "rollback", NAME)
+    reason = cli_error(2, "models", "rollback", NAME)
     assert "encoder.onnx" in reason and reg.get(NAME, 1).hashes["encoder.onnx"] in reason
     tamper(reg, 3, "temporal.onnx")
-    assert "temporal.onnx" in fails(2, "models", "promote", f"{NAME}@3", "--force", "--reason",
+    assert "temporal.onnx" in cli_error(2, "models", "promote", f"{NAME}@3", "--force", "--reason",
                                     "x")
     assert reg.production(NAME) == 2 and reg.history(NAME) == before
 
 
 def test_unknown_model_version_or_reference_exit_2(reg: ModelRegistry) -> None:
-    assert "unknown model 'nope-phase'" in fails(2, "models", "show", "nope-phase@1")
-    assert "versions: 1, 2, 3" in fails(2, "models", "show", f"{NAME}@9")
-    assert "no version is production" in fails(2, "models", "show", f"{NAME}@production")
-    assert "expected NAME@VERSION" in fails(2, "models", "show", NAME)
-    assert "unknown model" in fails(2, "models", "history", "nope-phase")
+    assert "unknown model 'nope-phase'" in cli_error(2, "models", "show", "nope-phase@1")
+    assert "versions: 1, 2, 3" in cli_error(2, "models", "show", f"{NAME}@9")
+    assert "no version is production" in cli_error(2, "models", "show", f"{NAME}@production")
+    assert "expected NAME@VERSION" in cli_error(2, "models", "show", NAME)
+    assert "unknown model" in cli_error(2, "models", "history", "nope-phase")
 
 
 def test_unreachable_tracking_server_exits_1_at_once(surgflow_home: Path) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    r = run("models", "list", "--json", env={"MLFLOW_TRACKING_URI": uri}, timeout=60)
+    r = run_cli("models", "list", json=True, env={"MLFLOW_TRACKING_URI": uri}, check=False,
+                timeout=60)
     assert r.returncode == 1 and r.stdout == "", r.stderr
     assert time.monotonic() - start < 30
     lines = r.stderr.strip().splitlines()
@@ -136,9 +123,8 @@ def test_unreachable_tracking_server_exits_1_at_once(surgflow_home: Path) -> Non
 @pytest.mark.slow
 def test_mlflow_ui_serves_the_embedded_store(reg: ModelRegistry) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "surgflow", "mlflow", "ui", "--port",
-                             str(port), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = start_cli("mlflow", "ui", "--port", str(port), json=True, stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
         assert line, "the command exited before printing its URL"
@@ -156,7 +142,7 @@ def test_mlflow_ui_serves_the_embedded_store(reg: ModelRegistry) -> None:
 
 
 def test_gate_without_a_field_suite_rejects_and_exits_0(reg: ModelRegistry) -> None:
-    seal = ok_json("models", "gate", f"{NAME}@candidate")
+    seal = run_cli("models", "gate", f"{NAME}@candidate", json=True).data
     assert seal["model"] == f"{NAME}@3" and seal["verdict"] == "rejected"
     assert any(not c["passed"] and c["reason"] for c in seal["checks"])
     assert reg.pointers(NAME).get("approved") is None

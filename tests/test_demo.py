@@ -6,29 +6,25 @@ MLflow registry, ONNX export and gate, the inference service in fleet mode, hot 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.process_helpers import clean_env, stop_processes_of
+from tests.cli_helpers import run_cli
+from tests.process_helpers import stop_processes_of
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = clean_env(home)
-    cmd = [sys.executable, "-m", "surgflow", "demo", "--size", "small", "--json"]
     try:
-        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=1800)
+        r = run_cli("demo", "--size", "small", home=home, clean=True, json=True, check=False,
+                    cwd=tmp_path, timeout=1800)
     finally:  # a demo killed at the timeout leaves its services; they must not outlive it
         left = stop_processes_of(home)
     assert r.returncode == 0, r.stderr[-3000:] + _tail(home / "logs" / "deployments.log")
-    out = json.loads(r.stdout)
+    out = r.data
 
     versions = [v["version"] for v in out["versions"]]
     assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 3

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.feedback_helpers import annotation_event, cli, inference_event, video_event
+from tests.cli_helpers import run_cli
+from tests.feedback_helpers import annotation_event, inference_event, video_event
 
 pytestmark = pytest.mark.integration
 
@@ -18,17 +19,17 @@ def test_publish_validates_before_sending(kafka, synthetic_corpus, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(inference_event(v, "i3", 3) | {"produced_at": "noon"}))
 
-    code, out, err = cli("feedback", "publish", "inference", str(bad), check=False)
-    assert code == 2 and out is None and "produced_at" in err
-    code, out, err = cli("feedback", "publish", "annotation", str(good), check=False)
-    assert code == 2 and "surgflow.annotation/v1" in err  # wrong kind for these events
+    r = run_cli("feedback", "publish", "inference", str(bad), json=True, check=False)
+    assert r.returncode == 2 and r.data is None and "produced_at" in r.stderr
+    r = run_cli("feedback", "publish", "annotation", str(good), json=True, check=False)
+    assert r.returncode == 2 and "surgflow.annotation/v1" in r.stderr  # wrong kind
 
-    _, out, _ = cli("feedback", "publish", "inference", str(good))
+    out = run_cli("feedback", "publish", "inference", str(good), json=True).data
     assert out == {"published": 2, "kind": "inference", "event_ids": ["i1", "i2"]}
     vid = tmp_path / "video.json"
     vid.write_text(json.dumps(video_event(v)))
-    cli("feedback", "publish", "video", str(vid))
-    _, report, _ = cli("feedback", "run", "--once")
+    run_cli("feedback", "publish", "video", str(vid), json=True)
+    report = run_cli("feedback", "run", "--once", json=True).data
     assert (report["consumed"], report["applied"], report["dead_lettered"]) == (3, 3, 0)
 
 
@@ -36,21 +37,22 @@ def test_parked_feedback_applies_when_the_video_is_ingested(kafka, synthetic_cor
     v = synthetic_corpus[1]
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(annotation_event(v, "a1", 5, v.segments)))
-    cli("feedback", "publish", "annotation", str(ann))
-    _, first, _ = cli("feedback", "run", "--once")
+    run_cli("feedback", "publish", "annotation", str(ann), json=True)
+    first = run_cli("feedback", "run", "--once", json=True).data
     assert first["parked"] == 1 and first["versions_created"] == []
 
-    cli("data", "ingest", str(v.path), "--procedure", "cholecystectomy", "--source", v.hospital)
-    _, second, _ = cli("feedback", "run", "--once")
+    run_cli("data", "ingest", str(v.path), "--procedure", "cholecystectomy", "--source",
+            v.hospital, json=True)
+    second = run_cli("feedback", "run", "--once", json=True).data
     assert second["consumed"] == 0 and second["applied"] == 2  # the video and its annotation
-    _, show, _ = cli("data", "show", "cholecystectomy")
+    show = run_cli("data", "show", "cholecystectomy", json=True).data
     assert show["provenance_frames"] == {"human": v.num_frames, "model": 0}
     assert show["parked_events"] == 0
-    _, third, _ = cli("feedback", "run", "--once")
+    third = run_cli("feedback", "run", "--once", json=True).data
     assert third["applied"] == 0 and third["versions_created"] == []
 
 
 def test_dead_letters_without_a_running_broker_start_none(surgflow_home):
-    assert cli("feedback", "dlq")[1] == []
-    assert cli("broker", "status")[1]["running"] is False
+    assert run_cli("feedback", "dlq", json=True).data == []
+    assert run_cli("broker", "status", json=True).data["running"] is False
     assert not (surgflow_home / "broker.json").exists()

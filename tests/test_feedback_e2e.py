@@ -6,9 +6,9 @@ import pytest
 
 from surgflow.config import get_settings
 from surgflow.feedback.client import Publisher
+from tests.cli_helpers import run_cli
 from tests.feedback_helpers import (
     annotation_event,
-    cli,
     expected_show,
     inference_event,
     video_event,
@@ -53,25 +53,25 @@ def test_end_to_end_counts_match_an_independent_expectation(kafka, synthetic_cor
     n_tasks = sum(1 for e in labels if "model" in e for s in e["segments"]
                   if s["confidence"] < 0.6 and s["end_frame"] > human.get(e["video_id"], 0))
     _publish([], labels)  # feedback before its videos: parked durably, nothing applied
-    _, parked, _ = cli("feedback", "run", "--once")
+    parked = run_cli("feedback", "run", "--once", json=True).data
     assert parked == {"consumed": len(labels), "applied": 0, "duplicates": 0,
                       "dead_lettered": 0, "parked": len(labels), "tasks_created": 0,
                       "versions_created": []}
-    assert cli("data", "show", "cholecystectomy", check=False)[0] == 2
+    assert run_cli("data", "show", "cholecystectomy", check=False, json=True).returncode == 2
 
     _publish(videos, [])
-    _, report, _ = cli("feedback", "run", "--once")
+    report = run_cli("feedback", "run", "--once", json=True).data
     assert report == {
         "consumed": len(videos), "applied": len(videos) + len(labels), "duplicates": 0,
         "dead_lettered": 0, "parked": 0, "tasks_created": n_tasks,
         "versions_created": [{"dataset": "cholecystectomy", "version": 1}],
     }
-    _, show, _ = cli("data", "show", "cholecystectomy")
+    show = run_cli("data", "show", "cholecystectomy", json=True).data
     want = expected_show(synthetic_corpus, labels)
     assert {k: show[k] for k in want} == want
     assert show["version"] == 1 and show["parked_events"] == 0
 
-    _, tasks, _ = cli("feedback", "tasks")
+    tasks = run_cli("feedback", "tasks", json=True).data
     assert len(tasks) == n_tasks > 0
     assert all(t["status"] == "open" for t in tasks)
 
@@ -79,21 +79,21 @@ def test_end_to_end_counts_match_an_independent_expectation(kafka, synthetic_cor
 def test_replay_changes_nothing(kafka, synthetic_corpus):
     videos, labels = _events(synthetic_corpus[:3])
     _publish(videos, labels, twice=True)
-    _, first, _ = cli("feedback", "run", "--once")
+    first = run_cli("feedback", "run", "--once", json=True).data
     n = len(videos) + len(labels)
     assert (first["consumed"], first["applied"], first["duplicates"]) == (2 * n, n, n)
     assert first["versions_created"] == [{"dataset": "cholecystectomy", "version": 1}]
-    _, show1, _ = cli("data", "show", "cholecystectomy")
+    show1 = run_cli("data", "show", "cholecystectomy", json=True).data
     assert show1["events_applied"] == len(labels)
 
-    _, again, _ = cli("feedback", "run", "--once")
+    again = run_cli("feedback", "run", "--once", json=True).data
     assert again["consumed"] == 0 and again["versions_created"] == []
 
     _publish(videos, labels)  # a third delivery of everything
-    _, third, _ = cli("feedback", "run", "--once")
+    third = run_cli("feedback", "run", "--once", json=True).data
     assert (third["consumed"], third["applied"], third["duplicates"]) == (n, 0, n)
     assert third["versions_created"] == [] and third["tasks_created"] == 0
-    _, show2, _ = cli("data", "show", "cholecystectomy")
+    show2 = run_cli("data", "show", "cholecystectomy", json=True).data
     assert show2 == show1
 
 
@@ -120,7 +120,7 @@ def test_crash_between_two_dataset_versions_skips_nothing(kafka, synthetic_corpu
     import subprocess
     import time
 
-    from tests.feedback_helpers import SURGFLOW
+    from tests.cli_helpers import start_cli
 
     videos, events = _two_procedure_stream(synthetic_corpus, tmp_path)
     with Publisher.from_settings(get_settings()) as pub:
@@ -132,8 +132,8 @@ def test_crash_between_two_dataset_versions_skips_nothing(kafka, synthetic_corpu
 
     log = tmp_path / "once.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([SURGFLOW, "feedback", "run", "--once", "--json"],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = start_cli("feedback", "run", "--once", json=True, stdout=subprocess.DEVNULL,
+                         stderr=err)
         deadline = time.monotonic() + 120
         while "dataset appendectomy: version 1" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -141,13 +141,13 @@ def test_crash_between_two_dataset_versions_skips_nothing(kafka, synthetic_corpu
         proc.kill()  # after the first dataset's version, before (or while) the second's
         proc.wait()
     # the second dataset's merge takes far longer than the kill: it has no version yet
-    assert cli("data", "show", "cholecystectomy", check=False)[0] == 2
+    assert run_cli("data", "show", "cholecystectomy", check=False, json=True).returncode == 2
 
-    _, report, _ = cli("feedback", "run", "--once")
+    report = run_cli("feedback", "run", "--once", json=True).data
     assert {"dataset": "appendectomy", "version": 2} not in report["versions_created"]
-    _, chole, _ = cli("data", "show", "cholecystectomy")
-    _, app, _ = cli("data", "show", "appendectomy")
+    chole = run_cli("data", "show", "cholecystectomy", json=True).data
+    app = run_cli("data", "show", "appendectomy", json=True).data
     assert chole["events_applied"] == len(events) - 1 and chole["videos"] == 2
     assert app["events_applied"] == 1 and app["version"] == 1 and app["videos"] == 1
-    _, again, _ = cli("feedback", "run", "--once")
+    again = run_cli("feedback", "run", "--once", json=True).data
     assert again["versions_created"] == [] and again["consumed"] == 0

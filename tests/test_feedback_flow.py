@@ -11,7 +11,8 @@ from surgflow.config import get_settings
 from surgflow.data.versions import DatasetStore
 from surgflow.feedback.client import Publisher
 from surgflow.feedback.events import EVENT, resource_id
-from tests.feedback_helpers import cli, inference_event, video_event
+from tests.cli_helpers import run_cli
+from tests.feedback_helpers import inference_event, video_event
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def test_flow_merges_and_emits_version_created(prefect_server, kafka, synthetic_
         for v in second:
             pub.video(video_event(v))
         pub.flush()
-    _, out, _ = cli("feedback", "run", "--once")
+    out = run_cli("feedback", "run", "--once", json=True).data
     assert out["versions_created"] == [{"dataset": "cholecystectomy", "version": 2}]
     m2 = DatasetStore(kafka.home).manifest("cholecystectomy")
     [event2] = _version_events(prefect_server, m2.fingerprint)

@@ -12,7 +12,8 @@ from surgflow.data.registry import VideoRegistry
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.feedback import dlq
 from surgflow.feedback.client import Publisher
-from tests.feedback_helpers import annotation_event, cli, inference_event, video_event
+from tests.cli_helpers import run_cli
+from tests.feedback_helpers import annotation_event, inference_event, video_event
 
 pytestmark = pytest.mark.integration
 
@@ -67,11 +68,11 @@ def test_each_poison_message_is_dead_lettered_with_its_reason(kafka, synthetic_c
             pub.send_raw(topic, json.dumps(event).encode(), key=good.video_id)
         pub.flush()
 
-    _, report, _ = cli("feedback", "run", "--once")
+    report = run_cli("feedback", "run", "--once", json=True).data
     assert report["dead_lettered"] == len(poison)
     assert report["applied"] == len(valid)
     assert report["versions_created"] == [{"dataset": "cholecystectomy", "version": 1}]
-    _, show, _ = cli("data", "show", "cholecystectomy")
+    show = run_cli("data", "show", "cholecystectomy", json=True).data
     assert show["videos"] == 1 and show["events_applied"] == 2
 
     letters = dlq.read_all(kafka.bootstrap, kafka.topic("dlq"))
@@ -91,10 +92,10 @@ def test_each_poison_message_is_dead_lettered_with_its_reason(kafka, synthetic_c
     assert [q.video_id for q in quarantined] == ["broken"]
     assert registry.find("outside") is None
 
-    _, listed, _ = cli("feedback", "dlq")
+    listed = run_cli("feedback", "dlq", json=True).data
     assert sorted(d["reason"] for d in listed) == sorted(d.reason for d in letters)
 
-    _, again, _ = cli("feedback", "run", "--once")
+    again = run_cli("feedback", "run", "--once", json=True).data
     assert again["consumed"] == 0 and again["dead_lettered"] == 0
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from surgflow.data import versions
 from surgflow.data.versions import DatasetStore
+from tests.cli_helpers import run_cli
 from tests.feedback_helpers import (
-    cli,
     label_stream,
     once_reference,
     produce,
@@ -150,7 +150,7 @@ def test_three_consumers_on_six_partitions_lose_and_double_nothing(
     reports = [stop_follow(p) for p in procs]
     assert sum(r["applied"] for r in reports) == len(stream)
     assert sum(1 for r in reports if r["consumed"]) >= 2, reports
-    got = cli("data", "show", DS)[1]
+    got = run_cli("data", "show", DS, json=True).data
     want = once_reference(stream, tmp_path, "ref")
     assert got["fingerprint"] == want["fingerprint"]
     assert got["events_applied"] == want["events_applied"] == len(stream) - len(synthetic_corpus)

@@ -15,7 +15,8 @@ from surgflow.feedback.client import Publisher
 from surgflow.feedback.merge import BatchMerger, Record
 from surgflow.feedback.schemas import FeedbackTask, InferenceEvent, ModelRef
 from surgflow.feedback.tasks import TaskLedger, covered, decide, human_ranges, task_id, tasks_for
-from tests.feedback_helpers import annotation_event, cli, inference_event, video_event
+from tests.cli_helpers import run_cli
+from tests.feedback_helpers import annotation_event, inference_event, video_event
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
@@ -149,9 +150,9 @@ def test_tasks_created_once_sent_once_and_completed_by_annotation(kafka, synthet
         pub.inference(inference_event(v, "inf-a", 1, confidences=confs))
         pub.inference(inference_event(v, "inf-b", 2, confidences=confs))  # re-run, same model
         pub.flush()
-    _, first, _ = cli("feedback", "run", "--once")
+    first = run_cli("feedback", "run", "--once", json=True).data
     assert first["tasks_created"] == 1
-    _, tasks, _ = cli("feedback", "tasks")
+    tasks = run_cli("feedback", "tasks", json=True).data
     assert [t["status"] for t in tasks] == ["open"]
     task = tasks[0]
     seg = v.segments[0]
@@ -162,9 +163,9 @@ def test_tasks_created_once_sent_once_and_completed_by_annotation(kafka, synthet
         pub.inference(inference_event(v, "inf-a", 1, confidences=confs))  # replayed
         pub.annotation(annotation_event(v, "ann-1", 50, [seg], task_id=task["task_id"]))
         pub.flush()
-    _, second, _ = cli("feedback", "run", "--once")
+    second = run_cli("feedback", "run", "--once", json=True).data
     assert second["tasks_created"] == 0 and second["applied"] == 1
-    _, tasks, _ = cli("feedback", "tasks")
+    tasks = run_cli("feedback", "tasks", json=True).data
     assert [(t["task_id"], t["status"], t["completed_by"]) for t in tasks] == [
         (task["task_id"], "completed", "ann-1")]
 
@@ -191,9 +192,9 @@ def test_no_task_for_annotated_frames_and_open_tasks_closed_by_covering_labels(
         pub.annotation(annotation_event(annotated_late, "ann-b", 5, annotated_late.segments))
         pub.inference(inference_event(open_one, "inf-c", 10, confidences=low(open_one)))
         pub.flush()
-    _, first, _ = cli("feedback", "run", "--once")
+    first = run_cli("feedback", "run", "--once", json=True).data
     assert first["tasks_created"] == len(open_one.segments)
-    _, tasks, _ = cli("feedback", "tasks")
+    tasks = run_cli("feedback", "tasks", json=True).data
     assert {t["video_id"] for t in tasks} == {open_one.video_id}
 
     # a later inference for already annotated frames raises nothing; an annotation without a
@@ -204,15 +205,15 @@ def test_no_task_for_annotated_frames_and_open_tasks_closed_by_covering_labels(
                                       version=4))
         pub.annotation(annotation_event(open_one, "ann-c", 30, covered_segs))
         pub.flush()
-    _, second, _ = cli("feedback", "run", "--once")
+    second = run_cli("feedback", "run", "--once", json=True).data
     assert second["tasks_created"] == 0
-    _, tasks, _ = cli("feedback", "tasks")
+    tasks = run_cli("feedback", "tasks", json=True).data
     by_range = {(t["start_frame"], t["end_frame"]): (t["status"], t["completed_by"])
                 for t in tasks}
     assert by_range == {(s["start_frame"], s["end_frame"]): ("closed", "ann-c")
                         for s in covered_segs} | {
         (last["start_frame"], last["end_frame"]): ("open", None)}
-    _, still_open, _ = cli("feedback", "tasks", "--status", "open")
+    still_open = run_cli("feedback", "tasks", "--status", "open", json=True).data
     assert [(t["start_frame"], t["end_frame"]) for t in still_open] == [
         (last["start_frame"], last["end_frame"])]
 

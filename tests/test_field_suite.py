@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +15,7 @@ from surgflow.data.splits import ids_filling_splits
 from surgflow.data.taxonomy import CHOLEC80_PHASES
 from surgflow.data.versions import DatasetStore
 from surgflow.errors import BadInput, NotFound
+from tests.cli_helpers import run_cli
 
 DS = "cholecystectomy"
 T0 = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
@@ -94,19 +91,12 @@ def test_pin_rejects_what_cannot_be_a_field_suite(store):
     assert pin(home, DS, 2)["pinned_at"] == first["pinned_at"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "surgflow", *args], capture_output=True,
-                          text=True, env=dict(os.environ), timeout=120)
-
-
 def test_data_pin_command(store):
-    r = run("data", "pin", f"{DS}@2", "--as", "field", "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = run_cli("data", "pin", f"{DS}@2", "--as", "field", json=True).data
     assert (out["dataset"], out["version"], out["as"], out["videos"]) == (DS, 2, "field", 2)
     for ref, why in ((f"{DS}@1", "no human-labelled video"), ("nosuch@1", "nosuch"),
                      (DS, "expected DATASET@N")):
-        r = run("data", "pin", ref, "--as", "field", "--json")
+        r = run_cli("data", "pin", ref, "--as", "field", json=True, check=False)
         assert r.returncode == 2 and r.stdout == "", (ref, r.returncode, r.stdout)
         assert why in r.stderr and r.stderr.startswith("error:"), r.stderr
     assert pinned(store.home, DS) == (DS, 2)

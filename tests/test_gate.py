@@ -172,13 +172,11 @@ def test_gate_block_naming_an_unknown_metric_is_bad_input(gate):
 
 
 def test_recipe_file_with_an_unknown_gate_metric_exits_2(tmp_path):
-    import subprocess
-    import sys
+    from tests.cli_helpers import run_cli
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ndata: {sources: [cholecystectomy]}\ngate: {min: {f2: 0.5}}\n")
-    r = subprocess.run([sys.executable, "-m", "surgflow", "train", str(bad), "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli("train", str(bad), json=True, check=False, timeout=120)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
     assert "unknown metric 'f2'" in r.stderr and "known: accuracy" in r.stderr
 

@@ -52,11 +52,9 @@ def test_reel_holds_the_windows_frames_with_captions(tmp_path):
 
 @pytest.mark.integration
 def test_highlights_command_reels_the_production_chains_key_moments(tmp_path, tiny_chain_bundle):
-    import os
-
     from surgflow.config import get_settings
     from surgflow.data.registry import VideoRegistry
-    from tests.feedback_helpers import cli
+    from tests.cli_helpers import run_cli
     from tests.serving_helpers import promote, register_bundle
 
     videos = tmp_path / "videos"
@@ -65,13 +63,13 @@ def test_highlights_command_reels_the_production_chains_key_moments(tmp_path, ti
     settings = get_settings(home=tmp_path / "home", video_roots=[videos])
     VideoRegistry(settings.home, settings.resolved_video_roots()).register(
         v.path.as_uri(), "cholecystectomy", "hospital-a")
-    env = os.environ | {"SURGFLOW_HOME": str(settings.home), "SURGFLOW_VIDEO_ROOTS": str(videos)}
-    code, _, err = cli("highlights", v.video_id, check=False, env=env)
-    assert code == 2 and "no production model" in err
+    env = {"SURGFLOW_VIDEO_ROOTS": str(videos)}
+    r = run_cli("highlights", v.video_id, home=settings.home, env=env, json=True, check=False)
+    assert r.returncode == 2 and "no production model" in r.stderr
     promote(settings, register_bundle(settings, tiny_chain_bundle.bundle_dir))
     reel = tmp_path / "out" / "reel.mp4"
-    _, out, _ = cli("highlights", v.video_id, "--out", str(reel), "--before", "1", "--after",
-                    "2", env=env)
+    out = run_cli("highlights", v.video_id, "--out", str(reel), "--before", "1", "--after", "2",
+                  home=settings.home, env=env, json=True).data
     assert out["model"] == {"name": "cholecystectomy-phase", "version": 1}
     assert out["out"] == str(reel) and reel.is_file()
     moments = out["key_moments"]
@@ -79,5 +77,6 @@ def test_highlights_command_reels_the_production_chains_key_moments(tmp_path, ti
     windows = reel_windows(moments, v.num_frames, 10.0, before_s=1, after_s=2)
     assert out["clips"] == len(windows)
     assert probe(reel).num_frames == out["frames"] == sum(w.end - w.start for w in windows)
-    code, _, err = cli("highlights", "no-such-video", check=False, env=env)
-    assert code == 2 and "not registered" in err
+    r = run_cli("highlights", "no-such-video", home=settings.home, env=env, json=True,
+                check=False)
+    assert r.returncode == 2 and "not registered" in r.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from surgflow.data.views import ViewSpec
 from surgflow.errors import BadInput, ConfigError
 from surgflow.training.data import view_spec
 from surgflow.training.recipe import load_recipe, parse_recipe
+from tests.cli_helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"name": "r", "data": {"sources": ["cholecystectomy"]}}
@@ -130,8 +129,7 @@ def test_relative_pretrained_path_is_relative_to_the_recipe(tmp_path):
 def test_cli_rejects_a_bad_recipe_with_exit_2_and_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**MINIMAL, "optim": {"epochs": 0}}))
-    out = subprocess.run([sys.executable, "-m", "surgflow", "train", str(path), "--json"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = run_cli("train", str(path), json=True, check=False, cwd=tmp_path, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stdout == ""
     assert out.stderr.splitlines() == [f"error: recipe {path}: field 'optim.epochs': Input "

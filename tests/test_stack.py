@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.process_helpers import clean_env, processes_of
+from tests.cli_helpers import CliRun, run_cli
+from tests.process_helpers import processes_of
 
 
 @pytest.mark.integration
 def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = clean_env(home)
 
-    def surgflow(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "surgflow", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+    def surgflow(*args: str, timeout: float = 600) -> CliRun:
+        return run_cli(*args, home=home, clean=True, check=False, cwd=tmp_path,
+                       timeout=timeout)
 
     try:
         up = surgflow("up", "--json")

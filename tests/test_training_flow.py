@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.feedback_helpers import SURGFLOW
+from tests.cli_helpers import run_cli
 from tests.training_helpers import labelled_home
 
 pytestmark = pytest.mark.integration
@@ -22,12 +20,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return labelled_home(tmp_path_factory.mktemp("flow"))
 
 
-def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    # the entry point of the environment running the tests, wherever that is
-    return subprocess.run([SURGFLOW, *args], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=cwd)
-
-
 def test_train_command_runs_the_flow_and_publishes_epoch_artifacts(
     prefect_server, dask_cluster, home, tmp_path
 ):
@@ -36,30 +28,31 @@ def test_train_command_runs_the_flow_and_publishes_epoch_artifacts(
     recipe["temporal"]["optim"]["epochs"] = 3
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "SURGFLOW_HOME": str(home), "PREFECT_API_URL": prefect_server,
+    env = {"PREFECT_API_URL": prefect_server,
            "SURGFLOW_DASK_ADDRESS": dask_cluster.scheduler.address}
-    out = _cli("train", str(path), "--json", env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout)  # exactly one JSON document on stdout
+
+    def cli(*args: str):
+        return run_cli(*args, home=home, env=env, json=True, cwd=tmp_path).data
+
+    summary = cli("train", str(path))  # exactly one JSON document on stdout
     assert summary["status"] == "succeeded" and summary["attempts"] == 1
     assert summary["dataset_versions"] == ["cholecystectomy@1"]
     assert set(summary["stages"]) == {"clip", "temporal"}
     # training ends in a registered, exported, gated candidate; with no field suite pinned
     # the gate rejects it and seals nothing (a seal needs a field suite)
     assert summary["model"] == "cholecystectomy-phase@1" and summary["verdict"] == "rejected"
-    shown = json.loads(_cli("models", "show", "cholecystectomy-phase@1", "--json", env=env,
-                            cwd=tmp_path).stdout)
+    shown = cli("models", "show", "cholecystectomy-phase@1")
     assert shown["stages"] == ["candidate"] and shown["seal"] is None
     assert {a["path"] for a in shown["artifacts"]} >= {"encoder.onnx", "temporal.onnx"}
     run_id = summary["run_id"]
 
-    shown = json.loads(_cli("runs", "show", run_id, "--json", env=env, cwd=tmp_path).stdout)
+    shown = cli("runs", "show", run_id)
     assert [(e["stage"], e["epoch"]) for e in shown["epochs"]] == [
         ("clip", 1), ("clip", 2), ("temporal", 1), ("temporal", 2), ("temporal", 3)]
     assert shown["utilisation"]["samples"] > 0 and shown["params"]["chain"] is True
-    listed = json.loads(_cli("runs", "list", "--json", env=env, cwd=tmp_path).stdout)
+    listed = cli("runs", "list")
     assert run_id in [r["run_id"] for r in listed]
-    plotted = json.loads(_cli("runs", "plot", run_id, "--json", env=env, cwd=tmp_path).stdout)
+    plotted = cli("runs", "plot", run_id)
     assert Path(plotted["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     from prefect.artifacts import Artifact
@@ -88,8 +81,8 @@ def test_the_server_validates_flow_parameters(prefect_server):
 
 
 def test_unknown_run_is_bad_input(tmp_path):
-    env = {**os.environ, "SURGFLOW_HOME": str(tmp_path)}
-    out = _cli("runs", "show", "no-such-run", "--json", env=env, cwd=tmp_path)
+    out = run_cli("runs", "show", "no-such-run", home=tmp_path, json=True, check=False,
+                  cwd=tmp_path)
     assert out.returncode == 2 and "no-such-run" in out.stderr and out.stdout == ""
 
 
@@ -100,16 +93,15 @@ def test_resuming_a_finished_run_is_refused(prefect_server, home, tmp_path):
 
     run_id = prepare_run(tiny_recipe(name="done"), home)
     RunStore(home).update(run_id, status="succeeded")
-    env = {**os.environ, "SURGFLOW_HOME": str(home), "PREFECT_API_URL": prefect_server}
-    out = _cli("train", "--resume", run_id, "--json", env=env, cwd=tmp_path)
+    out = run_cli("train", "--resume", run_id, home=home, env={"PREFECT_API_URL": prefect_server},
+                  json=True, check=False, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stdout == "" and f"run {run_id!r} already finished" in out.stderr.splitlines()[-1]
 
 
 def test_models_architectures_command_lists_the_registry(tmp_path):
-    out = _cli("models", "architectures", "--json", env=dict(os.environ), cwd=tmp_path)
-    rows = json.loads(out.stdout)
-    assert out.returncode == 0 and {"resnet50", "r3d_18", "mstcn"} <= {r["name"] for r in rows}
+    rows = run_cli("models", "architectures", json=True, cwd=tmp_path).data
+    assert {"resnet50", "r3d_18", "mstcn"} <= {r["name"] for r in rows}
 
 
 def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
@@ -118,11 +110,10 @@ def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     before = sorted(p.name for p in home.iterdir())
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"SURGFLOW_HOME": str(home), "SURGFLOW_DASK_ADDRESS": "tcp://127.0.0.1:9"}
-    out = _cli("train", str(path), "--dry-run", "--json", env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    view = json.loads(out.stdout)
+    kw = {"home": home, "env": {"SURGFLOW_DASK_ADDRESS": "tcp://127.0.0.1:9"},
+          "unset": ["PREFECT_API_URL"], "cwd": tmp_path}
+    out = run_cli("train", str(path), "--dry-run", json=True, **kw)
+    view = out.data
     assert view["dataset_versions"] == ["cholecystectomy@1"] and view["chain"] is True
     train, val = view["splits"]["train"], view["splits"]["val"]
     assert (train["videos"], val["videos"]) == (6, 2)
@@ -137,24 +128,24 @@ def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
     assert sorted(p.name for p in home.iterdir()) == before
     assert "Prefect" not in out.stderr
 
-    table = _cli("train", str(path), "--dry-run", env=env, cwd=tmp_path)
-    assert table.returncode == 0 and "achieved" in table.stdout and "hospital-a" in table.stdout
+    table = run_cli("train", str(path), "--dry-run", **kw)
+    assert "achieved" in table.stdout and "hospital-a" in table.stdout
 
 
 def test_train_says_it_leaves_running_the_prefect_server_it_started(tmp_path):
     from surgflow_flows.runtime import running_server, stop_server
 
     own = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["SURGFLOW_HOME"] = str(own)
+    kw = {"home": own, "unset": ["PREFECT_API_URL"], "json": True, "check": False,
+          "cwd": tmp_path}
     try:
-        out = _cli("train", "--resume", "no-such-run", "--json", env=env, cwd=tmp_path)
+        out = run_cli("train", "--resume", "no-such-run", **kw)
         url = running_server(own)
         assert url is not None  # started for this command, and left running
         notes = [line for line in out.stderr.splitlines() if "still running" in line]
         assert len(notes) == 1 and url in notes[0] and "surgflow down" in notes[0]
         assert out.returncode == 2 and out.stdout == ""
-        again = _cli("train", "--resume", "no-such-run", "--json", env=env, cwd=tmp_path)
+        again = run_cli("train", "--resume", "no-such-run", **kw)
         assert "still running" not in again.stderr  # it found that server; it started none
     finally:
         stop_server(own)
