@@ -11,9 +11,9 @@ import pytest
 
 from surgflow.config import get_settings
 from surgflow.feedback.client import Publisher
+from tests.cli_helpers import run_cli
 from tests.feedback_helpers import (
     annotation_event,
-    cli,
     expected_show,
     inference_event,
     label_stream,
@@ -67,9 +67,11 @@ def _crash_loop(kafka, embedded_broker, corpus, tmp_path, kills: int, n_labels: 
     for k in range(kills):
         seen, joined = _versions_logged(log), _count(log, "assigned")
         proc = start_follow(log)
-        _wait_for(lambda n=joined: _count(log, "assigned") > n, 30)  # the group join
+        assert _wait_for(lambda n=joined: _count(log, "assigned") > n, 30), (
+            f"consumer {k} never joined its group")
         if k % 2:
-            _wait_for(lambda n=seen: _versions_logged(log) > n, 10, poll_s=0.002)
+            assert _wait_for(lambda n=seen: _versions_logged(log) > n, 30, poll_s=0.002), (
+                f"consumer {k} published no version to be killed after")
         else:
             time.sleep(rng.uniform(0.1, 2.0))
         proc.kill()  # SIGKILL: no cleanup, no final batch
@@ -80,7 +82,7 @@ def _crash_loop(kafka, embedded_broker, corpus, tmp_path, kills: int, n_labels: 
     assert _wait_for(lambda: _count(log, "assigned") > joined, 30), "the last consumer joined"
     wait_consumed(kafka.home, embedded_broker.cluster_id, kafka.prefix, len(stream))
     stop_follow(proc)
-    got = cli("data", "show", "cholecystectomy")[1]
+    got = run_cli("data", "show", "cholecystectomy", json=True).data
     want = once_reference(stream, tmp_path, "ref")
     labels = [e for kind, e in stream if kind != "video"]
     oracle = expected_show(corpus, labels)
@@ -112,7 +114,7 @@ def test_two_consumers_in_one_group_share_the_work(
     ra, rb = stop_follow(a), stop_follow(b)
     assert ra["consumed"] > 0 and rb["consumed"] > 0, (ra, rb)
     assert ra["applied"] + rb["applied"] == len(stream)
-    got = cli("data", "show", "cholecystectomy")[1]
+    got = run_cli("data", "show", "cholecystectomy", json=True).data
     want = once_reference(stream, tmp_path, "ref")
     assert got["fingerprint"] == want["fingerprint"]
     assert got["events_applied"] == want["events_applied"] == len(stream) - len(synthetic_corpus)
@@ -170,4 +172,4 @@ def test_follow_commits_every_n_events_or_t_seconds(kafka, synthetic_corpus):
     thread.join(30)
     assert sum(batches) == 100 and len(batches) > 1
     assert 0 < merged_while_sending[-1] < 100, merged_while_sending
-    assert cli("data", "show", "cholecystectomy")[1]["events_applied"] == 124
+    assert run_cli("data", "show", "cholecystectomy", json=True).data["events_applied"] == 124
