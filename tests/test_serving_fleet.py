@@ -60,6 +60,45 @@ def _wait(what: str, cond, timeout_s: float = 90.0) -> None:
         time.sleep(0.1)
 
 
+def _markers(settings, tag: str) -> set[str]:
+    """One undecodable record at the end of each partition of the videos topic, keyed
+    ``tag-<partition>``: each is dead-lettered at once, and a member that settled the marker
+    of a partition has settled, and committed, everything before it there."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        keys = set()
+        for p in range(settings.topic_partitions):
+            key = f"{tag}-{p}"
+            producer.send(settings.topic("videos"), value=b"marker", key=key.encode(),
+                          partition=p).get(timeout=30)
+            keys.add(key)
+        return keys
+    finally:
+        producer.close()
+
+
+def _late_member_settles_only(settings, tag: str) -> list:
+    """A member that joins the group once the others left: the outcomes it saw until it had
+    settled a fresh marker on every partition (where offsets were committed: the markers)."""
+    late = Fleet(settings, *_member(settings))
+    stop, seen = threading.Event(), []
+    thread = threading.Thread(target=late.run, kwargs={
+        "stop": stop, "on_result": lambda vid, outcome: seen.append((vid, outcome))})
+    thread.start()
+    try:
+        _wait("the late member to hold partitions", lambda: bool(late.report.partitions))
+        markers = _markers(settings, tag)
+        _wait("the late member to settle its markers",
+              lambda: markers <= {vid for vid, _ in seen})
+    finally:
+        stop.set()
+        thread.join(60)
+    assert late.report.analysed == []
+    return seen
+
+
 @pytest.mark.slow  # ~40 s: group joins and a rebalance on the embedded broker
 def test_two_members_of_one_group_analyse_each_of_ten_videos_exactly_once(fleet_env):
     settings = _settings(fleet_env, "pair")
@@ -89,7 +128,10 @@ def test_two_members_of_one_group_analyse_each_of_ten_videos_exactly_once(fleet_
             pub.video(video_event(videos[0], event_id="outside", video_id="outside-1",
                                   uri="/etc/hostname"))
         _wait("12 outcomes", lambda: len(outcomes) >= 12)
-        time.sleep(1.0)  # anything analysed twice would show up now
+        # once the group settled a marker behind them on every partition, every record was
+        # settled and committed: an analysis done twice would have shown up by then
+        markers = _markers(settings, "marker")
+        _wait("the markers", lambda: markers <= {vid for vid, _ in outcomes})
     finally:
         stop.set()
         for t in threads:
@@ -105,17 +147,19 @@ def test_two_members_of_one_group_analyse_each_of_ten_videos_exactly_once(fleet_
     for r in events:
         assert r.key == decode("inference", r.value).video_id.encode()
 
-    letters = read_topic(settings.kafka_bootstrap, settings.topic("dlq"), expect=2)
+    letters = read_topic(settings.kafka_bootstrap, settings.topic("dlq"), expect=5)
     reasons = {r.key: dict(r.headers) for r in letters}
-    assert set(reasons) == {b"bad-1", b"outside-1"}
+    assert len(letters) == len(reasons)  # each dead-lettered once
+    assert set(reasons) == {b"bad-1", b"outside-1"} | {m.encode() for m in markers}
     assert b"not JSON" in reasons[b"bad-1"][ERROR]
     assert b"SURGFLOW_VIDEO_ROOTS" in reasons[b"outside-1"][ERROR]
     assert all(h[SOURCE_TOPIC] == b"videos" and h[SOURCE_OFFSET].isdigit()
                for h in reasons.values())
 
     # offsets were committed once each outcome was acknowledged: a new member has nothing to do
-    late = Fleet(settings, *_member(settings))
-    assert late.run(idle_exit_s=8).analysed == []
+    # but the markers put behind them
+    late = {vid for vid, _ in _late_member_settles_only(settings, "late")}
+    assert late == {f"late-{p}" for p in range(settings.topic_partitions)}
 
 
 class SlowRunner:
@@ -147,7 +191,10 @@ def test_an_analysis_longer_than_the_max_poll_interval_does_not_evict_the_member
         with Publisher.from_settings(settings) as pub:
             pub.video(video_event(v, uri=v.path.as_uri()))
         assert done.wait(60)
-        time.sleep(4)  # an evicted member would be rebalanced out about now
+        # the member polls on after the analysis: had it been evicted during it, it would
+        # rejoin (a revocation) and analyse the video again before it reached these markers
+        markers = _markers(settings, "marker")
+        _wait("the markers", lambda: set(member.report.dead_lettered) == markers)
         assert member.report.revocations == 0
         assert member.report.partitions == [0, 1, 2]
     finally:
@@ -156,5 +203,5 @@ def test_an_analysis_longer_than_the_max_poll_interval_does_not_evict_the_member
     assert member.report.analysed == [v.video_id]
     events = read_topic(settings.kafka_bootstrap, settings.topic("inference"), expect=1)
     assert [decode("inference", r.value).video_id for r in events] == [v.video_id]
-    late = Fleet(settings, *_member(settings))
-    assert late.run(idle_exit_s=8).analysed == []
+    late = {vid for vid, _ in _late_member_settles_only(settings, "late")}
+    assert late == {f"late-{p}" for p in range(settings.topic_partitions)}
