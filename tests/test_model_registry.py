@@ -17,12 +17,14 @@ import pytest
 
 from surgflow import tracking
 from surgflow.errors import BadInput, ConflictError, NotFound
+from surgflow.evaluation.gate import gate_spec
 from surgflow.registry import ArtifactMismatch, ModelRegistry, model_name, parse_ref
 
 if TYPE_CHECKING:
     from tests.fixtures.models import TrainedBundle
 
 NAME = model_name("cholecystectomy")
+GATE = {"min": {"macro_f1": 0.1}, "max_regression": 0.05}  # fields of GateSpec
 
 
 def register_version(reg: ModelRegistry, bundle_dir: Path, **overrides: Any):
@@ -31,7 +33,7 @@ def register_version(reg: ModelRegistry, bundle_dir: Path, **overrides: Any):
     run = c.create_run(tracking.experiment_id(c, "surgflow/cholecystectomy", reg.settings))
     kwargs: dict[str, Any] = {
         "procedure": "cholecystectomy", "bundle_dir": bundle_dir, "run_id": run.info.run_id,
-        "recipe_name": "tiny", "recipe": {"name": "tiny", "gate": {"macro_f1_min": 0.1}},
+        "recipe_name": "tiny", "recipe": {"name": "tiny", "gate": GATE},
         "recipe_path": "recipes/tiny.yaml", "dataset_versions": ["cholecystectomy@1"],
         "code_version": "git:test", "metrics": {"val": {"macro_f1": 0.5, "accuracy": 0.6}},
     }
@@ -87,7 +89,11 @@ def test_register_creates_next_version_with_artifact_hashes(
     assert {k: registered[k] for k in files} == files
     local = reg.bundle(NAME, 2)
     assert {p.name: sha256(p) for p in local.iterdir()} == registered
-    assert json.loads((local / "recipe.json").read_text())["gate"] == {"macro_f1_min": 0.1}
+    assert json.loads((local / "recipe.json").read_text())["gate"] == GATE
+    # the gate block a version keeps is the one its regression gate applies
+    gate = gate_spec(reg.recipe(NAME, 2), f"{NAME}@2")
+    assert gate.minimums() == {"macro_f1": 0.1}
+    assert gate.drops() == {"accuracy": 0.05, "macro_f1": 0.05}
     assert reg.recipe(NAME, 2)["name"] == "tiny"
 
     # the MLflow record itself: tags on the version, artifacts on the run
