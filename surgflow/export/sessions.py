@@ -38,11 +38,24 @@ def default_providers() -> list[str]:
 
 
 def _cuda_device() -> bool:
-    try:
-        import torch
+    """Whether the CUDA driver sees a device (``CUDA_VISIBLE_DEVICES`` applies), asked of the
+    driver library itself: ``torch.cuda.is_available()`` makes the same two calls, but the
+    runner and the service would pay seconds of torch import for them."""
+    import ctypes
 
-        return torch.cuda.is_available()
-    except Exception:
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return False  # no NVIDIA driver on this machine
+    count = ctypes.c_int(0)
+    try:
+        return (driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0
+                and count.value > 0)
+    except Exception:  # a driver library without these entry points
         return False
 
 
