@@ -21,9 +21,11 @@ from tests.fixtures.models import TrainedBundle
 SURGFLOW = Path(__file__).resolve().parents[1] / "surgflow"
 
 LIGHT = ["surgflow.inference", "surgflow.serving.pool", "surgflow.serving.app",
-         "surgflow.registry", "surgflow.export", "surgflow.export.sessions",
-         "surgflow.data.chain_bundle", "surgflow.data.frames", "surgflow.data.seconds",
-         "surgflow.data.clip_sampling", "surgflow.data.views", "surgflow.evaluation.thresholds"]
+         "surgflow.serving.server", "surgflow.serving.fleet", "surgflow.serving.analysis",
+         "surgflow.serving.highlights", "surgflow.registry", "surgflow.export",
+         "surgflow.export.sessions", "surgflow.data.chain_bundle", "surgflow.data.frames",
+         "surgflow.data.seconds", "surgflow.data.clip_sampling", "surgflow.data.views",
+         "surgflow.evaluation.thresholds"]
 
 
 def loaded_after(code: str) -> list[str]:
