@@ -79,7 +79,7 @@ def run_flow(home: Path, rec: Recipe, address: str, tmp: Path) -> float:
     """Flow start → rank 0's first step, with a Prefect server and the Dask cluster up."""
     import yaml
 
-    from surgflow_flows.runtime import export, start_server
+    from surgflow.cli.local.prefect_server import export, start_server
 
     server = start_server(tmp / "prefect")
     export(server.api_url)

@@ -1,5 +1,6 @@
 """Background services that surgflow starts itself and later commands reuse: the embedded Kafka
-broker (:mod:`surgflow.feedback.broker`) and the local Prefect server (``surgflow_flows.runtime``).
+broker (:mod:`surgflow.feedback.broker`) and the local Prefect server
+(:mod:`surgflow.cli.local.prefect_server`).
 
 A service runs detached in its own session, so it outlives the command that started it and
 stopping its process group ends the children it started too; its output is appended to a log

@@ -13,7 +13,7 @@ import pytest
 SCRIPT = """
 import json, sys
 from pathlib import Path
-from surgflow_flows.runtime import ensure_server, running_server, stop_server, supervisor
+from surgflow.cli.local.prefect_server import ensure_server, running_server, stop_server, supervisor
 from surgflow.processes import pid_alive
 home = Path(sys.argv[1])
 (home / "prefect").mkdir(parents=True)
@@ -54,7 +54,7 @@ def test_server_serves_its_ui_pointing_at_its_own_api(prefect_server: str) -> No
     this server's API, not the default 127.0.0.1:4200."""
     import httpx
 
-    from surgflow_flows.runtime import ui_url
+    from surgflow.cli.local.prefect_server import ui_url
 
     base = ui_url(prefect_server)
     page = httpx.get(f"{base}/runs/flow-run/00000000-0000-0000-0000-000000000000",

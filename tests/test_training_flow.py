@@ -133,7 +133,7 @@ def test_dry_run_shows_the_view_and_starts_nothing(home, tmp_path):
 
 
 def test_train_says_it_leaves_running_the_prefect_server_it_started(tmp_path):
-    from surgflow_flows.runtime import running_server, stop_server
+    from surgflow.cli.local.prefect_server import running_server, stop_server
 
     own = tmp_path / "home"
     kw = {"home": own, "unset": ["PREFECT_API_URL"], "json": True, "check": False,

@@ -1,6 +1,6 @@
 """`surgflow demo`: the whole loop, closed, on the embedded default.
 
-See :mod:`surgflow_flows.demo` for what it does.
+See :mod:`surgflow.cli.local.demo` for what it does.
 
 The terminal shows one line per stage with its time; everything Prefect, Dask, uvicorn and
 MLflow log goes to ``SURGFLOW_HOME/logs/`` (this process's own to ``demo.log``).
@@ -38,12 +38,12 @@ def demo(
     service analyses hospital C's videos with v1; annotators answer the feedback tasks; the new
     source triggers v2's pipeline, which is gated against v1 and hot-swapped in if it passes.
     """
+    from surgflow.cli.local.prefect_server import ensure_server
     from surgflow.config import get_settings
     from surgflow.errors import BadInput
-    from surgflow_flows.runtime import ensure_server
 
     settings = get_settings()
-    from surgflow_flows.demo import SIZES
+    from surgflow.cli.local.demo import SIZES
 
     if size not in SIZES:
         raise BadInput(f"--size {size!r}: expected one of {', '.join(SIZES)}")
@@ -51,7 +51,7 @@ def demo(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     ensure_server(settings.home)  # Prefect reads PREFECT_API_URL when first imported
     with _logs_to(log_path):
-        from surgflow_flows.demo import run_demo
+        from surgflow.cli.local.demo import run_demo
 
         report = run_demo(settings, size, _step(not json_), seed=seed,
                           keep_running=keep_running, log_path=log_path)

@@ -22,8 +22,8 @@ def _recipes(path: Path | None) -> Path:
 
 
 def _server() -> None:
+    from surgflow.cli.local.prefect_server import ensure_server
     from surgflow.config import get_settings
-    from surgflow_flows.runtime import ensure_server
 
     ensure_server(get_settings().home)  # before Prefect is imported
 

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
                                   on_batch=None if once else batch_done,
                                   on_version=on_version, group_id=group)
         if on_version is not None:
-            from surgflow_flows.runtime import drain
+            from surgflow.cli.local.prefect_server import drain
 
             drain()  # the events are queued in this process, which exits now
         emit(report.as_json(), as_json)

@@ -1,4 +1,4 @@
-"""`surgflow up` / `surgflow down`: the local stack (see :mod:`surgflow_flows.stack`)."""
+"""`surgflow up` / `surgflow down`: the local stack (see :mod:`surgflow.cli.local.stack`)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ def up(
     json_: bool = JsonOption,
 ) -> None:
     """Start the local stack in the background and print where each part answers."""
+    from surgflow.cli.local.prefect_server import ensure_server
     from surgflow.config import get_settings
-    from surgflow_flows.runtime import ensure_server
 
     settings = get_settings()
     ensure_server(settings.home)  # before Prefect is imported anywhere in this process
-    from surgflow_flows.stack import up as start
+    from surgflow.cli.local.stack import up as start
 
     emit(start(recipes or _default_recipes(), workers=workers, settings=settings,
                serve_port=port), json_, _render)
@@ -39,7 +39,7 @@ def up(
 @handle_errors
 def down(json_: bool = JsonOption) -> None:
     """Stop exactly what `surgflow up` started, and a Prefect server `surgflow train` left."""
-    from surgflow_flows.stack import down as stop
+    from surgflow.cli.local.stack import down as stop
 
     emit(stop(), json_, lambda r: stdout_console.print(
         f"stopped: {', '.join(r['stopped']) or 'nothing was running'}", soft_wrap=True))

@@ -78,7 +78,7 @@ def train(
             return
     import os
 
-    from surgflow_flows.runtime import ensure_server, running_server
+    from surgflow.cli.local.prefect_server import ensure_server, running_server
 
     home = get_settings().home
     started = not (os.environ.get("PREFECT_API_URL") or running_server(home))

@@ -15,7 +15,7 @@
 
 The demo drives only what outside parties would do (uploads, annotations, pinning the field
 suite) and waits for the system to do the rest. Everything it starts is recorded as a stack
-(:mod:`surgflow_flows.stack`) and stopped at the end unless ``keep_running``.
+(:mod:`surgflow.cli.local.stack`) and stopped at the end unless ``keep_running``.
 """
 
 from __future__ import annotations
@@ -207,6 +207,7 @@ def inference_published(settings: Settings, video_ids: set[str]) -> bool:
 def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
              keep_running: bool = False, log_path: Path) -> DemoReport:
     """Run the loop (see the module docstring); ``step(text)`` wraps each stage."""
+    from surgflow.cli.local.stack import Stack, down
     from surgflow.data.pins import pin
     from surgflow.data.versions import DatasetStore
     from surgflow.evaluation.gate import report_of
@@ -215,7 +216,6 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     from surgflow_flows.deployments import trigger_names
     from surgflow_flows.feedback import feedback_flow
     from surgflow_flows.pipeline import ensure_gpu_limit
-    from surgflow_flows.stack import Stack, down
 
     size = SIZES[size_name]
     # annotators review every segment the model is less than 85 % sure of (this process runs

@@ -69,8 +69,8 @@ class Stack:
 
     def start_core(self) -> None:
         """The Prefect server and the broker (each only if not configured from outside)."""
+        from surgflow.cli.local.prefect_server import ensure_server, running_server
         from surgflow.feedback import broker
-        from surgflow_flows.runtime import ensure_server, running_server
 
         api_url = ensure_server(self.home)
         # the server recorded under this home (started by `up`, the demo or `surgflow train`)
@@ -188,7 +188,7 @@ class Stack:
         return next((s for s in self.services if s.name == name), None)
 
     def urls(self) -> dict[str, Any]:
-        from surgflow_flows.runtime import ui_url
+        from surgflow.cli.local.prefect_server import ui_url
 
         def url(name: str, suffix: str = "") -> str | None:
             s = self.get(name)
@@ -227,8 +227,8 @@ def up(recipes_dir: Path, *, workers: int = 2, settings: Settings | None = None,
 
 def down(home: Path | None = None, timeout_s: float = 20.0) -> dict[str, Any]:
     """Stop what ``up`` started (and a Prefect server ``surgflow train`` left running)."""
+    from surgflow.cli.local.prefect_server import running_server, stop_server
     from surgflow.feedback import broker
-    from surgflow_flows.runtime import running_server, stop_server
 
     home = Path(home or get_settings().home)
     state = recorded(home) or {}
