@@ -7,3 +7,14 @@ pytest_plugins = [
     "tests.fixtures.dask",
     "tests.fixtures.models",
 ]
+
+
+def pytest_configure(config) -> None:
+    import torch
+
+    # One intra-op thread for the torch work done in this process (the shared bundles, unit
+    # tests of models and training steps). With a thread per core, each op's threads spin
+    # waiting for each other while the broker, the servers and the Dask workers of the same
+    # run (and other runs) hold the cores: tiny models then train several times slower.
+    # Ranks on Dask workers and the CLI's processes set their own.
+    torch.set_num_threads(1)
