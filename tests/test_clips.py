@@ -204,6 +204,9 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+# ~15 s, most of it making the hour of video; the default suite reads clips of short videos
+# through the same reader
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_one_hour_video_loads_with_memory_bounded_by_the_clip(tmp_path: Path):
     hour = generate_video(tmp_path / "hour.mp4", seed=5, duration_s=3600, width=64, height=64,
