@@ -151,7 +151,8 @@ def test_promotion_needs_an_approving_seal_against_production(
 
     sealed = reg.put_seal(NAME, 1, make_seal(1))
     assert reg.seal(NAME, 1) == sealed and reg.get(NAME, 1).verdict == "approved"
-    assert reg.client.get_model_version(NAME, "1").tags["verdict"] == "approved"
+    # the seal file is the verdict's one record: no MLflow tag to disagree with it
+    assert "verdict" not in reg.client.get_model_version(NAME, "1").tags
     assert reg.promote(NAME, 1, by="test") == {"name": NAME, "stage": "production",
                                                "from": None, "to": 1}
 
@@ -263,16 +264,49 @@ def test_rollback_walks_back_through_production(reg: ModelRegistry,
                     (2, 1, "ops")]
 
 
-def test_pointer_moved_outside_surgflow_is_recorded(reg: ModelRegistry,
-                                                    tiny_chain_bundle: TrainedBundle) -> None:
-    register_version(reg, tiny_chain_bundle.bundle_dir)
-    register_version(reg, tiny_chain_bundle.bundle_dir)
-    reg.client.set_registered_model_alias(NAME, "production", "1")
-    last = reg.history(NAME)[-1]
-    assert (last["stage"], last["from"], last["to"], last["by"]) == ("production", None, 1,
-                                                                     "mlflow")
-    with pytest.raises(ConflictError, match="production points at @1 now, not"):
-        reg.move(NAME, "production", 2, by="test", reason="x", expected=None)
+def test_an_alias_moved_outside_surgflow_is_a_drift_not_a_move(
+        reg: ModelRegistry, tiny_chain_bundle: TrainedBundle) -> None:
+    for _ in range(3):
+        register_version(reg, tiny_chain_bundle.bundle_dir)
+    reg.put_seal(NAME, 2, make_seal(2))
+    reg.promote(NAME, 2, by="test")
+    moves = reg.history(NAME)
+    # what MLflow's UI pencil does: v1 (never gated) and then v3 into production
+    for side in ("1", "3"):
+        reg.client.set_registered_model_alias(NAME, "production", side)
+        assert reg.production(NAME) == 2 and reg.pointers(NAME)["production"] == 2
+        assert reg.get(NAME, "production").version == 2
+        assert reg.alias_drift(NAME) == [{
+            "stage": "production", "alias": int(side), "history": 2,
+            "reason": f"production alias moved outside surgflow to {side}"}]
+        assert reg.history(NAME) == moves  # nothing recorded as a move
+    audit = reg.audit(NAME)
+    assert not audit["ok"] and [d["alias"] for d in audit["alias_drift"]] == [3]
+    assert [c["version"] for c in audit["versions"]] == [2]
+    # a compare-and-set still sees what surgflow put there
+    with pytest.raises(ConflictError, match="production points at @2 now, not @3"):
+        reg.move(NAME, "production", 1, by="test", via="force", reason="x", expected=3)
+    # promoting the version already there puts the alias back
+    assert reg.promote(NAME, 2, by="test")["to"] == 2
+    assert reg.alias_drift(NAME) == [] and reg.audit(NAME)["ok"]
+    assert int(reg.client.get_registered_model(NAME).aliases["production"]) == 2
+
+
+def test_a_production_line_no_promote_could_write_is_not_served(
+        reg: ModelRegistry, tiny_chain_bundle: TrainedBundle) -> None:
+    from surgflow.registry import history
+
+    for _ in range(2):
+        register_version(reg, tiny_chain_bundle.bundle_dir)
+    reg.put_seal(NAME, 1, make_seal(1))
+    reg.promote(NAME, 1, by="test")
+    path = reg.settings.home / "registry" / NAME / "history.jsonl"
+    history.append(path, {"stage": "production", "from": 1, "to": 2, "at": "2026-12-01T00:00:00Z",
+                          "by": "someone", "via": "seal", "reason": "trust me"})
+    assert reg.pointers(NAME)["production"] == 2
+    version, why = reg.servable(NAME)
+    assert version == 1 and "no seal" in why
+    assert reg.audit(NAME)["production_unservable"] == why
 
 
 RACER = """
@@ -298,8 +332,9 @@ except ConflictError as e:
 def test_two_processes_racing_for_production_leave_one_winner(
     reg: ModelRegistry, tiny_chain_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
-    register_version(reg, tiny_chain_bundle.bundle_dir)
-    register_version(reg, tiny_chain_bundle.bundle_dir)
+    for v in (1, 2):
+        register_version(reg, tiny_chain_bundle.bundle_dir)
+        reg.put_seal(NAME, v, make_seal(v))
     script = RACER.format(name=NAME)
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), me],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -311,8 +346,9 @@ def test_two_processes_racing_for_production_leave_one_winner(
             p.communicate() for p in procs if p.poll() is not None]
         time.sleep(0.02)
     (tmp_path / "go").touch()
-    results = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1])
-               for p in procs]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     winners = [r["won"] for r in results if "won" in r]
     losers = [r["lost"] for r in results if "lost" in r]
     assert len(winners) == 1 and len(losers) == 1, results
