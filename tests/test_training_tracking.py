@@ -10,7 +10,7 @@ import pytest
 
 from surgflow import tracking
 from surgflow.config import get_settings
-from surgflow.training import tracker
+from surgflow.training import mlflow_run
 from surgflow.training.pipeline import execute_run, prepare_run
 from surgflow.training.runs import RunStore
 from tests.training_helpers import labelled_home, tiny_recipe
@@ -106,9 +106,9 @@ def test_a_failed_run_ends_failed_in_mlflow(dask_cluster, home):
 
 
 def test_flatten_and_epoch_metrics_are_plain_data():
-    assert tracker.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {
+    assert mlflow_run.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {
         "a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "x"}
-    rows = tracker.epoch_metrics("clip", 3, {
+    rows = mlflow_run.epoch_metrics("clip", 3, {
         "train": {"loss": 1.5, "samples_per_s": 20.0}, "val": {"macro_f1": 0.5}, "lr": 0.01,
         "finished_at": "2026-12-01T00:00:01.000Z"})
     got = {m.key: (m.value, m.step, m.timestamp) for m in rows}
@@ -118,5 +118,5 @@ def test_flatten_and_epoch_metrics_are_plain_data():
                    "clip/val_macro_f1": (0.5, 3, ts)}
     sample = {"t": 2.5, "rank": 1, "cpu_percent": 50.0, "rss_mb": 10.0, "loader_wait_s": 0.0,
               "gpu_util_percent": None, "gpu_mem_mb": None}
-    assert {m.key for m in tracker.sample_metrics(sample, 4)} == {
+    assert {m.key for m in mlflow_run.sample_metrics(sample, 4)} == {
         "util/rank1/cpu_percent", "util/rank1/rss_mb", "util/rank1/loader_wait_s"}

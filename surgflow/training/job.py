@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from surgflow.data.seconds import per_second_clip
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.errors import BadInput, ConfigError
-from surgflow.training import checkpoints, data, tracker
+from surgflow.training import checkpoints, data, mlflow_run
 from surgflow.training import distributed as D
 from surgflow.training.augment import augment
 from surgflow.training.chain import (
@@ -78,19 +78,19 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int, master_addr: str,
         D.teardown()
 
 
-def _live_log(job: dict[str, Any]) -> tracker.LiveLog | None:
+def _live_log(job: dict[str, Any]) -> mlflow_run.LiveLog | None:
     """This rank's live log into the run's MLflow run (none for a job without one)."""
     if not job.get("mlflow_run_id"):
         return None
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=job["mlflow_tracking_uri"])
-    return tracker.LiveLog(client, job["mlflow_run_id"],
+    return mlflow_run.LiveLog(client, job["mlflow_run_id"],
                            float(job.get("log_interval_s", 2.0))).start()
 
 
 def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler,
-         job: dict[str, Any], live: tracker.LiveLog | None) -> dict[str, Any]:
+         job: dict[str, Any], live: mlflow_run.LiveLog | None) -> dict[str, Any]:
     recipe = parse_recipe(json.loads((run_dir / "recipe.json").read_text()))
     if recipe.optim.num_workers and multiprocessing.current_process().daemon:
         raise ConfigError(
@@ -116,7 +116,7 @@ def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler
 
 class _StageTrainer:
     def __init__(self, run_dir: Path, home: Path, recipe: Recipe, ctx: D.RankContext,
-                 util: UtilisationSampler, job: dict[str, Any], live: tracker.LiveLog | None):
+                 util: UtilisationSampler, job: dict[str, Any], live: mlflow_run.LiveLog | None):
         self.run_dir, self.home, self.recipe, self.ctx, self.util = run_dir, home, recipe, ctx, util
         self.job, self.live = job, live
         self.sources = recipe.data.sources  # pinned to dataset@N by the driver
@@ -206,7 +206,7 @@ class _StageTrainer:
         metrics = evaluate(HeadOverTime(encoder.head).to(self.ctx.device), val,
                            step=temporal_step, num_classes=self.classes, device=self.ctx.device)
         if self.ctx.is_main and self.live is not None:
-            self.live.add(tracker.named_metrics("temporal/encoder_val", metrics))
+            self.live.add(mlflow_run.named_metrics("temporal/encoder_val", metrics))
         return {"encoder_val": metrics}
 
     def _reused(self, stage: str) -> torch.nn.Module:
@@ -312,9 +312,9 @@ class _StageTrainer:
             history.append({"epoch": epoch, **metrics})
             if ctx.is_main:
                 if self.live is not None:
-                    self.live.add(tracker.epoch_metrics(stage, epoch, logged))
+                    self.live.add(mlflow_run.epoch_metrics(stage, epoch, logged))
                     if selected is not None:
-                        self.live.add(tracker.named_metrics(f"{stage}/selected", selected))
+                        self.live.add(mlflow_run.named_metrics(f"{stage}/selected", selected))
                     self.live.flush()
                 checkpoints.save(
                     self.run_dir, stage, epoch, model=D.unwrap(ddp), optimizer=optimizer,

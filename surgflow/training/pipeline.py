@@ -52,9 +52,9 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
             raise BadInput(f"run {resume!r} already finished; start a new run instead")
         store.update(resume, status="resuming")
         if record.get("mlflow_run_id"):
-            from surgflow.training import tracker
+            from surgflow.training import mlflow_run
 
-            tracker.reopen_run(_mlflow(home), record["mlflow_run_id"])
+            mlflow_run.reopen_run(_mlflow(home), record["mlflow_run_id"])
         return resume
     reuse = _reused_stages(recipe, resolve_production)
     pinned = data.pin_sources(recipe.data.sources, home)
@@ -91,9 +91,9 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
     })
     run_dir = store.dir(run_id)
     write_atomic(run_dir / "recipe.json", json_bytes(recipe.model_dump(mode="json")))
-    from surgflow.training import checkpoints, tracker
+    from surgflow.training import checkpoints, mlflow_run
 
-    mlflow_id = tracker.open_run(
+    mlflow_id = mlflow_run.open_run(
         _mlflow(home), procedure=recipe.procedure, run_id=run_id,
         recipe=recipe.model_dump(mode="json"),
         recipe_file=Path(recipe_path) if recipe_path else None,
@@ -202,9 +202,9 @@ def execute_run(
 
     def close(failed: bool) -> None:
         if mlflow_id:
-            from surgflow.training import tracker
+            from surgflow.training import mlflow_run
 
-            tracker.close_run(_mlflow(home), mlflow_id, failed=failed)
+            mlflow_run.close_run(_mlflow(home), mlflow_id, failed=failed)
 
     started = time.time()
     try:

@@ -10,7 +10,7 @@ two processes race on a file:
 - ``checkpoints/<stage>/epoch-NNNN.pt`` — rank 0 (see :mod:`surgflow.training.checkpoints`);
   each checkpoint keeps its epoch's metrics, which is all a resumed stage needs of them.
 
-Per-epoch metrics and utilisation live in MLflow only (:mod:`surgflow.training.tracker`);
+Per-epoch metrics and utilisation live in MLflow only (:mod:`surgflow.training.mlflow_run`);
 :meth:`RunStore.epochs`, :meth:`RunStore.utilisation` and :meth:`RunStore.show` read them there.
 """
 
@@ -77,24 +77,24 @@ class RunStore:
 
     def epoch_count(self, run_id: str) -> int:
         """How many epochs the run has finished so far (one query to MLflow)."""
-        from surgflow.training import tracker
+        from surgflow.training import mlflow_run
 
         client, mlflow_id = self._mlflow(run_id)
-        return tracker.epoch_count(client, mlflow_id) if mlflow_id else 0
+        return mlflow_run.epoch_count(client, mlflow_id) if mlflow_id else 0
 
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
         """The run's finished epochs of every stage, as its MLflow run holds them."""
-        from surgflow.training import tracker
+        from surgflow.training import mlflow_run
 
         client, mlflow_id = self._mlflow(run_id)
-        return tracker.epochs(client, mlflow_id) if mlflow_id else []
+        return mlflow_run.epochs(client, mlflow_id) if mlflow_id else []
 
     def utilisation(self, run_id: str) -> list[dict[str, Any]]:
         """Every rank's utilisation samples, as its MLflow run holds them."""
-        from surgflow.training import tracker
+        from surgflow.training import mlflow_run
 
         client, mlflow_id = self._mlflow(run_id)
-        return tracker.utilisation(client, mlflow_id) if mlflow_id else []
+        return mlflow_run.utilisation(client, mlflow_id) if mlflow_id else []
 
     def show(self, run_id: str) -> dict[str, Any]:
         """The run record with its epochs and a per-rank utilisation summary."""
