@@ -356,12 +356,12 @@ class ModelRegistry:
             raise BadInput(f"{mv.ref} can never be {stage}: {mv.unpromotable_reason}")
         with self._locked(name):
             moves = self._moves(name)
-            current = history.pointers(moves).get(stage)
+            pointers = history.pointers(moves)
+            current = pointers.get(stage)
             if current != expected:
                 raise _conflict(name, stage, current, expected)
             if stage in M.PROMOTE_TARGETS and via == "seal":
-                blocker = self._seal_blocker(name, mv.version,
-                                             history.pointers(moves).get("production"))
+                blocker = self._seal_blocker(name, mv.version, pointers.get("production"))
                 if blocker:
                     raise BadInput(f"{mv.ref}: only an approving seal against the current "
                                    f"production moves {stage}: {blocker}; gate it with "
