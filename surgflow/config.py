@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     serve_max_analysis_s: float = Field(default=900.0, gt=0, description="analysis time limit")
     serve_max_concurrent: int = Field(default=4, ge=1, description="analyses run at once")
     serve_poll_s: float = Field(default=2.0, gt=0, description="registry production-pointer poll")
+    label_studio_url: str | None = Field(
+        default=None, description="an existing Label Studio server; unset: the embedded one")
+    label_studio_token: SecretStr | None = Field(
+        default=None, description="API token for SURGFLOW_LABEL_STUDIO_URL")
+    annotation_url: str | None = Field(
+        default=None, description="where Label Studio and browsers reach surgflow's annotation "
+        "bridge (media, webhooks); unset: the bridge recorded under SURGFLOW_HOME")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -59,6 +66,15 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return v.strip()
+
+    @field_validator("label_studio_url", "annotation_url", mode="after")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v.strip().rstrip("/")
 
     @field_validator("topic_prefix", mode="after")
     @classmethod

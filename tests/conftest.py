@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.dask",
     "tests.fixtures.models",
+    "tests.fixtures.label_studio",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from surgflow.cli import (
+    annotate,
     broker,
     datasets,
     demo,
@@ -52,6 +53,7 @@ app.add_typer(mlflow_ui.app, name="mlflow")
 app.add_typer(broker.app, name="broker")
 app.add_typer(serve.app)
 app.add_typer(deployments.app, name="deployments")
+app.add_typer(annotate.app, name="annotate")
 
 
 @app.callback()

@@ -1,0 +1,195 @@
+"""The workbench for real: feedback tasks out to a Label Studio server, an annotator's
+correction back through its webhook and the poll, exactly once, with provenance; a bad one
+dead-lettered and its reason written back onto the task."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from surgflow.config import get_settings
+from surgflow.feedback import dlq
+from surgflow.feedback.client import Publisher
+from surgflow.processes import free_port
+from tests.cli_helpers import cli_error, run_cli, start_cli
+from tests.feedback_helpers import inference_event, video_event
+
+pytestmark = pytest.mark.integration
+
+
+class Annotator:
+    """A person in Label Studio: signs up and submits through the same HTTP calls as the
+    browser (session cookie and CSRF token)."""
+
+    def __init__(self, url: str, email: str):
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30, follow_redirects=True)
+        self.http.get("/user/signup/")
+        self.http.post("/user/signup/", data={
+            "email": email, "password": "annotator-pass-1",
+            "csrfmiddlewaretoken": self.http.cookies["csrftoken"]},
+            headers={"Referer": f"{url}/user/signup/"})
+        assert self.http.get("/api/current-user/whoami").json()["email"] == email
+
+    def _csrf(self) -> dict:
+        return {"X-CSRFToken": self.http.cookies["csrftoken"], "Referer": f"{self.url}/"}
+
+    def tasks(self, project: int) -> list[dict]:
+        return self.http.get("/api/tasks", params={"project": project, "fields": "all"}).json()[
+            "tasks"]
+
+    def submit(self, task: int, regions: list[tuple[int, int, str]]) -> dict:
+        result = [{"from_name": "phase", "to_name": "video", "type": "timelinelabels",
+                   "value": {"ranges": [{"start": a, "end": b}], "timelinelabels": [label]}}
+                  for a, b, label in regions]
+        r = self.http.post(f"/api/tasks/{task}/annotations", json={"result": result},
+                           headers=self._csrf())
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def update(self, annotation: int, regions: list[tuple[int, int, str]]) -> dict:
+        result = [{"from_name": "phase", "to_name": "video", "type": "timelinelabels",
+                   "value": {"ranges": [{"start": a, "end": b}], "timelinelabels": [label]}}
+                  for a, b, label in regions]
+        r = self.http.patch(f"/api/annotations/{annotation}", json={"result": result},
+                            headers=self._csrf())
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def _bridge(home):
+    port = free_port()
+    proc = start_cli("annotate", "serve", "--port", str(port), home=home,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the bridge did not start: {proc.stderr.read()}")
+
+
+def _annotations_on_topic(kafka) -> list[dict]:
+    import json
+
+    return [json.loads(r.value) for r in dlq.read_all(kafka.bootstrap, kafka.topic("annotations"))]
+
+
+def _wait(check, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.3)
+    return check()
+
+
+def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
+        kafka, label_studio, synthetic_corpus):
+    v, w = synthetic_corpus[0], synthetic_corpus[1]
+    confs_v = [0.3] + [0.9] * (len(v.segments) - 1)
+    confs_w = [0.5] + [0.2] + [0.9] * (len(w.segments) - 2)
+    with Publisher.from_settings(get_settings()) as pub:
+        for video, confs in ((v, confs_v), (w, confs_w)):
+            pub.video(video_event(video))
+            pub.inference(inference_event(video, f"inf-{video.video_id}", 1, confidences=confs))
+        pub.flush()
+    assert run_cli("feedback", "run", "--once", json=True).data["tasks_created"] == 3
+
+    # without a bridge nothing can show the video: a reason, not a half-made task
+    assert "annotation bridge" in cli_error(1, "annotate", "sync")
+    bridge, url = _bridge(kafka.home)
+    try:
+        first = run_cli("annotate", "sync", json=True).data
+        assert first["tasks_sent"] == 3 and first["tasks_held"] == 0
+        again = run_cli("annotate", "sync", json=True).data
+        assert again["tasks_sent"] == 0 and again["tasks_held"] == 3  # nothing twice
+        project = first["projects"]["cholecystectomy"]
+
+        person = Annotator(label_studio.url, "annotator-9@hospital.example")
+        tasks = person.tasks(project)
+        # most uncertain first: imported in order of confidence
+        assert [t["data"]["confidence"] for t in tasks] == [0.2, 0.3, 0.5]
+        top = tasks[0]
+        assert top["predictions"][0]["model_version"] == "cholecystectomy-phase@3"
+        assert any(r["from_name"] == "review" for r in top["predictions"][0]["result"])
+
+        # the media: a signed link with byte ranges; a forged or foreign one is refused
+        media = top["data"]["video"]
+        assert media.startswith(url)
+        got = httpx.get(media, headers={"Range": "bytes=0-99"}, timeout=10)
+        assert got.status_code == 206 and len(got.content) == 100
+        assert httpx.get(media.replace("sig=", "sig=0"), timeout=10).status_code == 403
+        assert httpx.get(f"{url}/media/..%2F..%2Fetc%2Fpasswd?exp=9999999999&sig=x",
+                         timeout=10).status_code in (403, 404)
+
+        # the annotator relabels the task's range: the webhook sends it on at once
+        d = top["data"]
+        lo, hi = d["start_frame"] + 1, d["end_frame"]  # Label Studio's frames: 1-based
+        ann = person.submit(top["id"], [(lo, hi, "CleaningCoagulation")])
+        events = _wait(lambda: _annotations_on_topic(kafka))
+        assert len(events) == 1, "the webhook did not deliver the annotation"
+        event = events[0]
+        assert event["annotator"] == "label-studio:annotator-9@hospital.example"
+        assert event["task_id"] == d["surgflow_task_id"]
+        assert event["segments"] == [{"start_frame": d["start_frame"], "end_frame": d["end_frame"],
+                                      "label": "CleaningCoagulation"}]
+        # the poll finds it sent already; a replay of both changes nothing
+        assert run_cli("annotate", "sync", json=True).data["annotations_returned"] == 0
+
+        merged = run_cli("feedback", "run", "--once", json=True).data
+        assert merged["applied"] == 1 and merged["versions_created"]
+        rows = run_cli("data", "query", "SELECT start_frame, end_frame, label, provenance FROM "
+                       f"segments WHERE video_id = '{d['video_id']}' AND provenance = 'human'",
+                       json=True).data
+        assert rows == [{"start_frame": d["start_frame"], "end_frame": d["end_frame"],
+                         "label": "CleaningCoagulation", "provenance": "human"}]
+        status = {t["task_id"]: t for t in run_cli("feedback", "tasks", json=True).data}
+        assert status[d["surgflow_task_id"]]["status"] == "completed"
+        assert status[d["surgflow_task_id"]]["completed_by"] == event["event_id"]
+
+        # an update is a new revision: a new event, applied over the first
+        person.update(ann["id"], [(lo, hi, "GallbladderPackaging")])
+        assert _wait(lambda: len(_annotations_on_topic(kafka)) == 2)
+        assert run_cli("feedback", "run", "--once", json=True).data["applied"] == 1
+        fingerprint = run_cli("data", "show", "cholecystectomy", json=True).data["fingerprint"]
+
+        # a label outside the taxonomy: dead-lettered by the feedback flow, and the reason
+        # is written back onto the task for the annotator
+        bad = tasks[1]
+        b = bad["data"]
+        person.submit(bad["id"], [(b["start_frame"] + 1, b["end_frame"], "Lunch")])
+        assert _wait(lambda: len(_annotations_on_topic(kafka)) == 3)
+        run_cli("feedback", "run", "--once", json=True)
+        report = run_cli("annotate", "sync", json=True).data
+        assert report["problems_reported"] == 1
+        fixed = next(t for t in person.tasks(project) if t["id"] == bad["id"])
+        assert "unknown label 'Lunch'" in fixed["data"]["fix"]
+        assert run_cli("annotate", "sync", json=True).data["problems_reported"] == 0  # once
+        # replaying everything (webhook and poll deliveries alike) changes no version
+        with Publisher.from_settings(get_settings()) as pub:
+            for e in _annotations_on_topic(kafka):
+                pub.annotation(e)
+            pub.flush()
+        run_cli("feedback", "run", "--once", json=True)
+        assert run_cli("data", "show", "cholecystectomy", json=True).data[
+            "fingerprint"] == fingerprint
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
+
+
+def test_a_bad_label_studio_url_or_token_stops_with_the_variable_named(kafka, label_studio):
+    assert "SURGFLOW_LABEL_STUDIO_TOKEN" in cli_error(
+        2, "annotate", "sync", env={"SURGFLOW_LABEL_STUDIO_TOKEN": "not-the-token"})
+    assert "SURGFLOW_LABEL_STUDIO_URL" in cli_error(
+        2, "annotate", "sync", env={"SURGFLOW_LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}"})
+    assert "SURGFLOW_LABEL_STUDIO_URL" in cli_error(
+        2, "annotate", "sync", env={"SURGFLOW_LABEL_STUDIO_URL": "ftp://somewhere"})
