@@ -3,6 +3,9 @@
 - ``nightly``: :func:`~surgflow_flows.nightly.nightly_build` over the recipes directory, on a cron;
 - ``triggers``: :func:`~surgflow_flows.triggers.check_triggers`, run by every
   ``surgflow.dataset.version.created`` event with the event's dataset and version;
+- ``annotation-sync``: :func:`~surgflow_flows.annotation.annotation_sync` every minute and on
+  every ``surgflow.dataset.version.created`` event (feedback tasks out to Label Studio,
+  corrections back);
 - ``recipe-<name>``: one per recipe file, :func:`~surgflow_flows.pipeline.recipe_pipeline` on the
   recipe's own cron (if any) and on ``surgflow.recipe.retrain`` for its resource
   ``surgflow.recipe.<name>`` — the event its data triggers emit.
@@ -28,6 +31,7 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from surgflow.feedback.events import EVENT as VERSION_EVENT
 from surgflow.registry.periodic import NIGHTLY, periodic_owner, recipe_deployment
 from surgflow.training.recipe import load_recipe
+from surgflow_flows.annotation import SYNC_EVERY_S, annotation_sync
 from surgflow_flows.nightly import nightly_build, recipe_files
 from surgflow_flows.pipeline import recipe_pipeline
 from surgflow_flows.triggers import RETRAIN_EVENT, check_triggers, recipe_resource
@@ -36,8 +40,8 @@ NIGHTLY_CRON = "0 2 * * *"
 
 
 def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
-    """The deployments as plain data: ``{"flow", "name", "cron", "triggers", "parameters",
-    "description", "periodic_runs_of", "tags"}``."""
+    """The deployments as plain data: ``{"flow", "name", "cron", "interval", "triggers",
+    "parameters", "description", "periodic_runs_of", "tags"}``."""
     recipes_dir = str(Path(recipes_dir).resolve())
     recipes = [(path.resolve(), load_recipe(path)) for path in recipe_files(recipes_dir)]
     nightly = [r.name for _, r in recipes if periodic_owner(r) == NIGHTLY]
@@ -57,6 +61,17 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
                          "recipes_dir": recipes_dir})],
          "parameters": {"recipes_dir": recipes_dir},
          "description": "decide which recipes a new dataset version retrains",
+         "periodic_runs_of": [], "tags": []},
+        {"flow": annotation_sync, "name": "annotation-sync", "cron": None,
+         "interval": SYNC_EVERY_S,
+         "triggers": [DeploymentEventTrigger(
+             name="annotation-sync-on-version", expect={VERSION_EVENT},
+             match={"prefect.resource.id": "surgflow.dataset.*"},
+             parameters={"dataset": "{{ event.payload.dataset }}",
+                         "version": "{{ event.payload.version }}"})],
+         "parameters": {},
+         "description": "send open feedback tasks to Label Studio and annotators' "
+                        "corrections back to the annotations topic",
          "periodic_runs_of": [], "tags": []},
     ]
     for path, recipe in recipes:
@@ -89,7 +104,8 @@ def trigger_names(recipes_dir: str | Path) -> set[str]:
 
 def deployments(recipes_dir: str | Path) -> list[Any]:
     """Runner deployments for :func:`serve`."""
-    return [d["flow"].to_deployment(name=d["name"], cron=d["cron"], triggers=d["triggers"],
+    return [d["flow"].to_deployment(name=d["name"], cron=d["cron"],
+                                    interval=d.get("interval"), triggers=d["triggers"],
                                     parameters=d["parameters"], description=d["description"],
                                     tags=d["tags"])
             for d in declarations(recipes_dir)]
@@ -120,7 +136,8 @@ def deploy(recipes_dir: str | Path, work_pool: str, *, image: str | None = None,
         entry = f"{Path(__file__).resolve().parent.name}/{module}:{flow.fn.__name__}"
         target = flow if image else flow.from_source(source=source or root, entrypoint=entry)
         ids.append(str(target.deploy(
-            name=d["name"], work_pool_name=work_pool, cron=d["cron"], triggers=d["triggers"],
+            name=d["name"], work_pool_name=work_pool, cron=d["cron"],
+            interval=d.get("interval"), triggers=d["triggers"],
             parameters=d["parameters"], description=d["description"], tags=d["tags"],
             image=image, build=False, push=False, print_next_steps=False)))
     return ids

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from surgflow.annotation.people import BrowserSession
 from surgflow.config import get_settings
 from surgflow.feedback import dlq
 from surgflow.feedback.client import Publisher
@@ -20,44 +21,10 @@ from tests.feedback_helpers import inference_event, video_event
 pytestmark = pytest.mark.integration
 
 
-class Annotator:
-    """A person in Label Studio: signs up and submits through the same HTTP calls as the
-    browser (session cookie and CSRF token)."""
-
-    def __init__(self, url: str, email: str):
-        self.url = url
-        self.http = httpx.Client(base_url=url, timeout=30, follow_redirects=True)
-        self.http.get("/user/signup/")
-        self.http.post("/user/signup/", data={
-            "email": email, "password": "annotator-pass-1",
-            "csrfmiddlewaretoken": self.http.cookies["csrftoken"]},
-            headers={"Referer": f"{url}/user/signup/"})
-        assert self.http.get("/api/current-user/whoami").json()["email"] == email
-
-    def _csrf(self) -> dict:
-        return {"X-CSRFToken": self.http.cookies["csrftoken"], "Referer": f"{self.url}/"}
-
-    def tasks(self, project: int) -> list[dict]:
-        return self.http.get("/api/tasks", params={"project": project, "fields": "all"}).json()[
-            "tasks"]
-
-    def submit(self, task: int, regions: list[tuple[int, int, str]]) -> dict:
-        result = [{"from_name": "phase", "to_name": "video", "type": "timelinelabels",
-                   "value": {"ranges": [{"start": a, "end": b}], "timelinelabels": [label]}}
-                  for a, b, label in regions]
-        r = self.http.post(f"/api/tasks/{task}/annotations", json={"result": result},
-                           headers=self._csrf())
-        assert r.status_code == 201, r.text
-        return r.json()
-
-    def update(self, annotation: int, regions: list[tuple[int, int, str]]) -> dict:
-        result = [{"from_name": "phase", "to_name": "video", "type": "timelinelabels",
-                   "value": {"ranges": [{"start": a, "end": b}], "timelinelabels": [label]}}
-                  for a, b, label in regions]
-        r = self.http.patch(f"/api/annotations/{annotation}", json={"result": result},
-                            headers=self._csrf())
-        assert r.status_code == 200, r.text
-        return r.json()
+def _regions(regions: list[tuple[int, int, str]]) -> list[dict]:
+    return [{"from_name": "phase", "to_name": "video", "type": "timelinelabels",
+             "value": {"ranges": [{"start": a, "end": b}], "timelinelabels": [label]}}
+            for a, b, label in regions]
 
 
 def _bridge(home):
@@ -113,7 +80,7 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         assert again["tasks_sent"] == 0 and again["tasks_held"] == 3  # nothing twice
         project = first["projects"]["cholecystectomy"]
 
-        person = Annotator(label_studio.url, "annotator-9@hospital.example")
+        person = BrowserSession(label_studio.url, "annotator-9@hospital.example", "pass-9-ann")
         tasks = person.tasks(project)
         # most uncertain first: imported in order of confidence
         assert [t["data"]["confidence"] for t in tasks] == [0.2, 0.3, 0.5]
@@ -133,7 +100,7 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         # the annotator relabels the task's range: the webhook sends it on at once
         d = top["data"]
         lo, hi = d["start_frame"] + 1, d["end_frame"]  # Label Studio's frames: 1-based
-        ann = person.submit(top["id"], [(lo, hi, "CleaningCoagulation")])
+        ann = person.submit(top["id"], _regions([(lo, hi, "CleaningCoagulation")]))
         events = _wait(lambda: _annotations_on_topic(kafka))
         assert len(events) == 1, "the webhook did not deliver the annotation"
         event = events[0]
@@ -156,7 +123,7 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         assert status[d["surgflow_task_id"]]["completed_by"] == event["event_id"]
 
         # an update is a new revision: a new event, applied over the first
-        person.update(ann["id"], [(lo, hi, "GallbladderPackaging")])
+        person.update(ann["id"], _regions([(lo, hi, "GallbladderPackaging")]))
         assert _wait(lambda: len(_annotations_on_topic(kafka)) == 2)
         assert run_cli("feedback", "run", "--once", json=True).data["applied"] == 1
         fingerprint = run_cli("data", "show", "cholecystectomy", json=True).data["fingerprint"]
@@ -165,7 +132,7 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         # is written back onto the task for the annotator
         bad = tasks[1]
         b = bad["data"]
-        person.submit(bad["id"], [(b["start_frame"] + 1, b["end_frame"], "Lunch")])
+        person.submit(bad["id"], _regions([(b["start_frame"] + 1, b["end_frame"], "Lunch")]))
         assert _wait(lambda: len(_annotations_on_topic(kafka)) == 3)
         run_cli("feedback", "run", "--once", json=True)
         report = run_cli("annotate", "sync", json=True).data

@@ -26,6 +26,12 @@ def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
     assert retrain.match.model_dump() == {"prefect.resource.id": "surgflow.recipe.cholec-tiny"}
     # the default recipe keeps its own nightly cron
     assert by_name["recipe-cholec-resnet18-mstcn"]["cron"] == "0 2 * * *"
+    # the annotation sync: every minute, and on every new dataset version (tasks are raised
+    # in a version's batch)
+    sync = by_name["annotation-sync"]
+    assert sync["interval"] == 60
+    (on_tasks,) = sync["triggers"]
+    assert on_tasks.expect == {"surgflow.dataset.version.created"}
 
 
 def test_each_recipes_periodic_run_has_one_owner_and_says_so() -> None:

@@ -36,6 +36,7 @@ def list_(recipes: Path = RecipesOption, json_: bool = JsonOption) -> None:
     from surgflow_flows.deployments import declarations
 
     emit([{"name": d["name"], "flow": d["flow"].name, "cron": d["cron"],
+           "interval_s": d.get("interval"),
            "triggers": [[*sorted(t.expect), t.match.get("prefect.resource.id")]
                         for t in d["triggers"]],
            "periodic_runs_of": d["periodic_runs_of"], "parameters": d["parameters"]}

@@ -49,6 +49,8 @@ def _render(r: dict[str, Any]) -> None:
     c = stdout_console
     for label, key in (("Prefect UI", "prefect_ui"), ("Dask dashboard", "dask_dashboard"),
                        ("MLflow UI", "mlflow_ui"), ("inference service", "inference_service"),
+                       ("Label Studio", "label_studio"), ("  login", "label_studio_login"),
+                       ("annotation bridge", "annotation_bridge"),
                        ("Kafka bootstrap", "kafka_bootstrap"), ("logs", "logs")):
         if r.get(key):
             c.print(f"[bold]{label:18}[/bold] {r[key]}", soft_wrap=True)

@@ -2,19 +2,25 @@
 
 ``up`` starts, on loopback: one Prefect server (with its UI), the embedded Kafka-protocol broker,
 a Dask scheduler with worker processes, the MLflow UI, the inference service in fleet mode, the
-feedback flow in follow mode and the served deployments (nightly, triggers, one per recipe).
-Every process it starts gets the same ``PREFECT_API_URL``, ``SURGFLOW_KAFKA_BOOTSTRAP`` and
-``SURGFLOW_DASK_ADDRESS``, writes its log under ``SURGFLOW_HOME/logs``, and is recorded in
+feedback flow in follow mode, Label Studio and the annotation bridge that serves it media and
+takes its webhooks, and the served deployments (nightly, triggers, annotation sync, one per
+recipe).
+Every process it starts gets the same ``PREFECT_API_URL``, ``SURGFLOW_KAFKA_BOOTSTRAP``,
+``SURGFLOW_DASK_ADDRESS`` and ``SURGFLOW_ANNOTATION_URL``, writes its log under
+``SURGFLOW_HOME/logs``, and is recorded in
 ``SURGFLOW_HOME/stack.json``; ``down`` stops exactly those, newest first, and then the Prefect
 server and broker if this stack (or ``surgflow train``, which leaves its server running)
 started them. Services configured from outside (``PREFECT_API_URL``,
-``SURGFLOW_KAFKA_BOOTSTRAP``, ``SURGFLOW_DASK_ADDRESS``) are used and never stopped.
+``SURGFLOW_KAFKA_BOOTSTRAP``, ``SURGFLOW_DASK_ADDRESS``, ``SURGFLOW_LABEL_STUDIO_URL``) are used
+and never stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +29,7 @@ from typing import Any
 import httpx
 
 from surgflow.config import Settings, get_settings
-from surgflow.errors import BadInput
+from surgflow.errors import BadInput, SurgflowError
 from surgflow.processes import free_port, pid_alive, terminate
 from surgflow.services import spawn, wait_ready
 from surgflow.storage import json_bytes, locked, read_json, write_atomic
@@ -177,6 +183,42 @@ class Stack:
             self.wait_http(svc, "/healthz")
         return svc
 
+    def start_label_studio(self) -> threading.Thread | None:
+        """Start the embedded Label Studio in the background (its first start migrates a
+        database for about 25 s); :meth:`wait_label_studio` joins it. None if configured."""
+        if self.settings.label_studio_url:
+            return None
+        from surgflow.annotation import server
+
+        self._ls_error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                server.start(self.home)
+            except BaseException as e:  # re-raised by wait_label_studio
+                self._ls_error = e
+
+        thread = threading.Thread(target=run, name="label-studio-start", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_label_studio(self, thread: threading.Thread | None) -> None:
+        if thread is None:
+            return
+        thread.join()
+        if self._ls_error is not None:
+            raise self._ls_error
+
+    def start_annotation_bridge(self, port: int | None = None) -> Service:
+        """The annotation bridge; every process started after it knows its URL."""
+        port = port or free_port()
+        url = self.settings.annotation_url or f"http://127.0.0.1:{port}"
+        bridge = self.spawn("annotation-bridge", surgflow_cmd(
+            "annotate", "serve", "--host", "127.0.0.1", "--port", str(port)),
+            url=f"http://127.0.0.1:{port}")
+        self.env["SURGFLOW_ANNOTATION_URL"] = url
+        return bridge
+
     def start_feedback_follow(self) -> Service:
         return self.spawn("feedback-follow", surgflow_cmd("feedback", "run"))
 
@@ -194,9 +236,18 @@ class Stack:
             s = self.get(name)
             return f"{s.url}{suffix}" if s and s.url else None
 
+        from surgflow.annotation import server
+
+        ls = None
+        with contextlib.suppress(SurgflowError):  # none runs: nothing to show
+            ls = server.endpoint(self.settings, start_embedded=False)
         return {"prefect_ui": ui_url(self.state["prefect_api_url"]),
                 "dask_dashboard": url("dask-scheduler", "/status"),
                 "mlflow_ui": url("mlflow-ui"), "inference_service": url("inference-service"),
+                "label_studio": ls.url if ls else None,
+                "label_studio_login": f"{ls.login} / {ls.password}" if ls and ls.login
+                else None,
+                "annotation_bridge": url("annotation-bridge"),
                 "kafka_bootstrap": self.state["bootstrap"], "logs": str(self.logs)}
 
 
@@ -210,15 +261,19 @@ def up(recipes_dir: Path, *, workers: int = 2, settings: Settings | None = None,
         stack.check_not_running()
         try:
             stack.start_core()
+            label_studio = stack.start_label_studio()
             stack.start_dask(workers)
             # everything starts at once; then wait for those that answer HTTP
             ui = stack.start_mlflow_ui(mlflow_port, wait=False)
             svc = stack.start_service(serve_port, wait=False)
+            bridge = stack.start_annotation_bridge()
             stack.start_feedback_follow()
             deployments = stack.start_deployments(recipes_dir)
             stack.wait_http(ui)
             stack.wait_http(svc, "/healthz")
+            stack.wait_http(bridge, "/healthz")
             stack.wait_triggers(deployments, trigger_names(recipes_dir))
+            stack.wait_label_studio(label_studio)
         except BaseException:
             down(stack.home)
             raise
@@ -240,6 +295,11 @@ def down(home: Path | None = None, timeout_s: float = 20.0) -> dict[str, Any]:
             stopped.append(s["name"])
     if state.get("started_broker") and broker.stop(home) is not None:
         stopped.append("broker")
+    # the embedded Label Studio is this home's, whoever started it (`up`, the demo, a sync)
+    from surgflow.annotation import server
+
+    if server.stop(home) is not None:
+        stopped.append("label-studio")
     if state.get("started_prefect", True) and running_server(home) and stop_server(home):
         stopped.append("prefect-server")
     _state_path(home).unlink(missing_ok=True)
