@@ -42,6 +42,9 @@ def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path
     assert c["candidate"] > c["baseline"], f"v2 should beat v1 on the new hospital: {c}"
     if v2["verdict"] == "approved":
         assert out["served"]["cholecystectomy"]["version"] == 2, out["served"]
+    # the annotators worked in Label Studio: every task sent was answered there and merged
+    a = out["annotation"]
+    assert a["sent"] > 0 and a["answered"] == a["sent"] and a["merged"] == a["answered"], a
     assert Path(out["highlights"]).stat().st_size > 0
     assert out["report_path"] and Path(out["report_path"]).is_file()
     assert left == [], f"the demo stops everything it started; left: {left}"

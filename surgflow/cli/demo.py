@@ -128,6 +128,11 @@ def _render(r: dict[str, Any]) -> None:
         field.add_row(source, _num(f["baseline"]), _num(f["candidate"]))
     if r["field_by_source"]:
         c.print(field)
+    if r.get("annotation"):
+        a = r["annotation"]
+        c.print(f"[bold]{'feedback tasks':18}[/bold] {a['sent']} sent to Label Studio, "
+                f"{a['answered']} answered there, {a['merged']} merged into a version",
+                soft_wrap=True)
     firings = Table("recipe", "fired on", "why", title="trigger firings")
     for f in r["firings"]:
         firings.add_row(f["recipe"], f["cause"], f["why"])
@@ -138,6 +143,8 @@ def _render(r: dict[str, Any]) -> None:
             c.print(f"[bold]{label:18}[/bold] {r[key]}", soft_wrap=True)
     titles = {"prefect_ui": "Prefect UI", "dask_dashboard": "Dask dashboard",
               "mlflow_ui": "MLflow UI", "inference_service": "inference service",
+              "label_studio": "Label Studio", "label_studio_login": "  login",
+              "annotation_bridge": "annotation bridge",
               "kafka_bootstrap": "Kafka bootstrap", "logs": "logs"}
     for key, url in (r.get("urls") or {}).items():
         if url:

@@ -8,7 +8,9 @@
 2. The inference service (fleet mode) analyses hospital C's longer videos with v1 and publishes
    its outputs (``inference``); the feedback flow merges them and raises feedback tasks for the
    low-confidence segments.
-3. Simulated annotators answer the tasks and label C's held-out videos; the merged version is
+3. The annotation sync sends the tasks to Label Studio; simulated annotators sign in there and
+   answer them as their browsers would, and their answers come back through the annotations
+   topic; the field team labels C's held-out videos; the merged version is
    pinned as the new field suite and crosses the new-source trigger again (hospital C), which
    starts v2's pipeline by itself; v2 is gated against v1 and promoted only if it passes; the
    service hot-swaps to it.
@@ -20,6 +22,7 @@ suite) and waits for the system to do the rest. Everything it starts is recorded
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -84,6 +87,7 @@ class DemoReport:
     report_path: str | None = None
     highlights: str | None = None
     served: dict[str, Any] | None = None
+    annotation: dict[str, int] | None = None
     urls: dict[str, Any] | None = None
     seconds: float = 0.0
 
@@ -131,24 +135,74 @@ def publish_uploads(settings: Settings, videos: list[SyntheticVideo], annotate: 
         pub.flush()
 
 
-def answer_tasks(settings: Settings, videos: list[SyntheticVideo], held_out: set[str]) -> int:
-    """Annotators answer every open task on ``videos`` and fully label the held-out ones."""
+def tasks_in_label_studio(settings: Settings, video_ids: set[str]) -> dict[str, Any] | None:
+    """The Label Studio project once it holds every open feedback task of ``video_ids``
+    (the annotation-sync deployment sends them when their version is announced)."""
+    from surgflow.annotation.labelstudio import LabelStudio
+    from surgflow.annotation.server import endpoint
     from surgflow.feedback.tasks import TaskLedger
 
+    wanted = {t["task_id"] for t in TaskLedger(settings.home).list()
+              if t["status"] == "open" and t["video_id"] in video_ids}
+    with LabelStudio(endpoint(settings, start_embedded=False)) as ls:
+        from surgflow.annotation.labelstudio import PROJECT_TITLE
+
+        title = PROJECT_TITLE.format(procedure=PROCEDURE)
+        project = next((p for p in ls._pages("/api/projects", {"title": title})
+                        if p.get("title") == title), None)
+        if project is None:
+            return None
+        held = {t["data"].get("surgflow_task_id") for t in ls.tasks(int(project["id"]))}
+    return {"project": int(project["id"]), "sent": len(wanted)} if wanted <= held else None
+
+
+def answer_in_label_studio(settings: Settings, videos: list[SyntheticVideo],
+                           project: int) -> int:
+    """Annotators sign in to Label Studio and answer every open task there with the truth of
+    its range, through the same HTTP calls as their browsers; returns how many they answered."""
+    from surgflow.annotation.people import BrowserSession
+    from surgflow.annotation.server import endpoint
+    from surgflow.annotation.timeline import ls_result, media_of
+
+    by_id = {v.video_id: v for v in videos}
+    ep = endpoint(settings, start_embedded=False)
+    person = BrowserSession(ep.url, "annotator-2@surgflow.local", "demo-annotator-2")
+    answered = 0
+    try:
+        for task in person.tasks(project):
+            data = task["data"]
+            if task.get("annotations") or data.get("video_id") not in by_id:
+                continue
+            truth = simulation.annotation(by_id[data["video_id"]], "annotator-2",
+                                          datetime.now(UTC), data["start_frame"],
+                                          data["end_frame"])
+            segments = [(s["start_frame"], s["end_frame"], s["label"])
+                        for s in truth["segments"]]
+            person.submit(task["id"], ls_result(segments, media_of(data)))
+            answered += 1
+    finally:
+        person.close()
+    return answered
+
+
+def label_held_out(settings: Settings, videos: list[SyntheticVideo], held_out: set[str]) -> None:
+    """The field team labels the held-out videos completely (the next field suite)."""
     by_id = {v.video_id: v for v in videos}
     at = datetime.now(UTC)
-    answered = 0
     with Publisher.from_settings(settings) as pub:
-        for t in TaskLedger(settings.home).list():
-            if t["status"] == "open" and t["video_id"] in by_id:
-                pub.annotation(simulation.annotation(
-                    by_id[t["video_id"]], "annotator-2", at, t["start_frame"], t["end_frame"],
-                    task_id=t["task_id"]))
-                answered += 1
         for vid in sorted(held_out):
             pub.annotation(simulation.annotation(by_id[vid], "annotator-qa", at))
         pub.flush()
-    return answered
+
+
+def returned_annotations(settings: Settings, count: int) -> bool:
+    """Whether ``count`` annotation events from Label Studio are on the annotations topic."""
+    from surgflow.feedback import broker, dlq
+
+    topic = settings.topic("annotations")
+    ids = {json.loads(r.value).get("event_id", "") for r in
+           dlq.read_records(broker.bootstrap(settings), topic) if r.value}
+    return sum(1 for i in ids if i.startswith("ls-")) >= count
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float,
@@ -211,6 +265,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     from surgflow.data.pins import pin
     from surgflow.data.versions import DatasetStore
     from surgflow.evaluation.gate import report_of
+    from surgflow.feedback.tasks import TaskLedger
     from surgflow.registry import ModelRegistry
     from surgflow.training.triggers import TriggerLedger
     from surgflow_flows.deployments import trigger_names
@@ -232,11 +287,14 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     stack.check_not_running()
     t0 = datetime.now(UTC) - timedelta(hours=2)
     try:
-        with step("starting Prefect, the broker, Dask, MLflow and the served deployments"):
+        with step("starting Prefect, the broker, Dask, MLflow, Label Studio and the served "
+                  "deployments"):
             stack.start_core()
+            label_studio = stack.start_label_studio()
             ensure_gpu_limit(1)
             stack.start_dask(2)
             stack.start_mlflow_ui(wait=False)
+            bridge = stack.start_annotation_bridge()
             deployments = stack.start_deployments(recipes)
         with step(f"hospitals A and B upload {sum(size.first.values())} annotated videos"):
             first = make_videos(root / "videos", size.first, FIRST_HOSPITALS,
@@ -270,10 +328,22 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             run2 = feedback_flow(once=True)
         report.steps.append({"step": "feedback", "result": run2})
         held_out = {v.video_id for v in new if split_of(v.video_id) != "train"}
-        with step("annotators answer the tasks and label C's held-out videos"):
-            answered = answer_tasks(settings, new, held_out)
+        with step("the annotation sync sends the tasks to Label Studio"):
+            stack.wait_label_studio(label_studio)
+            stack.wait_http(bridge, "/healthz")
+            sent = wait_for("the feedback tasks in Label Studio", lambda: tasks_in_label_studio(
+                settings, {v.video_id for v in new}), 300)
+        with step("annotators answer them in Label Studio; the field team labels C's held-out "
+                  "videos"):
+            answered = answer_in_label_studio(settings, new, sent["project"])
+            wait_for("the annotators' answers on the annotations topic",
+                     lambda: returned_annotations(settings, answered), 180)
+            label_held_out(settings, new, held_out)
             run3 = feedback_flow(once=True)
             pin(home, PROCEDURE, DatasetStore(home).latest_version(PROCEDURE))
+        merged = sum(1 for t in TaskLedger(home).list()
+                     if t["status"] == "completed" and t["completed_by"].startswith("ls-"))
+        report.annotation = {"sent": sent["sent"], "answered": answered, "merged": merged}
         report.steps.append({"step": "annotate", "answered": answered, "result": run3})
         with step("hospital C is a new source → the trigger starts v2's pipeline by itself"):
             seal2 = wait_for("v2's seal", sealed(2), size.timeout_s)
