@@ -4,58 +4,18 @@ dead-lettered and its reason written back onto the task."""
 
 from __future__ import annotations
 
-import subprocess
-import time
-
 import httpx
 import pytest
 
 from surgflow.annotation.people import BrowserSession
 from surgflow.config import get_settings
-from surgflow.feedback import dlq
 from surgflow.feedback.client import Publisher
 from surgflow.processes import free_port
-from tests.cli_helpers import cli_error, run_cli, start_cli
+from tests.annotation_helpers import annotations_on_topic, regions, start_bridge, wait
+from tests.cli_helpers import cli_error, run_cli
 from tests.feedback_helpers import inference_event, video_event
 
 pytestmark = pytest.mark.integration
-
-
-def _regions(regions: list[tuple[int, int, str]]) -> list[dict]:
-    return [{"from_name": "phase", "to_name": "video", "type": "timelinelabels",
-             "value": {"ranges": [{"start": a, "end": b}], "timelinelabels": [label]}}
-            for a, b, label in regions]
-
-
-def _bridge(home):
-    port = free_port()
-    proc = start_cli("annotate", "serve", "--port", str(port), home=home,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"the bridge did not start: {proc.stderr.read()}")
-
-
-def _annotations_on_topic(kafka) -> list[dict]:
-    import json
-
-    return [json.loads(r.value) for r in dlq.read_all(kafka.bootstrap, kafka.topic("annotations"))]
-
-
-def _wait(check, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.3)
-    return check()
 
 
 def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
@@ -72,7 +32,7 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
 
     # without a bridge nothing can show the video: a reason, not a half-made task
     assert "annotation bridge" in cli_error(1, "annotate", "sync")
-    bridge, url = _bridge(kafka.home)
+    bridge, url = start_bridge(kafka.home)
     try:
         first = run_cli("annotate", "sync", json=True).data
         assert first["tasks_sent"] == 3 and first["tasks_held"] == 0
@@ -100,8 +60,8 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         # the annotator relabels the task's range: the webhook sends it on at once
         d = top["data"]
         lo, hi = d["start_frame"] + 1, d["end_frame"]  # Label Studio's frames: 1-based
-        ann = person.submit(top["id"], _regions([(lo, hi, "CleaningCoagulation")]))
-        events = _wait(lambda: _annotations_on_topic(kafka))
+        ann = person.submit(top["id"], regions([(lo, hi, "CleaningCoagulation")]))
+        events = wait(lambda: annotations_on_topic(kafka))
         assert len(events) == 1, "the webhook did not deliver the annotation"
         event = events[0]
         assert event["annotator"] == "label-studio:annotator-9@hospital.example"
@@ -123,8 +83,8 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         assert status[d["surgflow_task_id"]]["completed_by"] == event["event_id"]
 
         # an update is a new revision: a new event, applied over the first
-        person.update(ann["id"], _regions([(lo, hi, "GallbladderPackaging")]))
-        assert _wait(lambda: len(_annotations_on_topic(kafka)) == 2)
+        person.update(ann["id"], regions([(lo, hi, "GallbladderPackaging")]))
+        assert wait(lambda: len(annotations_on_topic(kafka)) == 2)
         assert run_cli("feedback", "run", "--once", json=True).data["applied"] == 1
         fingerprint = run_cli("data", "show", "cholecystectomy", json=True).data["fingerprint"]
 
@@ -132,8 +92,8 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         # is written back onto the task for the annotator
         bad = tasks[1]
         b = bad["data"]
-        person.submit(bad["id"], _regions([(b["start_frame"] + 1, b["end_frame"], "Lunch")]))
-        assert _wait(lambda: len(_annotations_on_topic(kafka)) == 3)
+        person.submit(bad["id"], regions([(b["start_frame"] + 1, b["end_frame"], "Lunch")]))
+        assert wait(lambda: len(annotations_on_topic(kafka)) == 3)
         run_cli("feedback", "run", "--once", json=True)
         report = run_cli("annotate", "sync", json=True).data
         assert report["problems_reported"] == 1
@@ -142,7 +102,7 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         assert run_cli("annotate", "sync", json=True).data["problems_reported"] == 0  # once
         # replaying everything (webhook and poll deliveries alike) changes no version
         with Publisher.from_settings(get_settings()) as pub:
-            for e in _annotations_on_topic(kafka):
+            for e in annotations_on_topic(kafka):
                 pub.annotation(e)
             pub.flush()
         run_cli("feedback", "run", "--once", json=True)

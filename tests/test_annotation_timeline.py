@@ -46,7 +46,8 @@ def _task(start: int, end: int) -> FeedbackTask:
 
 def test_the_config_offers_every_phase_and_the_prediction_marks_the_review_range():
     xml = timeline.label_config("cholecystectomy", CHOLEC80_PHASES)
-    assert all(f'<Label value="{p}"/>' in xml for p in CHOLEC80_PHASES)
+    assert all(f'<Label value="{p}" hotkey="{n}"/>' in xml
+               for n, p in enumerate(CHOLEC80_PHASES, 1))
     ivs = [Interval(0, 100, "Preparation", "model", 0.9, NOW, 0, 0, "i"),
            Interval(100, 150, "ClippingCutting", "human", None, NOW, 0, 1, "a"),
            Interval(150, 250, "ClippingCutting", "model", 0.5, NOW, 0, 2, "i")]

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 
 from surgflow.annotation.links import MediaLinks, record_bridge
@@ -67,6 +68,11 @@ def create_app(settings: Settings, public_url: str) -> FastAPI:
     store = ProxyStore(settings.home)
     returns = Returns(settings)
     app = FastAPI(title="surgflow annotation bridge", docs_url=None, redoc_url=None)
+    # Label Studio's player fetches media from its own page's origin; the signed link, not
+    # the origin, is what admits a request, and no cookie is ever read
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
+                       allow_headers=["Range"],
+                       expose_headers=["Accept-Ranges", "Content-Range", "Content-Length"])
 
     @app.on_event("startup")
     def _record() -> None:

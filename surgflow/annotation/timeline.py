@@ -37,7 +37,10 @@ SOURCE = "label-studio"
 
 def label_config(procedure: str, labels: Sequence[str]) -> str:
     """The labelling config of ``procedure``'s project: its phases on a video timeline."""
-    phase = "\n".join(f"    <Label value={quoteattr(label)}/>" for label in labels)
+    # the first nine phases get the keys 1-9: select a region, press a key, it is relabelled
+    phase = "\n".join(
+        f"    <Label value={quoteattr(label)}" + (f' hotkey="{n}"' if n <= 9 else "") + "/>"
+        for n, label in enumerate(labels, 1))
     return f"""<View>
   <Header value="$title"/>
   <Text name="fix" value="$fix"/>
