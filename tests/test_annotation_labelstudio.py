@@ -4,6 +4,11 @@ dead-lettered and its reason written back onto the task."""
 
 from __future__ import annotations
 
+import random
+import subprocess
+import time
+from datetime import UTC, datetime
+
 import httpx
 import pytest
 
@@ -12,8 +17,8 @@ from surgflow.config import get_settings
 from surgflow.feedback.client import Publisher
 from surgflow.processes import free_port
 from tests.annotation_helpers import annotations_on_topic, regions, start_bridge, wait
-from tests.cli_helpers import cli_error, run_cli
-from tests.feedback_helpers import inference_event, video_event
+from tests.cli_helpers import cli_error, run_cli, start_cli
+from tests.feedback_helpers import annotation_event, inference_event, video_event
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +125,102 @@ def test_a_bad_label_studio_url_or_token_stops_with_the_variable_named(kafka, la
         2, "annotate", "sync", env={"SURGFLOW_LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}"})
     assert "SURGFLOW_LABEL_STUDIO_URL" in cli_error(
         2, "annotate", "sync", env={"SURGFLOW_LABEL_STUDIO_URL": "ftp://somewhere"})
+
+
+def test_a_task_closed_in_surgflow_leaves_the_annotators_queue(kafka, label_studio,
+                                                               synthetic_corpus):
+    v = synthetic_corpus[3]
+    confs = [0.3] + [0.9] * (len(v.segments) - 1)
+    with Publisher.from_settings(get_settings()) as pub:
+        pub.video(video_event(v))
+        pub.inference(inference_event(v, "inf-close", 1, confidences=confs))
+        pub.flush()
+    run_cli("feedback", "run", "--once", json=True)
+    bridge, _ = start_bridge(kafka.home)
+    try:
+        project = run_cli("annotate", "sync", json=True).data["projects"]["cholecystectomy"]
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
+    # another route labels the range (a reviewer's full-video labels, no task id)
+    with Publisher.from_settings(get_settings()) as pub:
+        pub.annotation(annotation_event(v, "ann-full", 30, v.segments))
+        pub.flush()
+    run_cli("feedback", "run", "--once", json=True)
+    (task,) = run_cli("feedback", "tasks", json=True).data
+    assert task["status"] == "closed"
+    # no bridge is needed for what is held already; the closed task is marked done there
+    report = run_cli("annotate", "sync", json=True).data
+    assert report["tasks_closed"] == 1 and report["annotations_returned"] == 0
+    person = BrowserSession(label_studio.url, "annotator-8@hospital.example", "pass-8-ann")
+    (ls_task,) = person.tasks(project)
+    assert ls_task["is_labeled"] and "Closed in surgflow" in ls_task["data"]["fix"]
+    assert run_cli("annotate", "sync", json=True).data["tasks_closed"] == 0  # once
+
+
+def _kill_loop(args: tuple[str, ...], home, kills: int, seed: int) -> None:
+    """Run ``surgflow ARGS`` and SIGKILL it at a random moment, ``kills`` times; then once
+    to the end."""
+    rng = random.Random(seed)
+    for _ in range(kills):
+        proc = start_cli(*args, home=home, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 3.0))
+        proc.kill()
+        proc.wait()
+    run_cli(*args, home=home, json=True)
+
+
+def _publish_inputs(videos) -> None:
+    with Publisher.from_settings(get_settings()) as pub:
+        for n, video in enumerate(videos):
+            confs = [0.2 + 0.05 * n, 0.9, 0.3] + [0.9] * (len(video.segments) - 3)
+            pub.video(video_event(video))
+            pub.inference(inference_event(video, f"inf-{video.video_id}", 1, confidences=confs))
+        pub.flush()
+
+
+def test_sync_and_feedback_killed_mid_pass_end_with_an_uninterrupted_runs_fingerprint(
+        kafka, label_studio, synthetic_corpus, tmp_path, monkeypatch):
+    from surgflow.annotation.timeline import ls_result, media_of
+    from surgflow.feedback.simulation import annotation
+
+    videos = synthetic_corpus[:3]
+    _publish_inputs(videos)
+    run_cli("feedback", "run", "--once", json=True)
+    bridge, _ = start_bridge(kafka.home)
+    try:
+        project = run_cli("annotate", "sync", json=True).data["projects"]["cholecystectomy"]
+    finally:  # no webhook from here on: only the poll returns the annotations
+        bridge.terminate()
+        bridge.wait(10)
+    person = BrowserSession(label_studio.url, "annotator-7@hospital.example", "pass-7-ann")
+    by_id = {v.video_id: v for v in videos}
+    tasks = person.tasks(project)
+    assert len(tasks) == 6
+    for t in tasks:
+        d = t["data"]
+        truth = annotation(by_id[d["video_id"]], "x", datetime.now(UTC), d["start_frame"],
+                           d["end_frame"])["segments"]
+        person.submit(t["id"], ls_result([(s["start_frame"], s["end_frame"], s["label"])
+                                          for s in truth], media_of(d)))
+
+    _kill_loop(("annotate", "sync"), kafka.home, kills=3, seed=1)
+    _kill_loop(("feedback", "run", "--once"), kafka.home, kills=3, seed=2)
+    crashed = run_cli("data", "show", "cholecystectomy", json=True).data
+
+    # the same inputs on another home and topics, nothing interrupted, the same server
+    other = tmp_path / "uninterrupted"
+    other.mkdir()
+    monkeypatch.setenv("SURGFLOW_HOME", str(other))
+    monkeypatch.setenv("SURGFLOW_TOPIC_PREFIX", kafka.prefix + "ref.")
+    _publish_inputs(videos)
+    run_cli("feedback", "run", "--once", json=True)
+    assert run_cli("annotate", "sync", json=True).data["annotations_returned"] == 6
+    run_cli("feedback", "run", "--once", json=True)
+    reference = run_cli("data", "show", "cholecystectomy", json=True).data
+    assert crashed["fingerprint"] == reference["fingerprint"]
+    assert crashed["provenance_frames"] == reference["provenance_frames"]
+    assert crashed["provenance_frames"]["human"] > 0
+    done = [t for t in run_cli("feedback", "tasks", json=True).data if t["status"] == "completed"]
+    assert len(done) == 6

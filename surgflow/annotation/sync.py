@@ -8,8 +8,9 @@ One pass (:func:`sync`), safe to repeat and to interrupt anywhere:
    repeated) becomes one task: its people media through a signed, expiring link, the
    production model's labels of the whole video as a prediction, the uncertain range marked.
    New tasks are imported most uncertain first and a "Most uncertain first" tab orders them
-   all. A task surgflow has closed (other human labels cover it) is marked done there: its
-   ``fix`` line says why and surgflow skips it, so it leaves the annotators' queue.
+   all. A task surgflow has closed (other human labels cover it) is marked done there: surgflow
+   submits the human labels that cover it as its annotation (so the task is labelled and
+   leaves the queue) and its ``fix`` line says why; nothing on a closed task is sent back.
 2. **Corrections back.** Every submitted or updated annotation (a skip is none) becomes one
    annotation event (:func:`surgflow.annotation.timeline.annotation_event`) on the annotations
    topic. The event id is derived from the annotation's id and revision, so the webhook (the
@@ -94,6 +95,14 @@ class ReturnLedger:
     def reported(self, event_id: str) -> bool:
         return (self.root / "reported" / f"{event_id}.json").exists()
 
+    def mark_closed(self, ls_task: int) -> None:
+        """Recorded before surgflow annotates a closed task, so that annotation (arriving by
+        webhook or poll) is never taken for a person's."""
+        write_exclusive(self.root / "closed" / str(int(ls_task)), b"")
+
+    def closed(self, ls_task: int) -> bool:
+        return (self.root / "closed" / str(int(ls_task))).exists()
+
 
 def annotator_of(client: LabelStudio, annotation: dict[str, Any]) -> str:
     user = annotation.get("completed_by")
@@ -108,7 +117,8 @@ def return_annotation(client: LabelStudio, publisher, ledger: ReturnLedger,
     event sent (None: a skip, not a surgflow task, or sent already). The caller flushes the
     publisher and then :meth:`ReturnLedger.mark_sent`."""
     data = task.get("data") or {}
-    if annotation.get("was_cancelled") or "surgflow_task_id" not in data:
+    if annotation.get("was_cancelled") or "surgflow_task_id" not in data or \
+            ledger.closed(int(task["id"])):
         return None
     event = timeline.annotation_event(annotation | {"task": task["id"]}, data,
                                       annotator_of(client, annotation))
@@ -140,7 +150,7 @@ def sync(settings: Settings, client: LabelStudio, publisher, links: MediaLinks |
         held = {t["data"].get("surgflow_task_id"): t for t in client.tasks(pid)}
         report.tasks_held += len(held)
         _send(settings, client, links, pid, tasks, held, report)
-        _close(client, tasks, held, report)
+        _close(settings, client, ledger, tasks, held, report)
         if links is not None:
             _renew(client, links, tasks, held, report, now)
         sent = []
@@ -189,14 +199,24 @@ def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, pro
     client.set_model_version(project, newest)
 
 
-def _close(client: LabelStudio, tasks: Iterable[dict], held: dict, report: SyncReport) -> None:
-    for t in tasks:
-        ls = held.get(t["task_id"])
-        if t["status"] != "closed" or ls is None or ls.get("annotations") or \
-                ls.get("cancelled_annotations"):
-            continue
+def _close(settings: Settings, client: LabelStudio, ledger: ReturnLedger, tasks: list[dict],
+           held: dict, report: SyncReport) -> None:
+    todo = [(t, held[t["task_id"]]) for t in tasks
+            if t["status"] == "closed" and t["task_id"] in held
+            and not held[t["task_id"]].get("annotations")]
+    if not todo:
+        return
+    store = DatasetStore(settings.home)
+    intervals = store.find_intervals(todo[0][0]["procedure"],
+                                     sorted({t["video_id"] for t, _ in todo}))
+    for t, ls in todo:
+        lo, hi = t["start_frame"], t["end_frame"]
+        covering = [(max(iv.start_frame, lo), min(iv.end_frame, hi), iv.label)
+                    for iv in intervals.get(t["video_id"], ())
+                    if iv.provenance == "human" and iv.end_frame > lo and iv.start_frame < hi]
+        ledger.mark_closed(int(ls["id"]))
         client.update_task_data(ls, fix=CLOSED_NOTE.format(by=t["completed_by"]))
-        client.annotate(int(ls["id"]), [], cancelled=True)
+        client.annotate(int(ls["id"]), timeline.ls_result(covering, timeline.media_of(ls["data"])))
         report.tasks_closed += 1
 
 
