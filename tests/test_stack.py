@@ -27,11 +27,18 @@ def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None
         urls = json.loads(up.stdout)
         assert {s["name"] for s in urls["services"]} == {
             "dask-scheduler", "dask-workers", "mlflow-ui", "inference-service",
-            "feedback-follow", "deployments"}
+            "annotation-bridge", "feedback-follow", "deployments"}
         assert httpx.get(f"{urls['inference_service']}/healthz", timeout=10).json() == {
             "status": "ok"}
         assert httpx.get(urls["mlflow_ui"], timeout=10).status_code == 200
         assert httpx.get(urls["dask_dashboard"], timeout=10).status_code == 200
+        # Label Studio answers, and its admin login (printed) signs in
+        assert httpx.get(f"{urls['label_studio']}/health", timeout=10).status_code == 200
+        login, password = urls["label_studio_login"].split(" / ")
+        from surgflow.annotation.people import BrowserSession
+
+        BrowserSession(urls["label_studio"], login, password).close()
+        assert httpx.get(f"{urls['annotation_bridge']}/healthz", timeout=10).status_code == 200
         page = httpx.get(f"{urls['prefect_ui']}/deployments", headers={"accept": "text/html"},
                          timeout=10)
         assert page.status_code == 200
@@ -46,13 +53,14 @@ def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None
             while time.monotonic() < deadline and "nightly" not in names:
                 names = {d.name for d in client.read_deployments()}
                 time.sleep(2)
-        assert {"nightly", "triggers", "recipe-cholec-tiny"} <= names
+        assert {"nightly", "triggers", "annotation-sync", "recipe-cholec-tiny"} <= names
         assert processes_of(home), "the stack's processes carry its SURGFLOW_HOME"
     finally:
         down = surgflow("down", "--json", timeout=180)
     assert down.returncode == 0, down.stderr
     stopped = set(json.loads(down.stdout)["stopped"])
-    assert {"deployments", "inference-service", "mlflow-ui", "broker", "prefect-server"} <= stopped
+    assert {"deployments", "inference-service", "mlflow-ui", "annotation-bridge", "label-studio",
+            "broker", "prefect-server"} <= stopped
     deadline = time.monotonic() + 30
     while processes_of(home) and time.monotonic() < deadline:
         time.sleep(0.5)
