@@ -4,6 +4,7 @@ dead-lettered and its reason written back onto the task."""
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import time
@@ -105,10 +106,20 @@ def test_a_correction_in_label_studio_reaches_a_version_once_with_provenance(
         fixed = next(t for t in person.tasks(project) if t["id"] == bad["id"])
         assert "unknown label 'Lunch'" in fixed["data"]["fix"]
         assert run_cli("annotate", "sync", json=True).data["problems_reported"] == 0  # once
+        # nothing drawn in the task's range: no segments, dead-lettered too, reason written back
+        empty = tasks[2]
+        e = empty["data"]
+        outside = e["end_frame"] + 2 if e["end_frame"] + 2 <= e["media_frames"] else 1
+        person.submit(empty["id"], regions([(outside, outside, "Preparation")]))
+        assert wait(lambda: len(annotations_on_topic(kafka)) == 4)
+        run_cli("feedback", "run", "--once", json=True)
+        assert run_cli("annotate", "sync", json=True).data["problems_reported"] == 1
+        fixed = next(t for t in person.tasks(project) if t["id"] == empty["id"])
+        assert "segments" in fixed["data"]["fix"], fixed["data"]["fix"]
         # replaying everything (webhook and poll deliveries alike) changes no version
         with Publisher.from_settings(get_settings()) as pub:
-            for e in annotations_on_topic(kafka):
-                pub.annotation(e)
+            for e in annotations_on_topic(kafka):  # the broken ones as they were sent
+                pub.send_raw("annotations", json.dumps(e).encode(), key=e["video_id"])
             pub.flush()
         run_cli("feedback", "run", "--once", json=True)
         assert run_cli("data", "show", "cholecystectomy", json=True).data[

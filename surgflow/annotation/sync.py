@@ -43,7 +43,7 @@ from surgflow.data.media import prepare_for_people
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
-from surgflow.feedback.schemas import FeedbackTask
+from surgflow.feedback.schemas import FeedbackTask, WireError
 from surgflow.feedback.tasks import TaskLedger
 from surgflow.storage import json_bytes, write_exclusive
 
@@ -124,7 +124,12 @@ def return_annotation(client: LabelStudio, publisher, ledger: ReturnLedger,
                                       annotator_of(client, annotation))
     if ledger.sent(event["event_id"]):
         return None
-    publisher.publish("annotation", event)
+    try:
+        publisher.publish("annotation", event)
+    except WireError:
+        # sent as it is: the feedback flow dead-letters it with its reason, which the sync
+        # then writes onto the task (one authority on the wire rules)
+        publisher.send_raw("annotations", json_bytes(event), key=event["video_id"])
     return event
 
 
