@@ -216,8 +216,8 @@ def test_sync_and_feedback_killed_mid_pass_end_with_an_uninterrupted_runs_finger
         person.submit(t["id"], ls_result([(s["start_frame"], s["end_frame"], s["label"])
                                           for s in truth], media_of(d)))
 
-    _kill_loop(("annotate", "sync"), kafka.home, kills=3, seed=1)
-    _kill_loop(("feedback", "run", "--once"), kafka.home, kills=3, seed=2)
+    _kill_loop(("annotate", "sync"), kafka.home, kills=2, seed=1)
+    _kill_loop(("feedback", "run", "--once"), kafka.home, kills=2, seed=2)
     crashed = run_cli("data", "show", "cholecystectomy", json=True).data
 
     # the same inputs on another home and topics, nothing interrupted, the same server

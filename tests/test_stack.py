@@ -14,12 +14,17 @@ from tests.process_helpers import processes_of
 
 
 @pytest.mark.integration
-def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None:
+def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path,
+                                                        label_studio_server) -> None:
     home = tmp_path / "home"
+    # an existing Label Studio (the session's): `up` uses it and never stops it. The stack's
+    # own embedded start is what the demo's end-to-end test runs.
+    existing = {"SURGFLOW_LABEL_STUDIO_URL": label_studio_server.url,
+                "SURGFLOW_LABEL_STUDIO_TOKEN": label_studio_server.token}
 
     def surgflow(*args: str, timeout: float = 600) -> CliRun:
         return run_cli(*args, home=home, clean=True, check=False, cwd=tmp_path,
-                       timeout=timeout)
+                       timeout=timeout, env=existing)
 
     try:
         up = surgflow("up", "--json")
@@ -32,12 +37,9 @@ def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None
             "status": "ok"}
         assert httpx.get(urls["mlflow_ui"], timeout=10).status_code == 200
         assert httpx.get(urls["dask_dashboard"], timeout=10).status_code == 200
-        # Label Studio answers, and its admin login (printed) signs in
-        assert httpx.get(f"{urls['label_studio']}/health", timeout=10).status_code == 200
-        login, password = urls["label_studio_login"].split(" / ")
-        from surgflow.annotation.people import BrowserSession
-
-        BrowserSession(urls["label_studio"], login, password).close()
+        # the configured Label Studio is the one shown (its login is not surgflow's to print)
+        assert urls["label_studio"] == label_studio_server.url
+        assert urls["label_studio_login"] is None
         assert httpx.get(f"{urls['annotation_bridge']}/healthz", timeout=10).status_code == 200
         page = httpx.get(f"{urls['prefect_ui']}/deployments", headers={"accept": "text/html"},
                          timeout=10)
@@ -59,8 +61,10 @@ def test_up_starts_every_service_and_down_stops_them_all(tmp_path: Path) -> None
         down = surgflow("down", "--json", timeout=180)
     assert down.returncode == 0, down.stderr
     stopped = set(json.loads(down.stdout)["stopped"])
-    assert {"deployments", "inference-service", "mlflow-ui", "annotation-bridge", "label-studio",
-            "broker", "prefect-server"} <= stopped
+    assert {"deployments", "inference-service", "mlflow-ui", "annotation-bridge", "broker",
+            "prefect-server"} <= stopped
+    assert "label-studio" not in stopped  # configured from outside: never stopped
+    assert httpx.get(f"{label_studio_server.url}/health", timeout=10).status_code == 200
     deadline = time.monotonic() + 30
     while processes_of(home) and time.monotonic() < deadline:
         time.sleep(0.5)
