@@ -78,11 +78,16 @@ class LabelStudio:
 
     # ---- projects -------------------------------------------------------------------------
 
+    def find_project(self, procedure: str) -> dict[str, Any] | None:
+        """The project of ``procedure``, if there is one."""
+        title = PROJECT_TITLE.format(procedure=procedure)
+        return next((p for p in self._pages("/api/projects", {"title": title})
+                     if p.get("title") == title), None)
+
     def project(self, procedure: str, label_config: str) -> dict[str, Any]:
         """The project of ``procedure``, created (or its config brought up to date)."""
         title = PROJECT_TITLE.format(procedure=procedure)
-        found = next((p for p in self._pages("/api/projects", {"title": title})
-                      if p.get("title") == title), None)
+        found = self.find_project(procedure)
         settings = {"label_config": label_config, "show_collab_predictions": True,
                     "show_skip_button": True, "maximum_annotations": 1,
                     "description": f"surgflow feedback tasks of {procedure} videos: correct "

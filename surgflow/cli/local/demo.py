@@ -145,11 +145,7 @@ def tasks_in_label_studio(settings: Settings, video_ids: set[str]) -> dict[str, 
     wanted = {t["task_id"] for t in TaskLedger(settings.home).list()
               if t["status"] == "open" and t["video_id"] in video_ids}
     with LabelStudio(endpoint(settings, start_embedded=False)) as ls:
-        from surgflow.annotation.labelstudio import PROJECT_TITLE
-
-        title = PROJECT_TITLE.format(procedure=PROCEDURE)
-        project = next((p for p in ls._pages("/api/projects", {"title": title})
-                        if p.get("title") == title), None)
+        project = ls.find_project(PROCEDURE)
         if project is None:
             return None
         held = {t["data"].get("surgflow_task_id") for t in ls.tasks(int(project["id"]))}
