@@ -10,7 +10,9 @@ while it answers. On its first start an admin account and an API token are creat
 
 Label Studio pins its own dependencies (Django, pytz, openai ...), so ``scripts/dev setup``
 installs it into an environment of its own, ``.venv-label-studio`` beside surgflow's; the
-executable is looked up in ``SURGFLOW_LABEL_STUDIO_BIN``, then there, then on ``PATH``.
+executable is looked up in ``SURGFLOW_LABEL_STUDIO_BIN``, then there, then on ``PATH``. Setup
+also migrates an empty database once (``surgflow-template/`` in that environment): a new home
+starts from a copy of it in about 3 s instead of migrating its own for about 25 s of CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from surgflow.config import Settings
 from surgflow.errors import ConfigError, SurgflowError
 from surgflow.processes import free_port
 from surgflow.services import Launch, Supervisor
+from surgflow.storage import publish_exclusive, temp_path
 
 STATE_FILE = "label-studio.json"
 #: the first start migrates a new SQLite database (about 25 s on 2 cores)
@@ -99,21 +102,39 @@ def _supervisor(home: Path) -> Supervisor:
                       healthy=_answers, start_timeout_s=START_TIMEOUT_S, poll_s=0.5)
 
 
+DATABASE = "label_studio.sqlite3"
+
+
+def _from_template(exe: Path, data: Path) -> None:
+    """A new home's database: a copy of the migrated template, where setup made one."""
+    template = exe.parent.parent / "surgflow-template" / DATABASE
+    target = data / DATABASE
+    if target.exists() or not template.is_file():
+        return
+    data.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(data, suffix=".sqlite3")
+    shutil.copyfile(template, tmp)
+    publish_exclusive(tmp, target)
+
+
 def _launch(home: Path) -> Launch:
     home = Path(home)
     creds = _credentials(home)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data = home / "label-studio"
+    exe = executable()
+    _from_template(exe, data)
     env = dict(os.environ) | {
         "LABEL_STUDIO_BASE_DATA_DIR": str(data), "HOST": url, "DEBUG": "false",
-        "LOG_LEVEL": "WARNING", "COLLECT_ANALYTICS": "false",
+        # nothing leaves the machine: no analytics, error reports or version checks
+        "LOG_LEVEL": "WARNING", "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
         "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
         "USE_DEFAULT_BANNED_SUBNETS": "false", "USER_ADDITIONAL_BANNED_SUBNETS": BANNED_SUBNETS,
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    cmd = [str(executable()), "start", "--no-browser", "--host", "127.0.0.1", "--port",
+    cmd = [str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port",
            str(port), "--data-dir", str(data), "--username", creds["login"],
            "--password", creds["password"], "--user-token", creds["token"],
            "--enable-legacy-api-token"]

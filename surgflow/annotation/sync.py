@@ -45,7 +45,7 @@ from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
 from surgflow.feedback.schemas import FeedbackTask, WireError
 from surgflow.feedback.tasks import TaskLedger
-from surgflow.storage import json_bytes, write_exclusive
+from surgflow.storage import json_bytes, locked, write_exclusive
 
 log = logging.getLogger(__name__)
 
@@ -277,12 +277,17 @@ def dead_letters(settings: Settings) -> list[tuple[bytes | None, str]]:
 
 
 def run_sync(settings: Settings) -> SyncReport:
-    """One pass against the configured (or embedded) Label Studio, on the configured broker."""
+    """One pass against the configured (or embedded) Label Studio, on the configured broker.
+
+    Passes on one home run one at a time (the deployment's interval and its version trigger
+    may start two at once): both would find a task missing and import it twice."""
     from surgflow.annotation.links import links_for
     from surgflow.annotation.server import endpoint
     from surgflow.feedback.client import Publisher
 
-    with LabelStudio(endpoint(settings)) as client, Publisher.from_settings(settings) as pub:
+    lock = ReturnLedger(settings.home).root / ".sync.lock"
+    with locked(lock), LabelStudio(endpoint(settings)) as client, \
+            Publisher.from_settings(settings) as pub:
         report = sync(settings, client, pub, links_for(settings))
         report_dead_letters(client, ReturnLedger(settings.home), dead_letters(settings), report)
     return report

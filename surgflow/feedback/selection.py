@@ -54,7 +54,9 @@ class Pick:
 
 
 @dataclass(frozen=True)
-class _Window:
+class Window:
+    """A candidate range: ``base`` is its score before any discount."""
+
     video_id: str
     start_frame: int
     end_frame: int
@@ -78,7 +80,7 @@ def select(events: Sequence[InferenceEvent], budget_s: float, fps: Mapping[str, 
         raise ValueError(f"repeat_decay and video_decay must lie in (0, 1], got {repeat_decay} "
                          f"and {video_decay}")
     seen: set[str] = set()
-    windows: list[_Window] = []
+    windows: list[Window] = []
     for event in events:
         if event.video_id in seen:
             raise ValueError(f"video {event.video_id!r} has more than one inference event; "
@@ -93,9 +95,10 @@ def select(events: Sequence[InferenceEvent], budget_s: float, fps: Mapping[str, 
 
 
 def candidates(event: InferenceEvent, window: int, transition_weight: float = 1.0
-               ) -> list[_Window]:
+               ) -> list[Window]:
     """The transition and phase windows of one video (``window`` in frames), in frame order,
-    together covering every frame its segments cover exactly once."""
+    together covering every frame its segments cover exactly once (the segments of an inference
+    event cover the video without gaps, as the chain runner's timeline does)."""
     segs = sorted(event.segments, key=lambda s: s.start_frame)
     if not segs:
         return []
@@ -122,7 +125,7 @@ def candidates(event: InferenceEvent, window: int, transition_weight: float = 1.
                 held[s.label] += min(hi, s.end_frame) - max(lo, s.start_frame)
         return max(sorted(held), key=lambda lbl: held[lbl])
 
-    out: list[_Window] = []
+    out: list[Window] = []
     cursor = begin
     for lo, hi, first, last in [*spans, [end, end, -1, -1]]:
         gap = lo - cursor
@@ -131,17 +134,17 @@ def candidates(event: InferenceEvent, window: int, transition_weight: float = 1.
             edges = [cursor + gap * k // pieces for k in range(pieces + 1)]
             for a, b in pairwise(edges):
                 u = uncertainty(a, b)
-                out.append(_Window(event.video_id, a, b, "phase", (phase(a, b),), u, u))
+                out.append(Window(event.video_id, a, b, "phase", (phase(a, b),), u, u))
         if hi > lo:
             u = uncertainty(lo, hi)
             key = (segs[first].label, segs[last].label)
-            out.append(_Window(event.video_id, lo, hi, "transition", key, u,
+            out.append(Window(event.video_id, lo, hi, "transition", key, u,
                                transition_weight + u))
         cursor = max(cursor, hi)
     return out
 
 
-def _greedy(windows: list[_Window], budget_s: float, fps: Mapping[str, float],
+def _greedy(windows: list[Window], budget_s: float, fps: Mapping[str, float],
             repeat_decay: float, video_decay: float) -> list[Pick]:
     """Pick the best discounted window until the budget is spent (lazy re-scoring: a window's
     score only falls as others are picked, so a popped window whose score is current is the
@@ -149,7 +152,7 @@ def _greedy(windows: list[_Window], budget_s: float, fps: Mapping[str, float],
     kinds: Counter[tuple[str, tuple[str, ...]]] = Counter()
     videos: Counter[str] = Counter()
 
-    def score(w: _Window) -> float:
+    def score(w: Window) -> float:
         return (w.base * repeat_decay ** kinds[(w.kind, w.key)]
                 * video_decay ** videos[w.video_id])
 

@@ -283,8 +283,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     stack.check_not_running()
     t0 = datetime.now(UTC) - timedelta(hours=2)
     try:
-        with step("starting Prefect, the broker, Dask, MLflow, Label Studio and the served "
-                  "deployments"):
+        with step("starting Prefect, Kafka, Dask, MLflow, Label Studio, the deployments"):
             stack.start_core()
             label_studio = stack.start_label_studio()
             ensure_gpu_limit(1)
@@ -329,8 +328,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             stack.wait_http(bridge, "/healthz")
             sent = wait_for("the feedback tasks in Label Studio", lambda: tasks_in_label_studio(
                 settings, {v.video_id for v in new}), 300)
-        with step("annotators answer them in Label Studio; the field team labels C's held-out "
-                  "videos"):
+        with step("annotators answer them there; C's held-out videos are labelled"):
             answered = answer_in_label_studio(settings, new, sent["project"])
             wait_for("the annotators' answers on the annotations topic",
                      lambda: returned_annotations(settings, answered), 180)
