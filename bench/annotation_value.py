@@ -1,35 +1,46 @@
 """Annotation value: field macro-F1 gained per labelled minute, feedback tasks chosen by the
 model's uncertainty against random ranges of the same length.
 
-The demo's loop on its synthetic hospitals, on the library (no broker, no Prefect, no Dask),
-once per seed:
+The demo's loop on its synthetic hospitals (its sizes, its recipe, its review threshold), on the
+library (no broker, no Prefect, no Dask), once per seed:
 
 1. Hospitals A and B upload videos with full human labels; the product's merge
    (:class:`~surgflow.feedback.merge.BatchMerger`) makes dataset version 1 and v1 trains on it:
    the demo's recipe (the shipped tiny chain, human labels only) as the one rank of its job, in
-   this process (:func:`surgflow.training.job.run_rank`).
-2. Hospital C uploads longer unlabelled videos. v1 is exported as a chain bundle and its ONNX
-   chain runner analyses them as the fleet does; the merge applies the inference events and
-   raises the feedback tasks (segments whose confidence is below the threshold, SPEC §3) →
-   version 2. The annotation budget is the seconds of video those tasks cover.
-3. Each arm starts from a copy of that home, has simulated annotators label its ranges of C's
-   videos with the ground truth, merges the annotations the same way (version 3), and trains
-   v2 with the same recipe and seed as v1:
+   this process (:func:`surgflow.training.job.run_rank`), then exported as a chain bundle.
+2. Hospital C uploads longer unlabelled videos. v1's ONNX chain runner analyses those to be
+   annotated as the fleet does; the merge applies the inference events and raises the
+   feedback tasks (segments whose confidence is below the threshold, SPEC §3, via
+   ``tasks_for``). The annotation budget is the seconds of video those tasks cover.
+3. Each arm starts from a copy of that home, has simulated annotators label its ranges with the
+   ground truth, merges the annotations the same way, and trains v2 with v1's recipe and seed.
+   C's validation-split videos are labelled whole in every arm (not counted in any budget), as
+   the demo labels C's held-out videos, so v2's validation split holds the new hospital: without
+   them the temporal stage's keep-best picks its epoch on A and B alone, where the encoder
+   already scores 1.0, and keeps the untrained epoch 0 or not by chance, which swamps the
+   difference between arms. The arms, per budget:
 
-   - ``random`` (the baseline): as many ranges, of the same lengths, placed uniformly at random
-     on C's videos without overlapping;
-   - ``uncertainty``: the tasks as surgflow raises them today;
-   - ``selected``: :func:`surgflow.feedback.selection.select` over the same tasks (ranked by
-     uncertainty, spread over videos and phase transitions), cut to the same budget.
+   - ``random`` (the baseline): as many ranges as the uncertainty arm, of the same lengths,
+     placed uniformly at random on C's videos, none overlapping;
+   - ``uncertainty``: the tasks as surgflow raises them today (budget ``tasks``); under a
+     smaller budget (``--fractions`` of C's video) the least confident first, the last cut to
+     fit, which is what a lower threshold would raise;
+   - ``selected``: :func:`surgflow.feedback.selection.select` over the same inference events,
+     the same seconds: short windows, uncertain ones and transitions first, spread over
+     transitions, phases and videos;
 
-4. Field macro-F1 (:func:`surgflow.evaluation.metrics.evaluate`, as the gate scores) of v1 and
-   of each v2, through the ONNX chain runner, on C's held-out videos with full ground truth.
-   They are never registered, so no training or validation split holds them.
+   and a ``control`` with no ranges at all (C's validation videos only).
+4. Field macro-F1 (:func:`surgflow.evaluation.metrics.evaluate`, as the gate scores) of v1, the
+   control and every v2, through the ONNX chain runner, on C's test-split field videos with full
+   ground truth, which are never registered (no split of any version holds them).
 
-gain per labelled minute = (F1(v2) - F1(v1)) / (budget seconds / 60); ratio = an arm's gain /
-random's gain (same budget, so the same as the ratio of the gains). Goal: uncertainty ≥ 1.5×.
+gain per labelled minute = (F1(v2) - F1(v1)) / (labelled seconds / 60); ratio = an arm's gain
+per minute / random's (the same seconds, so the ratio of the gains); the final lines give the
+median over seeds with min and max; "over the control" is the same ratio with F1(control) in
+place of F1(v1). Goal: uncertainty ≥ 1.5× random.
 
-    python -m bench.annotation_value [--seeds 3] [--size small|default] [--json out.json]
+    python -m bench.annotation_value [--seeds 3] [--size default] [--fractions 0.05 0.1]
+                                     [--json out.json]
 """
 
 from __future__ import annotations
@@ -234,17 +245,17 @@ def random_ranges(lengths: list[int], videos: dict[str, int], rng: np.random.Gen
     return sorted(out)
 
 
-def selected_ranges(tasks: list[dict], videos: dict[str, SyntheticVideo], budget: int
-                    ) -> list[tuple[str, int, int, str | None]]:
-    """The improved selection's ranges under ``budget`` frames (None if there is none yet)."""
-    try:
-        from surgflow.feedback import selection
-    except ImportError:
-        return []
-    from surgflow.feedback.schemas import FeedbackTask
+def selected_ranges(inference: list[dict], videos: dict[str, SyntheticVideo], budget_s: float,
+                    window_s: float | None = None) -> list[tuple[str, int, int, None]]:
+    """The improved selection's ranges (:mod:`surgflow.feedback.selection`) within the budget."""
+    from surgflow.feedback.schemas import InferenceEvent
+    from surgflow.feedback.selection import select
 
-    picked = selection.select([FeedbackTask.model_validate(t) for t in tasks], budget)
-    return [(p.video_id, p.start_frame, p.end_frame, p.task_id) for p in picked]
+    events = [InferenceEvent.model_validate(m) for m in inference]
+    extra = {} if window_s is None else {"window_s": window_s}
+    picked = select(events, budget_s, {v.video_id: float(v.fps) for v in videos.values()},
+                    **extra)
+    return [(p.video_id, p.start_frame, p.end_frame, None) for p in picked]
 
 
 def annotations(videos: dict[str, SyntheticVideo], ranges: list[tuple[str, int, int, Any]],
@@ -275,11 +286,12 @@ def run_seed(seed: int, size: DemoSize, root: Path, args: argparse.Namespace,
                         "case")
     new = make_videos(vids, {"train": size.new["train"]}, (NEW_HOSPITAL,),
                       size.new_duration_s, 10 * seed + 1, "case")
-    held = ({"test": args.field} if args.field else
-            {s: n for s, n in size.new.items() if s != "train"})
-    field = make_videos(vids, held, (NEW_HOSPITAL,), size.new_duration_s, 10 * seed + 2,
-                        "field")
-    clock.log(seed, f"{len(first)} A/B videos, {len(new)} C videos, {len(field)} C field videos")
+    qa = make_videos(vids, {"val": args.qa}, (NEW_HOSPITAL,), size.new_duration_s,
+                     10 * seed + 2, "qa")
+    field = make_videos(vids, {"test": args.field}, (NEW_HOSPITAL,), size.new_duration_s,
+                        10 * seed + 3, "field")
+    clock.log(seed, f"{len(first)} A/B videos; C: {len(new)} to annotate, {len(qa)} validation, "
+                    f"{len(field)} field")
 
     home = root / "home"
     settings = settings_for(home, vids, args.threshold)
@@ -293,51 +305,79 @@ def run_seed(seed: int, size: DemoSize, root: Path, args: argparse.Namespace,
     clock.log(seed, f"v1 trained; field macro-F1 {f1_v1['macro_f1']:.3f}")
 
     stream.merge([("videos", simulation.video_event(v, PROCEDURE, T0 + timedelta(hours=1)))
-                  for v in new])
-    _, tasks = stream.merge([("inference", m) for m in inference_messages(v1, new, 1)])
-    by_id = {v.video_id: v for v in new}
+                  for v in new + qa])
+    inference = inference_messages(v1, new, 1)
+    _, tasks = stream.merge([("inference", m) for m in inference])
+    by_id = {v.video_id: v for v in new + qa}
     frames = {v.video_id: v.num_frames for v in new}
-    budget = sum(t["end_frame"] - t["start_frame"] for t in tasks)
-    fps = new[0].fps
-    clock.log(seed, f"{len(tasks)} feedback tasks below {args.threshold}: {budget / fps:.0f} s "
-                    f"of {sum(frames.values()) / fps:.0f} s of C's video")
+    fps = float(new[0].fps)  # one hospital, one frame rate: frames and seconds are one budget
+    covered = sum(t["end_frame"] - t["start_frame"] for t in tasks)
+    c_seconds = sum(frames.values()) / fps
+    clock.log(seed, f"{len(tasks)} feedback tasks below {args.threshold}: {covered / fps:.0f} s "
+                    f"of {c_seconds:.0f} s of C's video")
     if not tasks:
         raise RuntimeError(f"seed {seed}: v1 raised no feedback task; nothing to compare")
+    # C's validation videos are labelled whole in every arm, as the demo labels C's held-out
+    # videos: v2's validation split then holds the new hospital, as the demo's does
+    qa_labels = [(v.video_id, 0, v.num_frames, None) for v in qa]
 
-    arms: dict[str, list[tuple[str, int, int, Any]]] = {
-        "random": [(*r, None) for r in random_ranges(
-            [t["end_frame"] - t["start_frame"] for t in tasks], frames,
-            np.random.default_rng(seed))],
-        "uncertainty": [(t["video_id"], t["start_frame"], t["end_frame"], t["task_id"])
-                        for t in tasks],
-    }
-    chosen = selected_ranges(tasks, by_id, budget)
-    if chosen:
-        arms["selected"] = chosen
-    out: dict[str, Any] = {
-        "seed": seed, "v1": f1_v1, "tasks": len(tasks), "budget_s": budget / fps,
-        "c_seconds": sum(frames.values()) / fps, "arms": {},
-    }
-    for arm, ranges in arms.items():
-        arm_home = root / f"home-{arm}"
+    def v2(tag: str, ranges: list[tuple[str, int, int, Any]]) -> dict[str, float]:
+        arm_home = root / f"home-{tag}"
         shutil.copytree(home, arm_home)
         arm_stream = Stream(settings_for(arm_home, vids, args.threshold))
         arm_stream.offsets = dict(stream.offsets)
-        arm_stream.merge(annotations(by_id, ranges, T0 + timedelta(hours=2)))
-        labelled = sum(e - s for _, s, e, _ in ranges)
-        v2 = runner_for(train(recipe, arm_home, root / f"bundle-{arm}", args.threads),
-                        args.threads)
-        f1 = field_f1(v2, field)
-        gain = f1["macro_f1"] - f1_v1["macro_f1"]
-        minutes = labelled / fps / 60
-        out["arms"][arm] = {"ranges": len(ranges), "labelled_s": labelled / fps,
-                            "field": f1, "gain": gain, "gain_per_min": gain / minutes,
-                            "transitions": _transitions(by_id, ranges),
-                            "videos": len({r[0] for r in ranges})}
-        clock.log(seed, f"{arm}: {len(ranges)} ranges, {labelled / fps:.0f} s labelled; "
-                        f"field macro-F1 {f1['macro_f1']:.3f} (gain {gain:+.3f})")
+        arm_stream.merge(annotations(by_id, ranges + qa_labels, T0 + timedelta(hours=2)))
+        runner = runner_for(train(recipe, arm_home, root / f"bundle-{tag}", args.threads),
+                            args.threads)
         if not args.keep:
             shutil.rmtree(arm_home)
+        return field_f1(runner, field)
+
+    control = v2("control", [])
+    clock.log(seed, f"control (C's validation videos only): field macro-F1 "
+                    f"{control['macro_f1']:.3f}")
+    out: dict[str, Any] = {"seed": seed, "v1": f1_v1, "control": control, "tasks": len(tasks),
+                           "tasks_s": covered / fps, "c_seconds": c_seconds, "budgets": {}}
+    budgets = [("tasks", None)] + [(f"{f:.0%} of C", f * c_seconds) for f in args.fractions]
+    rng = np.random.default_rng(seed)
+    for b, (name, budget_s) in enumerate(budgets):
+        # uncertainty: the tasks as raised; under a smaller budget the least confident first,
+        # the last cut to fit (what a lower threshold would raise)
+        plain = ([(t["video_id"], t["start_frame"], t["end_frame"], t["task_id"]) for t in tasks]
+                 if budget_s is None else lowest_confidence(tasks, round(budget_s * fps)))
+        spent_s = sum(e - s for _, s, e, _ in plain) / fps
+        arms = {
+            "random": [(*r, None) for r in random_ranges([e - s for _, s, e, _ in plain],
+                                                         frames, rng)],
+            "uncertainty": plain,
+            "selected": selected_ranges(inference, by_id, spent_s, args.window),
+        }
+        results: dict[str, Any] = {}
+        for arm, ranges in arms.items():
+            f1 = v2(f"{arm}-{b}", ranges)
+            labelled_s = sum(e - s for _, s, e, _ in ranges) / fps
+            gain = f1["macro_f1"] - f1_v1["macro_f1"]
+            over = f1["macro_f1"] - control["macro_f1"]
+            results[arm] = {"ranges": len(ranges), "labelled_s": labelled_s, "field": f1,
+                            "gain": gain, "gain_per_min": gain / (labelled_s / 60),
+                            "over_control_per_min": over / (labelled_s / 60),
+                            "transitions": _transitions(by_id, ranges),
+                            "videos": len({r[0] for r in ranges})}
+            clock.log(seed, f"budget {name}, {arm}: {len(ranges)} ranges, {labelled_s:.0f} s "
+                            f"labelled; field macro-F1 {f1['macro_f1']:.3f} (gain {gain:+.3f})")
+        out["budgets"][name] = {"budget_s": spent_s, "arms": results}
+    return out
+
+
+def lowest_confidence(tasks: list[dict], budget: int) -> list[tuple[str, int, int, str]]:
+    """Tasks in rising confidence until ``budget`` frames are spent, the last one cut to fit."""
+    out = []
+    for t in sorted(tasks, key=lambda t: (t["confidence"], t["video_id"], t["start_frame"])):
+        if budget <= 0:
+            break
+        end = min(t["end_frame"], t["start_frame"] + budget)
+        out.append((t["video_id"], t["start_frame"], end, t["task_id"]))
+        budget -= end - t["start_frame"]
     return out
 
 
@@ -358,22 +398,28 @@ def ratio(gain: float, baseline: float) -> float | None:
 
 
 def summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per budget and arm: gains per labelled minute over the seeds, and ratios to random."""
     out: dict[str, Any] = {}
-    arms = [a for a in ARMS if all(a in s["arms"] for s in seeds)]
-    for arm in arms:
-        gains = [s["arms"][arm]["gain_per_min"] for s in seeds]
-        base = [s["arms"]["random"]["gain_per_min"] for s in seeds]
-        per_seed = [ratio(g, b) for g, b in zip(gains, base, strict=True)]
-        known = [r for r in per_seed if r is not None]
-        out[arm] = {
-            "gain_per_min": gains,
-            "median_gain_per_min": statistics.median(gains),
-            "ratio_per_seed": per_seed,
-            "median_ratio": statistics.median(known) if known else None,
-            "min_ratio": min(known) if known else None,
-            "max_ratio": max(known) if known else None,
-            "ratio_of_means": ratio(statistics.fmean(gains), statistics.fmean(base)),
-        }
+    for budget in seeds[0]["budgets"]:
+        rows = [s["budgets"][budget]["arms"] for s in seeds]
+        base = [r["random"]["gain_per_min"] for r in rows]
+        out[budget] = {}
+        for arm in ARMS:
+            gains = [r[arm]["gain_per_min"] for r in rows]
+            per_seed = [ratio(g, b) for g, b in zip(gains, base, strict=True)]
+            known = [r for r in per_seed if r is not None]
+            over = [ratio(r[arm]["over_control_per_min"], r["random"]["over_control_per_min"])
+                    for r in rows]
+            out[budget][arm] = {
+                "gain_per_min": gains,
+                "median_gain_per_min": statistics.median(gains),
+                "ratio_per_seed": per_seed,
+                "median_ratio": statistics.median(known) if known else None,
+                "min_ratio": min(known) if known else None,
+                "max_ratio": max(known) if known else None,
+                "ratio_of_means": ratio(statistics.fmean(gains), statistics.fmean(base)),
+                "over_control_ratio_per_seed": over,
+            }
     return out
 
 
@@ -387,34 +433,45 @@ def show(args: argparse.Namespace, seeds: list[dict[str, Any]], figures: dict[st
     from rich.table import Table
 
     console = Console(width=max(160, Console().width))
-    table = Table(title=f"annotation value, size {args.size}, {len(seeds)} seeds, "
-                        f"tasks below confidence {args.threshold}")
-    for col in ("seed", "arm", "ranges", "videos", "transitions", "labelled s",
+    table = Table(title=f"annotation value: field macro-F1 on C's held-out videos, size "
+                        f"{args.size}, {len(seeds)} seeds, tasks below confidence "
+                        f"{args.threshold}")
+    for col in ("seed", "budget", "arm", "ranges", "videos", "true transitions", "labelled s",
                 "field macro-F1 v1 → v2", "gain", "gain / labelled min", "ratio"):
         table.add_column(col)
     for s in seeds:
-        base = s["arms"]["random"]["gain_per_min"]
-        for arm, a in s["arms"].items():
-            r = "1.00 (baseline)" if arm == "random" else _f(ratio(a["gain_per_min"], base))
-            table.add_row(str(s["seed"]), arm, str(a["ranges"]), str(a["videos"]),
-                          str(a["transitions"]), f"{a['labelled_s']:.0f}",
-                          f"{s['v1']['macro_f1']:.3f} → {a['field']['macro_f1']:.3f}",
-                          f"{a['gain']:+.3f}", f"{a['gain_per_min']:+.4f}", r)
+        c = s["control"]["macro_f1"]
+        table.add_row(str(s["seed"]), "0", "control: C's validation videos only", "", "", "",
+                      "0", f"{s['v1']['macro_f1']:.3f} → {c:.3f}",
+                      f"{c - s['v1']['macro_f1']:+.3f}", "", "")
+        for budget, b in s["budgets"].items():
+            base = b["arms"]["random"]["gain_per_min"]
+            for arm, a in b["arms"].items():
+                r = "1.00 (baseline)" if arm == "random" else _f(ratio(a["gain_per_min"], base))
+                table.add_row(str(s["seed"]), budget, arm, str(a["ranges"]), str(a["videos"]),
+                              str(a["transitions"]), f"{a['labelled_s']:.0f}",
+                              f"{s['v1']['macro_f1']:.3f} → {a['field']['macro_f1']:.3f}",
+                              f"{a['gain']:+.3f}", f"{a['gain_per_min']:+.4f}", r)
+        table.add_section()
     console.print(table)
-    for arm, fig in figures.items():
-        if arm == "random":
-            continue
-        console.print(
-            f"{arm}: median gain/min {fig['median_gain_per_min']:+.4f} vs random "
-            f"{figures['random']['median_gain_per_min']:+.4f}; ratio of mean gains "
-            f"{_f(fig['ratio_of_means'])}; per-seed ratios "
-            f"{', '.join(_f(r) for r in fig['ratio_per_seed'])}")
+    for s in seeds:
+        console.print(f"seed {s['seed']}: {s['tasks']} tasks cover {s['tasks_s']:.0f} s of "
+                      f"{s['c_seconds']:.0f} s of C's video")
+    for budget, arms in figures.items():
+        for arm in ("uncertainty", "selected"):
+            fig = arms[arm]
+            console.print(
+                f"budget {budget}, {arm}: median gain/min {fig['median_gain_per_min']:+.4f} vs "
+                f"random {arms['random']['median_gain_per_min']:+.4f}; ratio of mean gains "
+                f"{_f(fig['ratio_of_means'])}; per-seed ratios "
+                f"{', '.join(_f(r) for r in fig['ratio_per_seed'])}; over the control "
+                f"{', '.join(_f(r) for r in fig['over_control_ratio_per_seed'])}")
     console.print(f"wall time {wall_s:.0f} s")
-    for arm in ("uncertainty", "selected"):
-        if arm in figures:
-            fig = figures[arm]
+    for budget, arms in figures.items():
+        for arm in ("uncertainty", "selected"):
+            fig = arms[arm]
             met = fig["median_ratio"] is not None and fig["median_ratio"] >= GOAL
-            print(f"annotation value: {arm} / random = {_f(fig['median_ratio'])} "
+            print(f"annotation value ({budget}): {arm} / random = {_f(fig['median_ratio'])} "
                   f"(min {_f(fig['min_ratio'])}, max {_f(fig['max_ratio'])} over {len(seeds)} "
                   f"seeds; goal ≥ {GOAL}: {'met' if met else 'not met'})")
 
@@ -423,12 +480,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0, 1, …)")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+    parser.add_argument("--size", choices=sorted(SIZES), default="default",
                         help="the demo's sizes: videos per split, lengths, epochs")
     parser.add_argument("--threshold", type=float, default=REVIEW_BELOW,
                         help="feedback tasks below this confidence (the demo's)")
+    parser.add_argument("--fractions", type=float, nargs="*", default=[0.05, 0.1],
+                        help="also compare at these fractions of C's video (the plain arm: "
+                             "least confident tasks first)")
     parser.add_argument("--field", type=int, default=6,
-                        help="C's held-out field videos (0: the demo's val and test counts)")
+                        help="C's field videos (test split, never in the dataset)")
+    parser.add_argument("--qa", type=int, default=2,
+                        help="C's validation videos, labelled whole in every arm")
+    parser.add_argument("--window", type=float, help="the selection's window_s")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the homes and videos")
