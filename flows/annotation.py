@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
+from surgflow.annotation.labelstudio import LabelStudioError
 from surgflow.config import get_settings
+from surgflow.errors import BrokerError
+from surgflow_flows.retries import transient
 
 SYNC_EVERY_S = 60
 
 
-@task(name="sync-label-studio", retries=2, retry_delay_seconds=10)
+@task(name="sync-label-studio", retries=2, retry_delay_seconds=10,
+      retry_condition_fn=transient(BrokerError, LabelStudioError))
 def sync_label_studio() -> dict:
     from surgflow.annotation.sync import run_sync
 

@@ -19,6 +19,7 @@ from surgflow.config import get_settings
 from surgflow.errors import BrokerError
 from surgflow.feedback.consumer import FOLLOW_MAX_EVENTS, FOLLOW_MAX_SECONDS, run_feedback
 from surgflow.feedback.events import EVENT, payload, resource_id
+from surgflow_flows.retries import transient
 
 
 def emit_version_event(version: dict) -> None:
@@ -31,17 +32,8 @@ def emit_version_event(version: dict) -> None:
                payload=payload(version))
 
 
-def _transient(task_, task_run, state) -> bool:
-    try:
-        state.result()
-    except BrokerError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@task(name="merge-feedback", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@task(name="merge-feedback", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=transient(BrokerError))
 def merge_feedback(once: bool = True, max_events: int = FOLLOW_MAX_EVENTS,
                    max_seconds: float = FOLLOW_MAX_SECONDS,
                    follow_for_s: float | None = None) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,16 @@ def write_exclusive(path: Path, data: bytes) -> bool:
     """Create ``path`` with ``data`` unless it exists; True if this call created it."""
     path = Path(path)
     return publish_exclusive(_write_temp(path.parent, data), path)
+
+
+def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The bytes of ``path``, written first from ``make()`` if it does not exist. Of racing
+    creators one wins and all read its bytes; the file is readable by its owner only (a
+    secret may be kept this way)."""
+    path = Path(path)
+    if not path.is_file():
+        write_exclusive(path, make())  # mkstemp's file: mode 0600, kept by the link
+    return path.read_bytes()
 
 
 def publish_exclusive(tmp: Path, path: Path) -> bool:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from surgflow.config import Settings
 from surgflow.data.proxies import Proxy, ProxyStore
 from surgflow.processes import pid_alive
+from surgflow.storage import json_bytes, read_json, read_or_create, write_atomic
 
 TTL = timedelta(days=7)
 RENEW_BEFORE = timedelta(days=1)
@@ -31,16 +30,8 @@ STATE_FILE = "bridge.json"
 
 
 def _secret(home: Path) -> bytes:
-    path = Path(home) / "annotation" / "bridge.key"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+    return read_or_create(Path(home) / "annotation" / "bridge.key",
+                          lambda: secrets.token_bytes(32))
 
 
 def _sig(secret: bytes, text: str) -> str:
@@ -67,8 +58,11 @@ class MediaLinks:
         return _sig(self.secret, "webhook")
 
     def media_url(self, proxy: Proxy, now: datetime | None = None) -> str:
-        key = ProxyStore.key(proxy.source_sha256, proxy.spec)
-        exp = int(((now or datetime.now(UTC)) + TTL).timestamp())
+        return self._link(ProxyStore.key(proxy.source_sha256, proxy.spec),
+                          now or datetime.now(UTC))
+
+    def _link(self, key: str, now: datetime) -> str:
+        exp = int((now + TTL).timestamp())
         return f"{self.base}/media/{key}.mp4?exp={exp}&sig={_sig(self.secret, f'{key}:{exp}')}"
 
     def check(self, key: str, exp: int, sig: str, now: datetime | None = None) -> str | None:
@@ -90,25 +84,19 @@ class MediaLinks:
             return None
         if int(query["exp"][0]) - now.timestamp() > RENEW_BEFORE.total_seconds():
             return None
-        exp = int((now + TTL).timestamp())
-        key = m.group(1)
-        return f"{self.base}/media/{key}.mp4?exp={exp}&sig={_sig(self.secret, f'{key}:{exp}')}"
+        return self._link(m.group(1), now)
 
 
 def record_bridge(home: Path, url: str, pid: int) -> None:
-    path = Path(home) / "annotation" / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"url": url, "pid": pid}))
+    write_atomic(Path(home) / "annotation" / STATE_FILE, json_bytes({"url": url, "pid": pid}))
 
 
 def bridge_url(settings: Settings) -> str | None:
     """The bridge's public URL: configured, or the one recorded by a running bridge."""
     if settings.annotation_url:
         return settings.annotation_url
-    path = settings.home / "annotation" / STATE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    data = read_json(settings.home / "annotation" / STATE_FILE)
+    if not isinstance(data, dict):
         return None
     return data["url"] if pid_alive(int(data.get("pid", 0))) else None
 

@@ -33,7 +33,7 @@ from surgflow.config import Settings
 from surgflow.errors import ConfigError, SurgflowError
 from surgflow.processes import free_port
 from surgflow.services import Launch, Supervisor
-from surgflow.storage import publish_exclusive, temp_path
+from surgflow.storage import json_bytes, publish_exclusive, read_or_create, temp_path
 
 STATE_FILE = "label-studio.json"
 #: the first start migrates a new SQLite database (about 25 s on 2 cores)
@@ -76,16 +76,10 @@ def executable() -> Path:
 
 def _credentials(home: Path) -> dict[str, str]:
     """The embedded server's admin login and API token, made once."""
-    path = Path(home) / "label-studio" / "credentials.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    creds = {"login": ADMIN, "password": secrets.token_urlsafe(12),
-             "token": secrets.token_hex(20)}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f)
-    return creds
+    return json.loads(read_or_create(
+        Path(home) / "label-studio" / "credentials.json",
+        lambda: json_bytes({"login": ADMIN, "password": secrets.token_urlsafe(12),
+                            "token": secrets.token_hex(20)})))
 
 
 def _answers(record: dict[str, Any]) -> bool:

@@ -43,6 +43,7 @@ from surgflow.data.media import prepare_for_people
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
+from surgflow.errors import SurgflowError
 from surgflow.feedback.schemas import FeedbackTask, WireError
 from surgflow.feedback.tasks import TaskLedger
 from surgflow.storage import json_bytes, locked, write_exclusive
@@ -149,7 +150,7 @@ def sync(settings: Settings, client: LabelStudio, publisher, links: MediaLinks |
         pid = int(project["id"])
         report.projects[procedure] = pid
         client.ensure_view(pid, VIEW, ["tasks:data.confidence"])
-        if links is not None and links.webhook_url:
+        if links is not None:
             client.ensure_webhook(pid, links.webhook_url, WEBHOOK_ACTIONS,
                                   {"Authorization": f"Bearer {links.webhook_token}"})
         held = {t["data"].get("surgflow_task_id"): t for t in client.tasks(pid)}
@@ -180,7 +181,9 @@ def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, pro
     if not todo:
         return
     if links is None:
-        raise_no_bridge()
+        raise SurgflowError(
+            "no annotation bridge answers to serve media to Label Studio: start the stack "
+            "(`surgflow up`) or `surgflow annotate serve`, or set SURGFLOW_ANNOTATION_URL")
     registry = VideoRegistry(settings.home, settings.resolved_video_roots())
     store = DatasetStore(settings.home)
     procedure = todo[0].procedure
@@ -254,14 +257,6 @@ def report_dead_letters(client: LabelStudio, ledger: ReturnLedger,
                                           f"{reason}")
         ledger.report(event_id, reason)
         report.problems_reported += 1
-
-
-def raise_no_bridge() -> None:
-    from surgflow.errors import SurgflowError
-
-    raise SurgflowError("no annotation bridge answers to serve media to Label Studio: start "
-                        "the stack (`surgflow up`) or `surgflow annotate serve`, or set "
-                        "SURGFLOW_ANNOTATION_URL")
 
 
 def dead_letters(settings: Settings) -> list[tuple[bytes | None, str]]:

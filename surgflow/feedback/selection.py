@@ -37,25 +37,9 @@ DEFAULT_WINDOW_S = 4.0  # tuned on seeds 7 and 8 of bench.annotation_value (4 s 
 
 
 @dataclass(frozen=True)
-class Pick:
-    """A range ``[start_frame, end_frame)`` to label, why it was picked (``kind`` transition or
-    phase, ``key`` the predicted labels it is about) and its score when it was picked."""
-
-    video_id: str
-    start_frame: int
-    end_frame: int
-    kind: str
-    key: tuple[str, ...]
-    uncertainty: float
-    score: float
-
-    def seconds(self, fps: float) -> float:
-        return (self.end_frame - self.start_frame) / fps
-
-
-@dataclass(frozen=True)
 class Window:
-    """A candidate range: ``base`` is its score before any discount."""
+    """A candidate range ``[start_frame, end_frame)``: ``kind`` transition or phase, ``key``
+    the predicted labels it is about, ``base`` its score before any discount."""
 
     video_id: str
     start_frame: int
@@ -64,6 +48,17 @@ class Window:
     key: tuple[str, ...]
     uncertainty: float
     base: float
+
+    def seconds(self, fps: float) -> float:
+        return (self.end_frame - self.start_frame) / fps
+
+
+@dataclass(frozen=True)
+class Pick(Window):
+    """A window picked to label (the last one cut to what was left of the budget) and its
+    ``score`` when it was picked."""
+
+    score: float
 
 
 def select(events: Sequence[InferenceEvent], budget_s: float, fps: Mapping[str, float], *,
@@ -175,7 +170,8 @@ def _greedy(windows: list[Window], budget_s: float, fps: Mapping[str, float],
         # a transition window cut short keeps its middle, where the boundary is
         start = w.start_frame + ((w.end_frame - w.start_frame - frames) // 2
                                  if w.kind == "transition" else 0)
-        picks.append(Pick(w.video_id, start, start + frames, w.kind, w.key, w.uncertainty, now))
+        picks.append(Pick(w.video_id, start, start + frames, w.kind, w.key, w.uncertainty,
+                          w.base, now))
         left -= frames / rate
         kinds[(w.kind, w.key)] += 1
         videos[w.video_id] += 1

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,31 +183,21 @@ class Stack:
             self.wait_http(svc, "/healthz")
         return svc
 
-    def start_label_studio(self) -> threading.Thread | None:
-        """Start the embedded Label Studio in the background (its first start migrates a
-        database for about 25 s); :meth:`wait_label_studio` joins it. None if configured."""
+    def start_label_studio(self) -> Future | None:
+        """Start the embedded Label Studio in the background; :meth:`wait_label_studio` waits
+        for it (and raises what stopped it). None if one is configured."""
         if self.settings.label_studio_url:
             return None
         from surgflow.annotation import server
 
-        self._ls_error: BaseException | None = None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-studio-start")
+        started = pool.submit(server.start, self.home)
+        pool.shutdown(wait=False)
+        return started
 
-        def run() -> None:
-            try:
-                server.start(self.home)
-            except BaseException as e:  # re-raised by wait_label_studio
-                self._ls_error = e
-
-        thread = threading.Thread(target=run, name="label-studio-start", daemon=True)
-        thread.start()
-        return thread
-
-    def wait_label_studio(self, thread: threading.Thread | None) -> None:
-        if thread is None:
-            return
-        thread.join()
-        if self._ls_error is not None:
-            raise self._ls_error
+    def wait_label_studio(self, started: Future | None) -> None:
+        if started is not None:
+            started.result()
 
     def start_annotation_bridge(self, port: int | None = None) -> Service:
         """The annotation bridge; every process started after it knows its URL."""
