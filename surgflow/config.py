@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         if v is None or not v.strip():
             return None
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+            raise ValueError("expected an http:// or https:// URL")
         return v.strip().rstrip("/")
 
     @field_validator("topic_prefix", mode="after")

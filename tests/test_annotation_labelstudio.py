@@ -239,3 +239,15 @@ def test_sync_and_feedback_killed_mid_pass_end_with_an_uninterrupted_runs_finger
     assert crashed["provenance_frames"]["human"] > 0
     done = [t for t in run_cli("feedback", "tasks", json=True).data if t["status"] == "completed"]
     assert len(done) == 6
+
+
+def test_status_says_where_label_studio_answers_and_starts_nothing(label_studio, tmp_path):
+    fresh = tmp_path / "fresh"
+    idle = run_cli("annotate", "status", json=True, home=fresh,
+                   unset=("SURGFLOW_LABEL_STUDIO_URL", "SURGFLOW_LABEL_STUDIO_TOKEN")).data
+    assert idle == {"running": False, "url": None, "embedded": True, "login": None,
+                    "password": None, "bridge": None}
+    assert not (fresh / "label-studio.json").exists()
+    existing = run_cli("annotate", "status", json=True).data
+    assert existing["running"] and existing["url"] == label_studio.url
+    assert existing["embedded"] is False and existing["login"] is None

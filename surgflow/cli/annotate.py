@@ -37,14 +37,20 @@ def serve(
 @app.command("status")
 @handle_errors
 def status(json_: bool = JsonOption) -> None:
-    """Where Label Studio answers, how to sign in, and the bridge."""
+    """Where Label Studio answers, how to sign in, and the bridge (starts nothing)."""
     from surgflow.annotation.links import bridge_url
     from surgflow.annotation.server import endpoint
+    from surgflow.errors import SurgflowError
 
     settings = get_settings()
-    ep = endpoint(settings, start_embedded=False)
-    emit({"url": ep.url, "embedded": ep.embedded, "login": ep.login, "password": ep.password,
-          "bridge": bridge_url(settings)}, json_, _render_status)
+    try:
+        ep = endpoint(settings, start_embedded=False)
+        found = {"running": True, "url": ep.url, "embedded": ep.embedded, "login": ep.login,
+                 "password": ep.password}
+    except SurgflowError:  # the embedded one, not started
+        found = {"running": False, "url": None, "embedded": True, "login": None,
+                 "password": None}
+    emit(found | {"bridge": bridge_url(settings)}, json_, _render_status)
 
 
 def _render_sync(r: dict[str, Any]) -> None:
@@ -56,7 +62,8 @@ def _render_sync(r: dict[str, Any]) -> None:
 
 
 def _render_status(r: dict[str, Any]) -> None:
-    stdout_console.print(f"[bold]Label Studio[/bold] {r['url']}", soft_wrap=True)
+    stdout_console.print(f"[bold]Label Studio[/bold] {r['url'] or '(not running)'}",
+                         soft_wrap=True)
     if r["login"]:
         stdout_console.print(f"[bold]login[/bold]        {r['login']} / {r['password']}",
                              soft_wrap=True)
