@@ -16,6 +16,8 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -67,20 +69,21 @@ def create_app(settings: Settings, public_url: str) -> FastAPI:
     links = MediaLinks.for_home(settings.home, public_url)
     store = ProxyStore(settings.home)
     returns = Returns(settings)
-    app = FastAPI(title="surgflow annotation bridge", docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        record_bridge(settings.home, public_url, os.getpid())
+        try:
+            yield
+        finally:
+            returns.close()
+
+    app = FastAPI(title="surgflow annotation bridge", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     # Label Studio's player fetches media from its own page's origin; the signed link, not
     # the origin, is what admits a request, and no cookie is ever read
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
                        allow_headers=["Range"],
                        expose_headers=["Accept-Ranges", "Content-Range", "Content-Length"])
-
-    @app.on_event("startup")
-    def _record() -> None:
-        record_bridge(settings.home, public_url, os.getpid())
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        returns.close()
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
