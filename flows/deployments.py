@@ -6,6 +6,9 @@
 - ``annotation-sync``: :func:`~surgflow_flows.annotation.annotation_sync` every minute and on
   every ``surgflow.dataset.version.created`` event (feedback tasks out to Label Studio,
   corrections back);
+- ``privacy-screen``: :func:`~surgflow_flows.privacy.privacy_screen` every 30 s and on every
+  ``surgflow.dataset.version.created`` event (new videos screened by the production out-of-body
+  detector; every video again once a new one is promoted);
 - ``recipe-<name>``: one per recipe file, :func:`~surgflow_flows.pipeline.recipe_pipeline` on the
   recipe's own cron (if any) and on ``surgflow.recipe.retrain`` for its resource
   ``surgflow.recipe.<name>`` — the event its data triggers emit.
@@ -34,6 +37,7 @@ from surgflow.training.recipe import load_recipe
 from surgflow_flows.annotation import SYNC_EVERY_S, annotation_sync
 from surgflow_flows.nightly import nightly_build, recipe_files
 from surgflow_flows.pipeline import recipe_pipeline
+from surgflow_flows.privacy import SCREEN_EVERY_S, privacy_screen
 from surgflow_flows.triggers import RETRAIN_EVENT, check_triggers, recipe_resource
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -72,6 +76,17 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
          "parameters": {},
          "description": "send open feedback tasks to Label Studio and annotators' "
                         "corrections back to the annotations topic",
+         "periodic_runs_of": [], "tags": []},
+        {"flow": privacy_screen, "name": "privacy-screen", "cron": None,
+         "interval": SCREEN_EVERY_S,
+         "triggers": [DeploymentEventTrigger(
+             name="privacy-screen-on-version", expect={VERSION_EVENT},
+             match={"prefect.resource.id": "surgflow.dataset.*"},
+             parameters={"dataset": "{{ event.payload.dataset }}",
+                         "version": "{{ event.payload.version }}"})],
+         "parameters": {},
+         "description": "screen new videos with the production out-of-body detector, so "
+                        "that they may be shown to people, redacted",
          "periodic_runs_of": [], "tags": []},
     ]
     for path, recipe in recipes:

@@ -19,6 +19,7 @@ from surgflow.config import get_settings
 from surgflow.errors import BrokerError
 from surgflow.feedback.consumer import FOLLOW_MAX_EVENTS, FOLLOW_MAX_SECONDS, run_feedback
 from surgflow.feedback.events import EVENT, payload, resource_id
+from surgflow.serving.screening import privacy_hold
 from surgflow_flows.retries import transient
 
 
@@ -43,9 +44,10 @@ def merge_feedback(once: bool = True, max_events: int = FOLLOW_MAX_EVENTS,
         timer = threading.Timer(follow_for_s, stop.set)
         timer.daemon = True
         timer.start()
+    settings = get_settings()
     report = run_feedback(
-        get_settings(), once=once, max_events=max_events, max_seconds=max_seconds, stop=stop,
-        on_version=emit_version_event)
+        settings, once=once, max_events=max_events, max_seconds=max_seconds, stop=stop,
+        on_version=emit_version_event, hold=privacy_hold(settings))
     return report.as_json()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         default=None, description="an existing Label Studio server; unset: the embedded one")
     label_studio_token: SecretStr | None = Field(
         default=None, description="API token for SURGFLOW_LABEL_STUDIO_URL")
+    privacy_screening: Literal["required", "off"] = Field(
+        default="required", description="required: a video reaches people only once the "
+        "production out-of-body detector screened it, redacted; off: the videos are "
+        "de-identified before they reach surgflow, and none is screened or redacted")
     annotation_url: str | None = Field(
         default=None, description="where Label Studio and browsers reach surgflow's annotation "
         "bridge (media, webhooks); unset: the bridge recorded under SURGFLOW_HOME")

@@ -23,8 +23,9 @@ from surgflow.errors import BadInput
 
 
 def import_labelled(home: Path, video_roots: list[Path], videos: list[Path], procedure: str,
-                    source: str) -> CommitResult:
-    """Register ``videos`` and commit their ground-truth segments to dataset ``procedure``."""
+                    source: str, track: str | None = None) -> CommitResult:
+    """Register ``videos`` and commit their ground-truth segments to dataset ``procedure``
+    (with ``track="privacy"``: their privacy-track truth to the privacy track)."""
     registry = VideoRegistry(home, video_roots)
     report = registry.ingest(videos, procedure=procedure, source=source)
     bad = report["quarantined"] + report["conflicts"]
@@ -39,11 +40,13 @@ def import_labelled(home: Path, video_roots: list[Path], videos: list[Path], pro
             raise BadInput(f"video {path}: no label file {seg_path.name} beside it")
         raw_bytes = seg_path.read_bytes()
         meta = json.loads(raw_bytes)
-        raw = meta["segments"] if isinstance(meta, dict) else meta
+        raw = meta[track or "segments"] if isinstance(meta, dict) else meta
         segments = tuple(LabelSegment(int(s["start_frame"]), int(s["end_frame"]), s["label"])
                          for s in raw)
         digest = hashlib.sha256(f"{record.sha256}:{raw_bytes.hex()}".encode())
-        events.append(LabelEvent(f"import-{digest.hexdigest()[:20]}", record.video_id, "human",
+        events.append(LabelEvent(f"import-{track or ''}{digest.hexdigest()[:20]}",
+                                 record.video_id, "human",
                                  now, 0, 0, segments))
         records.append(record)
-    return DatasetStore(home).commit(procedure, videos=records, events=events, offsets={})
+    return DatasetStore(home).commit(track or procedure, videos=records, events=events,
+                                     offsets={})

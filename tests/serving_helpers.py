@@ -25,14 +25,15 @@ def serving_settings(root: Path, bootstrap: str, roots: list[Path], **over) -> S
                         api_token=TOKEN, topic_partitions=3, **over)
 
 
-def register_bundle(settings: Settings, bundle_dir: Path, recipe_name: str = "tiny") -> int:
+def register_bundle(settings: Settings, bundle_dir: Path, recipe_name: str = "tiny",
+                    procedure: str = "cholecystectomy", recipe: dict | None = None) -> int:
     """Register ``bundle_dir`` as a new version (its own MLflow run); returns the version."""
     client = tracking.client(settings)
-    run = client.create_run(tracking.experiment_id(client, "surgflow/cholecystectomy", settings))
+    run = client.create_run(tracking.experiment_id(client, f"surgflow/{procedure}", settings))
     mv = ModelRegistry(settings).register(
-        procedure="cholecystectomy", bundle_dir=bundle_dir, run_id=run.info.run_id,
-        recipe_name=recipe_name, recipe={"name": recipe_name}, recipe_path=None,
-        dataset_versions=["cholecystectomy@1"], code_version="test", metrics={})
+        procedure=procedure, bundle_dir=bundle_dir, run_id=run.info.run_id,
+        recipe_name=recipe_name, recipe=recipe or {"name": recipe_name}, recipe_path=None,
+        dataset_versions=[f"{procedure}@1"], code_version="test", metrics={})
     return mv.version
 
 

@@ -81,7 +81,8 @@ def test_the_data_section_is_the_view_on_the_recipes_clip_and_seed():
     dumped = r.model_dump(mode="json")
     assert dumped["data"] == {"sources": ["cholecystectomy"], "filter": None,
                               "min_confidence": 0.8, "balance": "inverse_frequency",
-                              "balance_by": "label", "balance_params": {}}
+                              "balance_by": "label", "balance_params": {},
+                              "out_of_body": "exclude"}
     assert parse_recipe(dumped) == r
 
 
@@ -92,7 +93,7 @@ def test_the_data_section_refuses_what_the_recipe_sets_elsewhere():
         "view's clip is the recipe's top-level 'clip' (got a mapping)")
     assert bad(data={"sources": sources, "sourcez": ["x"]}) == (
         "recipe test.yaml: field 'data.sourcez' is not allowed here; allowed: balance, "
-        "balance_by, balance_params, filter, min_confidence, sources")
+        "balance_by, balance_params, filter, min_confidence, out_of_body, sources")
 
 
 def test_unknown_balancing_strategy_lists_known_ones():

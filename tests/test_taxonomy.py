@@ -24,7 +24,7 @@ def test_add_list_and_extend(tmp_path: Path) -> None:
     assert cat.add("appendectomy", ["Access", "Dissection", "Closure"])[1] is False
     extended, changed = cat.add("appendectomy", ["Access", "Dissection", "Closure", "Irrigation"])
     assert changed and extended.labels[-1] == "Irrigation"
-    assert [p.name for p in cat.list()] == ["appendectomy", "cholecystectomy"]
+    assert [p.name for p in cat.list()] == ["appendectomy", "cholecystectomy", "privacy"]
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from surgflow.annotation.labelstudio import LabelStudio
 from surgflow.annotation.links import MediaLinks
 from surgflow.config import Settings
 from surgflow.data.media import prepare_for_people
+from surgflow.data.privacy import PRIVACY, PrivacyHold, PrivacyPolicy
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
@@ -62,6 +63,8 @@ class SyncReport:
     projects: dict[str, int] = field(default_factory=dict)
     tasks_sent: int = 0
     tasks_held: int = 0
+    #: open tasks not sent because their video is not cleared for people (privacy)
+    tasks_withheld: int = 0
     tasks_closed: int = 0
     links_renewed: int = 0
     annotations_returned: int = 0
@@ -135,8 +138,9 @@ def return_annotation(client: LabelStudio, publisher, ledger: ReturnLedger,
 
 
 def sync(settings: Settings, client: LabelStudio, publisher, links: MediaLinks | None,
-         now: datetime | None = None) -> SyncReport:
-    """One pass of the sync (see the module docstring)."""
+         policy: PrivacyPolicy, now: datetime | None = None) -> SyncReport:
+    """One pass of the sync (see the module docstring); only tasks whose video ``policy``
+    clears for people are sent."""
     now = now or datetime.now(UTC)
     report = SyncReport()
     home = settings.home
@@ -155,7 +159,7 @@ def sync(settings: Settings, client: LabelStudio, publisher, links: MediaLinks |
                                   {"Authorization": f"Bearer {links.webhook_token}"})
         held = {t["data"].get("surgflow_task_id"): t for t in client.tasks(pid)}
         report.tasks_held += len(held)
-        _send(settings, client, links, pid, tasks, held, report)
+        _send(settings, client, links, pid, tasks, held, report, policy)
         _close(settings, client, ledger, tasks, held, report)
         if links is not None:
             _renew(client, links, tasks, held, report, now)
@@ -175,7 +179,7 @@ def sync(settings: Settings, client: LabelStudio, publisher, links: MediaLinks |
 
 
 def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, project: int,
-          tasks: list[dict], held: dict, report: SyncReport) -> None:
+          tasks: list[dict], held: dict, report: SyncReport, policy: PrivacyPolicy) -> None:
     todo = [FeedbackTask.model_validate(t) for t in tasks
             if t["status"] == "open" and t["task_id"] not in held]
     if not todo:
@@ -190,17 +194,33 @@ def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, pro
     video_ids = sorted({t.video_id for t in todo})
     intervals = (store.find_intervals(procedure, video_ids)
                  if store.latest_version(procedure) is not None else {})
-    media: dict[str, timeline.Media] = {}
+    privacy = (store.find_intervals(PRIVACY, video_ids)
+               if store.latest_version(PRIVACY) is not None else {})
+    media: dict[str, timeline.Media | PrivacyHold] = {}
     payloads = []
     for task in sorted(todo, key=lambda t: (t.confidence, t.video_id, t.start_frame)):
         if task.video_id not in media:
             video = registry.get(task.video_id)
-            proxy = prepare_for_people(settings.home, video)
-            media[task.video_id] = timeline.Media(
-                url=links.media_url(proxy), fps=proxy.fps, step=proxy.spec.step,
-                num_frames=proxy.num_frames, source_frames=video.num_frames)
-        payloads.append(timeline.task_payload(task, media[task.video_id],
-                                              intervals.get(task.video_id, ())))
+            try:
+                proxy = prepare_for_people(settings.home, video, policy)
+            except PrivacyHold as e:
+                log.debug("%s", e)
+                media[task.video_id] = e
+            else:
+                media[task.video_id] = timeline.Media(
+                    url=links.media_url(proxy), fps=proxy.fps, step=proxy.spec.step,
+                    num_frames=proxy.num_frames, source_frames=video.num_frames)
+        found = media[task.video_id]
+        if isinstance(found, PrivacyHold):
+            report.tasks_withheld += 1
+            continue
+        payloads.append(timeline.task_payload(task, found, intervals.get(task.video_id, ()),
+                                              privacy=privacy.get(task.video_id, ())))
+    if report.tasks_withheld:
+        log.info("%d tasks wait for their videos to be cleared for people (privacy)",
+                 report.tasks_withheld)
+    if not payloads:
+        return
     client.import_tasks(project, payloads)
     report.tasks_sent += len(payloads)
     newest = Counter(f"{t.model.name}@{t.model.version}" for t in todo).most_common(1)[0][0]
@@ -279,10 +299,11 @@ def run_sync(settings: Settings) -> SyncReport:
     from surgflow.annotation.links import links_for
     from surgflow.annotation.server import endpoint
     from surgflow.feedback.client import Publisher
+    from surgflow.serving.screening import privacy_policy
 
     lock = ReturnLedger(settings.home).root / ".sync.lock"
     with locked(lock), LabelStudio(endpoint(settings)) as client, \
             Publisher.from_settings(settings) as pub:
-        report = sync(settings, client, pub, links_for(settings))
+        report = sync(settings, client, pub, links_for(settings), privacy_policy(settings))
         report_dead_letters(client, ReturnLedger(settings.home), dead_letters(settings), report)
     return report

@@ -9,8 +9,10 @@ timeline ranges include both ends, so media frame ``k`` is Label Studio frame ``
   to the video's last frame when the media's last frame stands for fewer than ``step`` frames.
 
 Each task's labelling config is generated from its procedure's taxonomy (:func:`label_config`):
-the video, a ``phase`` timeline with one label per phase, and a ``review`` timeline on which the
-task's uncertain range is marked. An annotation's ``phase`` regions become one annotation event
+the video, a ``phase`` timeline with one label per phase, a ``privacy`` timeline (OutOfBody,
+InBody: the out-of-body detector's ranges, which people see black, and a person's correction of
+them), and a ``review`` timeline on which the task's uncertain range is marked. An
+annotation's ``phase`` and ``privacy`` regions become one annotation event
 (:func:`annotation_event`): the regions that overlap the task's range, cut to that range (the
 rest of the timeline is the model's, shown for context), under an event id derived from the
 annotation's id and revision so that a webhook and a poll deliver the same event.
@@ -26,9 +28,11 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from surgflow.data.labels import Interval
+from surgflow.data.privacy import IN_BODY, OUT_OF_BODY
 from surgflow.feedback.schemas import FeedbackTask
 
 PHASE = "phase"
+PRIVACY_TRACK = "privacy"
 REVIEW = "review"
 REVIEW_LABEL = "Review"
 VIDEO = "video"
@@ -47,6 +51,10 @@ def label_config(procedure: str, labels: Sequence[str]) -> str:
   <Video name="{VIDEO}" value="$video" frameRate="$fps" timelineHeight="160"/>
   <TimelineLabels name="{PHASE}" toName="{VIDEO}">
 {phase}
+  </TimelineLabels>
+  <TimelineLabels name="{PRIVACY_TRACK}" toName="{VIDEO}">
+    <Label value="{OUT_OF_BODY}" background="#000000" hotkey="o"/>
+    <Label value="{IN_BODY}" background="#66aa66" hotkey="i"/>
   </TimelineLabels>
   <TimelineLabels name="{REVIEW}" toName="{VIDEO}">
     <Label value="{REVIEW_LABEL}" background="#999999"/>
@@ -87,13 +95,18 @@ def _region(control: str, start: int, end: int, label: str, rid: str) -> dict[st
             "value": {"ranges": [{"start": start, "end": end}], "timelinelabels": [label]}}
 
 
-def prediction(intervals: Iterable[Interval], task: FeedbackTask, media: Media
-               ) -> dict[str, Any]:
+def prediction(intervals: Iterable[Interval], task: FeedbackTask, media: Media,
+               privacy: Iterable[Interval] = ()) -> dict[str, Any]:
     """The production model's labels of the whole video as a Label Studio prediction, with
-    the task's uncertain range marked on the ``review`` timeline.
+    the video's out-of-body ranges (``privacy``: its privacy-track intervals) on the
+    ``privacy`` timeline and the task's uncertain range on the ``review`` timeline.
 
     ``score`` is the model's mean confidence over the frames it labels."""
     result, frames, weighted = [], 0, 0.0
+    for n, iv in enumerate(sorted(privacy, key=lambda iv: iv.start_frame)):
+        shown = to_ls(iv.start_frame, iv.end_frame, media.step)
+        if iv.label == OUT_OF_BODY and shown is not None:
+            result.append(_region(PRIVACY_TRACK, *shown, OUT_OF_BODY, f"p{n}"))
     for n, iv in enumerate(sorted(intervals, key=lambda iv: iv.start_frame)):
         if iv.provenance != "model":
             continue
@@ -111,7 +124,7 @@ def prediction(intervals: Iterable[Interval], task: FeedbackTask, media: Media
 
 
 def task_payload(task: FeedbackTask, media: Media, intervals: Iterable[Interval],
-                 fix: str = "") -> dict[str, Any]:
+                 fix: str = "", privacy: Iterable[Interval] = ()) -> dict[str, Any]:
     """One Label Studio task (data and prediction) for one feedback task."""
     seconds = f"{task.start_frame / (media.fps * media.step):.1f}–" \
               f"{task.end_frame / (media.fps * media.step):.1f} s"
@@ -122,7 +135,7 @@ def task_payload(task: FeedbackTask, media: Media, intervals: Iterable[Interval]
                      "start_frame": task.start_frame, "end_frame": task.end_frame,
                      "step": media.step, "source_frames": media.source_frames,
                      "media_frames": media.num_frames, "confidence": task.confidence},
-            "predictions": [prediction(intervals, task, media)]}
+            "predictions": [prediction(intervals, task, media, privacy)]}
 
 
 def media_of(data: Mapping[str, Any]) -> Media:
@@ -150,7 +163,7 @@ def annotation_event(annotation: Mapping[str, Any], data: Mapping[str, Any],
     lo, hi = int(data["start_frame"]), int(data["end_frame"])
     segments = []
     for region in annotation.get("result") or ():
-        if region.get("from_name") != PHASE:
+        if region.get("from_name") not in (PHASE, PRIVACY_TRACK):
             continue
         value = region.get("value") or {}
         names = value.get("timelinelabels") or []
@@ -174,10 +187,12 @@ def annotation_event(annotation: Mapping[str, Any], data: Mapping[str, Any],
 
 
 def ls_result(segments: Iterable[tuple[int, int, str]], media: Media) -> list[dict[str, Any]]:
-    """A ``phase`` timeline result drawing source ranges ``(start, end, label)``."""
+    """A result drawing source ranges ``(start, end, label)``: privacy labels on the
+    ``privacy`` timeline, phases on the ``phase`` timeline."""
     out = []
     for n, (a, b, label) in enumerate(segments):
         shown = to_ls(a, b, media.step)
         if shown is not None:
-            out.append(_region(PHASE, *shown, label, f"h{n}"))
+            control = PRIVACY_TRACK if label in (OUT_OF_BODY, IN_BODY) else PHASE
+            out.append(_region(control, *shown, label, f"h{n}"))
     return out

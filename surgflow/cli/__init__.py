@@ -17,6 +17,7 @@ from surgflow.cli import (
     feedback,
     mlflow_ui,
     models,
+    privacy,
     procedures,
     serve,
     stack,
@@ -54,6 +55,7 @@ app.add_typer(broker.app, name="broker")
 app.add_typer(serve.app)
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(annotate.app, name="annotate")
+app.add_typer(privacy.app, name="privacy")
 
 
 @app.callback()

@@ -55,7 +55,8 @@ def status(json_: bool = JsonOption) -> None:
 
 def _render_sync(r: dict[str, Any]) -> None:
     stdout_console.print(
-        f"{r['tasks_sent']} tasks sent ({r['tasks_held']} already there), "
+        f"{r['tasks_sent']} tasks sent ({r['tasks_held']} already there, "
+        f"{r['tasks_withheld']} waiting for privacy clearance), "
         f"{r['tasks_closed']} closed, {r['annotations_returned']} annotations returned "
         f"of {r['annotations_seen']}, {r['problems_reported']} problems reported back",
         soft_wrap=True)

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
         from surgflow.feedback.consumer import run_feedback
+        from surgflow.serving.screening import privacy_hold
 
         # New versions are announced as Prefect events when a Prefect API is configured;
         # without one the run is the same, only unannounced.
@@ -55,10 +56,12 @@ def register(app: typer.Typer) -> None:
             log.info("batch: %s", json.dumps(r.as_json()))
 
         with spinner("merging feedback up to the current end offsets", enabled=once):
-            report = run_feedback(get_settings(), once=once, max_events=max_events,
+            settings = get_settings()
+            report = run_feedback(settings, once=once, max_events=max_events,
                                   max_seconds=max_seconds, stop=stop,
                                   on_batch=None if once else batch_done,
-                                  on_version=on_version, group_id=group)
+                                  on_version=on_version, group_id=group,
+                                  hold=privacy_hold(settings))
         if on_version is not None:
             from surgflow.cli.local.prefect_server import drain
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -49,11 +50,36 @@ def ingest(
         raise typer.Exit(2)
 
 
+class Reason(StrEnum):
+    registration = "registration"
+    privacy = "privacy"
+
+
 @app.command("quarantine")
 @handle_errors
-def quarantine(json_: bool = JsonOption):
-    """List what could not be registered, each with its reason."""
-    emit([e.model_dump(mode="json") for e in registry().quarantined()], json_)
+def quarantine(
+    reason: Reason = typer.Option(
+        Reason.registration, "--reason",
+        help="registration: files that could not be registered; privacy: registered videos "
+             "held from people until the production out-of-body detector clears them."),
+    json_: bool = JsonOption,
+):
+    """List what could not be registered (or is held for privacy), each with its reason."""
+    if reason is Reason.registration:
+        emit([e.model_dump(mode="json") for e in registry().quarantined()], json_)
+        return
+    from surgflow.data.privacy import clearance
+    from surgflow.serving.screening import privacy_policy
+
+    settings = get_settings()
+    policy = privacy_policy(settings)
+    rows = []
+    for video in registry().list():
+        c = clearance(settings.home, video, policy)
+        if not c.cleared:
+            rows.append({"video_id": video.video_id, "uri": video.uri, "reason": c.reason,
+                         "detector": c.detector})
+    emit(rows, json_)
 
 
 @app.command("videos")

@@ -7,16 +7,25 @@ so the loader decodes only what it uses and can seek cheaply. Proxies are conten
 the source's sha256 and the proxy spec, under ``SURGFLOW_HOME/proxies``; the original is never
 modified. A proxy is published with a no-overwrite link, its JSON sidecar last, so a crash
 leaves either a complete proxy or none, and concurrent writers of one proxy agree.
+
+A spec may name source frames to black out (:attr:`ProxySpec.blackout`, as
+:func:`surgflow.data.privacy.blackout_ranges` makes them): those proxy frames are black, every
+other frame and the timing are as without. Every proxy, and every reel written through
+:class:`H264Writer`, carries pictures and timing only: no creation time, no encoder or library
+tags, no x264 settings string, nothing copied from the source's metadata.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import math
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from surgflow.data.clip_sampling import ClipSpec, frame_step
 from surgflow.errors import VideoError
@@ -24,14 +33,45 @@ from surgflow.storage import json_bytes, publish_exclusive, temp_path, write_exc
 
 PROXY_FORMAT = 1
 
+#: Half-open source-frame ranges ``((start, end), ...)``, sorted and non-overlapping.
+Ranges = tuple[tuple[int, int], ...]
+
+
+def check_ranges(ranges: Iterable[Iterable[int]]) -> Ranges:
+    """``ranges`` as a tuple of ``(start, end)`` int pairs; ValueError naming the first range that
+    is empty, negative, out of order or overlapping its predecessor."""
+    out: list[tuple[int, int]] = []
+    for r in ranges:
+        start, end = (int(x) for x in r)
+        if not 0 <= start < end:
+            raise ValueError(f"blackout range {(start, end)}: expected 0 <= start < end")
+        if out and start < out[-1][1]:
+            raise ValueError(f"blackout range {(start, end)} starts before the previous range "
+                             f"{out[-1]} ends; expected sorted, non-overlapping ranges")
+        out.append((start, end))
+    return tuple(out)
+
+
+def in_ranges(frame: int, ranges: Ranges) -> bool:
+    """Whether ``frame`` lies in one of ``ranges`` (sorted, non-overlapping, half-open)."""
+    j = bisect.bisect_right(ranges, (frame, math.inf))
+    return j > 0 and frame < ranges[j - 1][1]
+
 
 class ProxySpec(BaseModel, frozen=True):
-    """How a proxy is made: every ``step``-th frame, short side ``short_side``, GOP ``gop``."""
+    """How a proxy is made: every ``step``-th frame, short side ``short_side``, GOP ``gop``;
+    source frames in ``blackout`` (half-open ranges, see :func:`check_ranges`) written black."""
 
     step: int = Field(ge=1)
     short_side: int = Field(ge=8, le=4096)
     gop: int = Field(16, ge=1, le=1000)
     crf: int = Field(20, ge=0, le=51)
+    blackout: Ranges = ()
+
+    @field_validator("blackout")
+    @classmethod
+    def _ranges_in_order(cls, ranges):
+        return check_ranges(ranges)
 
     @classmethod
     def for_clip(cls, clip: ClipSpec, video_fps: float, gop: int = 16) -> ProxySpec:
@@ -53,12 +93,13 @@ class Proxy(BaseModel, frozen=True):
 
     def serves(self, frames, short_side: int) -> bool:
         """Whether source frames ``frames`` can be read from this proxy at short side
-        ``short_side``: every frame on the proxy's grid and within it, and no upscaling."""
+        ``short_side``: every frame on the proxy's grid and within it, no upscaling, and
+        nothing blacked out (those frames are not the source's)."""
         import numpy as np
 
         f = np.asarray(frames)
         return bool(
-            self.spec.short_side >= short_side
+            not self.spec.blackout and self.spec.short_side >= short_side
             and np.all(f % self.spec.step == 0) and np.all(f // self.spec.step < self.num_frames)
         )
 
@@ -90,7 +131,12 @@ class ProxyStore:
 
     @staticmethod
     def key(source_sha256: str, spec: ProxySpec) -> str:
-        text = json.dumps([PROXY_FORMAT, source_sha256, spec.model_dump()], sort_keys=True)
+        """The proxy's name: a hash of the format, the source's content and the spec."""
+        fields = _validated(spec).model_dump()
+        if not fields["blackout"]:
+            # named as a spec without the field is, so proxies already on disk are still found
+            del fields["blackout"]
+        text = json.dumps([PROXY_FORMAT, source_sha256, fields], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _paths(self, source_sha256: str, spec: ProxySpec) -> tuple[Path, Path]:
@@ -107,6 +153,7 @@ class ProxyStore:
 
     def ensure(self, source_path: str | Path, source_sha256: str, spec: ProxySpec) -> Proxy:
         """The proxy of this content and spec, written first if missing (once)."""
+        spec = _validated(spec)
         found = self.find(source_sha256, spec)
         if found is not None:
             return found
@@ -128,46 +175,144 @@ class ProxyStore:
 
 
 def write_proxy(source: str | Path, dest: str | Path, spec: ProxySpec) -> dict:
-    """Encode the proxy of ``source`` into ``dest``; returns fps, width, height, num_frames."""
+    """Encode the proxy of ``source`` into ``dest``; returns fps, width, height, num_frames.
+
+    Source frames in ``spec.blackout`` become black frames of the proxy's size; they are still
+    decoded (the frames after them depend on them) but never scaled or encoded.
+    """
     import av
 
+    spec = _validated(spec)
     try:
         src = av.open(str(source))
     except Exception as e:
         raise VideoError(str(source), f"cannot be opened to write a proxy: {e}") from e
-    with src, av.open(str(dest), "w", format="mp4") as out:
+    with src:
         in_stream = src.streams.video[0]
         in_stream.thread_type = "AUTO"
         rate = Fraction(in_stream.average_rate or in_stream.guessed_rate or 25) / spec.step
         rate = rate.limit_denominator(1001)
         w, h = scaled_size(in_stream.codec_context.width, in_stream.codec_context.height,
                            spec.short_side)
-        stream = out.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = spec.gop
-        stream.codec_context.thread_count = 1
-        stream.options = {
-            "preset": "veryfast", "crf": str(spec.crf), "bf": "0",
-            "x264-params": f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0",
-        }
-        written = 0
-        try:
-            for i, frame in enumerate(src.decode(in_stream)):
-                if i % spec.step:
-                    continue
-                small = frame.reformat(width=w, height=h, format="yuv420p")
-                small.pts, small.time_base = written, 1 / rate
-                for packet in stream.encode(small):
-                    out.mux(packet)
-                written += 1
-            for packet in stream.encode():
-                out.mux(packet)
-        except av.error.FFmpegError as e:
-            raise VideoError(str(source), f"decoding failed at frame {written * spec.step} "
-                             f"while writing a proxy: {e}") from e
-    if written == 0:
+        with H264Writer(dest, rate=rate, width=w, height=h, crf=spec.crf, gop=spec.gop,
+                        threads=1) as out:
+            try:
+                for i, frame in enumerate(src.decode(in_stream)):
+                    if i % spec.step:
+                        continue
+                    if in_ranges(i, spec.blackout):
+                        out.write_black()
+                    else:
+                        out.write(frame.reformat(width=w, height=h, format="yuv420p"))
+            except av.error.FFmpegError as e:
+                raise VideoError(str(source), f"decoding failed at frame {out.frames * spec.step}"
+                                 f" while writing a proxy: {e}") from e
+    if out.frames == 0:
         raise VideoError(str(source), "no frames decoded while writing a proxy")
-    return {"fps": float(rate), "width": w, "height": h, "num_frames": written}
+    return {"fps": float(rate), "width": w, "height": h, "num_frames": out.frames}
+
+
+#: the track's handler name; muxers otherwise write their own ("VideoHandler" names FFmpeg)
+HANDLER_NAME = "Video"
+#: drops every SEI NAL unit, among them x264's user data: its version and full settings
+STRIP_SEI = "filter_units=remove_types=6"
+
+
+class H264Writer:
+    """An H.264 MP4 (yuv420p) that carries pictures and timing only, for files people see.
+
+    The muxer runs bitexact (no ``encoder`` tag), no metadata is set but the track's handler
+    name (:data:`HANDLER_NAME`), so creation and modification times stay 0, and x264's SEI is
+    filtered out of the bitstream. Nothing of a source's metadata is copied: only frames are
+    written. Frame ``k`` is shown at ``k / rate``. With ``gop``, key frames come every ``gop``
+    frames (and around black runs) and there are no B-frames; without, x264 chooses.
+    ``threads=0`` lets the encoder choose its thread count.
+
+    Use as a context manager: leaving it normally flushes the encoder and finishes the file;
+    leaving it on an exception closes the file unfinished.
+    """
+
+    def __init__(self, path: str | Path, *, rate: Fraction | int, width: int, height: int,
+                 crf: int, gop: int | None = None, threads: int = 0,
+                 preset: str = "veryfast"):
+        import av
+        import av.bitstream
+        import numpy as np
+
+        if width % 2 or height % 2:
+            raise ValueError(f"{path}: frame size {width}x{height}: yuv420p needs even sides")
+        rate = Fraction(rate)
+        self.time_base = 1 / rate
+        self.frames = 0
+        self._after_black = False
+        self._container = av.open(str(path), "w", format="mp4",
+                                  options={"fflags": "+bitexact"})
+        try:
+            stream = self._container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.metadata["handler_name"] = HANDLER_NAME
+            stream.codec_context.thread_count = threads
+            options = {"preset": preset, "crf": str(crf)}
+            if gop is not None:
+                stream.codec_context.gop_size = gop
+                options |= {"bf": "0",
+                            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+            stream.options = options
+            self._stream = stream
+            # x264 writes its SEI in Annex B packets whatever the container, so the codec name
+            # is all the filter needs
+            self._sei = av.bitstream.BitStreamFilterContext(STRIP_SEI, "h264")
+        except BaseException:
+            self._container.close()
+            raise
+        # limited-range black (Y=16, U=V=128) decodes to RGB 0 exactly
+        planes = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+        planes[:height] = 16
+        self._black = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        self._types = av.video.frame.PictureType
+
+    def write(self, frame) -> None:
+        """Encode ``frame`` (an ``av.VideoFrame`` of the output size, any pixel format) as the
+        next frame; its timestamps and picture type are replaced."""
+        self._encode(frame, key=self._after_black)
+        self._after_black = False
+
+    def write_black(self) -> None:
+        """Encode a black frame (every pixel 0 in RGB once decoded) as the next frame."""
+        self._encode(self._black, key=not self._after_black)
+        self._after_black = True
+
+    def _encode(self, frame, *, key: bool) -> None:
+        # Black predicted from a picture comes back with chroma a level off here and there
+        # (RGB 1-2). A black run starts on a key frame and so does the picture after it, so
+        # black is predicted from black only and decodes to RGB 0 exactly (measured up to
+        # crf 30; coarser quantisers lift the key frame's luma, by up to RGB 2 to crf 51).
+        # Any other picture type is x264's choice, not the one a decoded source frame carries.
+        frame.pict_type = self._types.I if key else self._types.NONE
+        frame.pts, frame.time_base = self.frames, self.time_base
+        self._mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self._container.mux(self._sei.filter(packet))
+
+    def __enter__(self) -> H264Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._mux(self._stream.encode())
+                self._container.mux(self._sei.filter(None))
+        finally:
+            self._container.close()
+
+
+def _validated(spec: ProxySpec) -> ProxySpec:
+    # model_copy(update=...) skips validation: a spec made that way is checked here, once
+    # more, before it names or writes a proxy
+    return ProxySpec.model_validate(dict(spec))
 
 
 def _describe(path: Path) -> dict:

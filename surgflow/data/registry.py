@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.data.taxonomy import ProcedureCatalog, is_track
 from surgflow.data.video import VideoInfo, probe, resolve_video_uri, sha256_file
 from surgflow.errors import BadInput, ConflictError, NotFound, SurgflowError
 from surgflow.storage import json_bytes, write_exclusive
@@ -78,6 +78,12 @@ class VideoRegistry:
         self.video_roots = video_roots
         self.procedures = ProcedureCatalog(self.home)
 
+    def _procedure(self, procedure: str) -> None:
+        self.procedures.get(procedure)
+        if is_track(procedure):
+            raise BadInput(f"{procedure!r} is the label track every video carries, not a "
+                           "procedure a video is registered under")
+
     def _record_path(self, video_id: str) -> Path:
         return self.root / f"{check_video_id(video_id)}.json"
 
@@ -117,7 +123,7 @@ class VideoRegistry:
         """
         path = resolve_video_uri(uri, self.video_roots)
         video_id = check_video_id(video_id if video_id is not None else path.stem)
-        self.procedures.get(procedure)
+        self._procedure(procedure)
         if not source or not isinstance(source, str):
             raise BadInput(f"video {video_id!r}: source must be a non-empty string")
         existing = self.find(video_id)
@@ -188,7 +194,7 @@ class VideoRegistry:
 
         Returns ``{"registered", "duplicates", "quarantined", "conflicts"}`` lists.
         """
-        self.procedures.get(procedure)  # an unknown procedure is bad input for the whole call
+        self._procedure(procedure)  # an unknown procedure is bad input for the whole call
         report: dict[str, list] = {
             "registered": [],
             "duplicates": [],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, field_validator
 
+from surgflow.data.privacy import PRIVACY, PRIVACY_LABELS
 from surgflow.errors import BadInput, ConflictError, UnknownName
 from surgflow.storage import write_atomic
 
@@ -77,8 +78,22 @@ class Procedure(BaseModel, frozen=True):
 
 
 BUILTIN = {
-    "cholecystectomy": Procedure(name="cholecystectomy", labels=CHOLEC80_PHASES, builtin=True)
+    "cholecystectomy": Procedure(name="cholecystectomy", labels=CHOLEC80_PHASES, builtin=True),
+    # the privacy label track of every video, whatever its procedure (surgflow.data.privacy)
+    PRIVACY: Procedure(name=PRIVACY, labels=PRIVACY_LABELS, builtin=True),
 }
+
+
+def is_track(name: str) -> bool:
+    """Whether ``name`` is a label track that videos of every procedure join (``privacy``),
+    rather than a procedure videos are registered under."""
+    return name == PRIVACY
+
+
+def dataset_takes(dataset: str, video_procedure: str) -> bool:
+    """Whether a video of ``video_procedure`` may join ``dataset``: its procedure's dataset,
+    or a label track."""
+    return dataset == video_procedure or is_track(dataset)
 
 
 class ProcedureCatalog:
@@ -113,6 +128,10 @@ class ProcedureCatalog:
             new = Procedure(name=name, labels=tuple(labels))
         except ValueError as e:
             raise BadInput(f"procedure {name!r}: {_first_error(e)}") from e
+        reserved = sorted(set(labels) & set(PRIVACY_LABELS))
+        if reserved and name != PRIVACY:
+            raise BadInput(f"procedure {name!r}: labels {reserved} belong to the privacy track "
+                           "every video carries; name the phases otherwise")
         if name in BUILTIN:
             if tuple(labels) == BUILTIN[name].labels:
                 return BUILTIN[name], False

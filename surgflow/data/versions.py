@@ -49,7 +49,7 @@ from surgflow.data.segments import (
     run_sql,
 )
 from surgflow.data.splits import split_of
-from surgflow.data.taxonomy import NAME_PATTERN, ProcedureCatalog
+from surgflow.data.taxonomy import NAME_PATTERN, ProcedureCatalog, dataset_takes
 from surgflow.errors import BadInput, ConflictError, NotFound
 from surgflow.storage import json_bytes, write_exclusive
 
@@ -150,6 +150,13 @@ class DatasetStore:
             raise NotFound(f"dataset {dataset!r} has no version {version}; "
                            f"versions are 1..{latest}")
         return Manifest.model_validate_json(path.read_bytes())
+
+    def latest_version_before(self, dataset: str, at: datetime) -> int | None:
+        """The newest version of ``dataset`` created no later than ``at`` (None: none was)."""
+        for n in reversed(self._version_numbers(dataset)):
+            if self.manifest(dataset, n).created_at <= at:
+                return n
+        return None
 
     def versions(self, dataset: str) -> list[Manifest]:
         """Every version of ``dataset``, oldest first; NotFound if it has none."""
@@ -253,7 +260,7 @@ class DatasetStore:
         labels = ProcedureCatalog(self.home).get(dataset).labels
         self.dataset_dir(dataset)
         for v in videos:
-            if v.procedure != dataset:
+            if not dataset_takes(dataset, v.procedure):
                 raise BadInput(f"video {v.video_id!r} is a {v.procedure!r} video; it cannot join "
                                f"dataset {dataset!r}")
         batch: dict[str, LabelEvent] = {}

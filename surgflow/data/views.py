@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from surgflow.data.balancing import Balance, balance, check_params, shares
 from surgflow.data.clip_sampling import ClipSpec, centre_frame, clip_starts, frame_step
 from surgflow.data.datafiles import QUERY_VIDEOS_SCHEMA, DatasetVideo
+from surgflow.data.privacy import OUT_OF_BODY, PRIVACY
 from surgflow.data.segments import SEGMENT_COLUMNS, Relation
 from surgflow.data.versions import parse_ref
 from surgflow.errors import BadInput, NotFound
@@ -53,6 +54,10 @@ class SegmentStore(Protocol):
 
     def relation(self, dataset: str, version: int | None = None,
                  kind: str = "segments") -> Relation: ...
+
+    def latest_version_before(self, dataset: str, at) -> int | None: ...
+
+    def manifest(self, dataset: str, version: int | None = None): ...
 
 
 class ViewSpec(BaseModel):
@@ -82,6 +87,10 @@ class ViewSpec(BaseModel):
     balance_params: dict[str, float] = Field(default_factory=dict)
     clip: ClipSpec = ClipSpec()
     seed: int = Field(default=0, description="seeds the order clips are sampled in")
+    out_of_body: Literal["exclude", "keep"] = Field(
+        default="exclude",
+        description="exclude: no clip is centred on a frame the privacy track calls out of "
+                    "the body (such frames are no phase); keep: ignore the privacy track")
 
     @field_validator("sources")
     @classmethod
@@ -244,7 +253,8 @@ class _Selection:
     - ``videos``: the same with the columns of ``data query``'s ``videos`` table plus ``split``
       (what a filter may name beside the segment columns);
     - ``segments``: the segments of those videos, from that same source;
-    - ``kept``: the segments the split, the confidence rule and the SQL filter keep.
+    - ``kept``: the segments the split, the confidence rule and the SQL filter keep;
+    - ``out_of_body``: the OutOfBody segments of the privacy track (:func:`privacy_mask`).
     """
 
     def __init__(self, spec: ViewSpec, store: SegmentStore):
@@ -278,7 +288,14 @@ class _Selection:
                 raise BadInput(f"view filter {spec.filter!r} must be one boolean expression "
                                f"({e})") from e
             con.execute(f"CREATE VIEW kept AS {kept}")
-            lock_down(con, sorted({f for pair in rels for r in pair for f in r.files}))
+            self.mask = privacy_mask(spec, store, self.sources)
+            masks = [store.relation(*self.mask)] if self.mask else []
+            con.execute("CREATE VIEW out_of_body AS " + (
+                f"SELECT video_id, start_frame, end_frame FROM ({masks[0].sql}) "
+                f"WHERE label = '{OUT_OF_BODY}'" if masks else
+                "SELECT NULL::VARCHAR AS video_id, 0 AS start_frame, 0 AS end_frame LIMIT 0"))
+            files = {f for pair in rels for r in pair for f in r.files}
+            lock_down(con, sorted(files | {f for r in masks for f in r.files}))
             con.execute("SELECT * FROM kept LIMIT 0")  # a bad filter fails here, by name
         except duckdb.Error as e:
             con.close()
@@ -301,11 +318,38 @@ class _Selection:
         t = self.con.sql(f"SELECT * FROM view_videos{where}").to_arrow_table()
         return {r["video_id"]: r for r in t.to_pylist()}
 
+    def out_of_body(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per video, the sorted starts and ends of its out-of-body ranges."""
+        t = self.con.sql("SELECT video_id, start_frame, end_frame FROM out_of_body "
+                         "ORDER BY video_id, start_frame").to_arrow_table()
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        ids = t.column(0).to_pylist()
+        starts, ends = t.column(1).to_numpy(), t.column(2).to_numpy()
+        for vid, group in itertools.groupby(range(len(ids)), key=ids.__getitem__):
+            rows = list(group)
+            out[vid] = (starts[rows], ends[rows])
+        return out
+
     def batches(self, rows: int = 1 << 16):
         """``kept`` ordered by video and start frame, in Arrow record batches."""
         return self.con.sql(
             "SELECT video_id, start_frame, end_frame, label FROM kept "
             "ORDER BY video_id, start_frame").to_arrow_reader(rows)
+
+
+def privacy_mask(spec: ViewSpec, store: SegmentStore,
+                 sources: list[tuple[str, int]]) -> tuple[str, int] | None:
+    """The privacy-track version whose OutOfBody frames the view excludes, or None.
+
+    The version is the newest one written no later than the newest of the view's pinned
+    sources: what was known of the videos' privacy when their labels were, so a pinned view
+    resolves to the same clips on every rank and every restart, whatever is screened since.
+    """
+    if spec.out_of_body == "keep" or all(d == PRIVACY for d, _ in sources):
+        return None
+    written = max(store.manifest(d, v).created_at for d, v in sources)
+    known = store.latest_version_before(PRIVACY, written)
+    return (PRIVACY, known) if known is not None else None
 
 
 def _kept_sql(spec: ViewSpec) -> str:
@@ -371,6 +415,7 @@ def _clips(
     found: dict[str, int] = {}  # label -> index in order of first appearance
     view_videos: list[ViewVideo] = []
     vids, starts, labels = [], [], []
+    masked = sel.out_of_body()
     for vid, seg_start, seg_end, local in _video_runs(sel.batches(), found):
         rec = records[vid]
         step = frame_step(rec["fps"], spec.clip.fps)
@@ -378,6 +423,10 @@ def _clips(
         centre = centre_frame(st, spec.clip, step)
         k = np.searchsorted(seg_start, centre, side="right") - 1
         ok = (k >= 0) & (centre < seg_end[np.maximum(k, 0)])
+        if vid in masked:
+            o_start, o_end = masked[vid]
+            j = np.searchsorted(o_start, centre, side="right") - 1
+            ok &= ~((j >= 0) & (centre < o_end[np.maximum(j, 0)]))
         if not ok.any():
             continue
         dataset, version = sel.sources[rec["src"]]
@@ -385,7 +434,8 @@ def _clips(
         vids.append(np.full(int(ok.sum()), len(view_videos) - 1, dtype=np.int64))
         starts.append(st[ok])
         labels.append(local[k[ok]])
-    classes = _classes(sorted(found), [v.procedure for v in view_videos], procedure_labels)
+    # a dataset is named after its procedure (or its label track), whose taxonomy orders it
+    classes = _classes(sorted(found), [v.dataset for v in view_videos], procedure_labels)
     class_index = {c: i for i, c in enumerate(classes)}
     to_class = np.array([class_index[lbl] for lbl in found], dtype=np.int64)
     video = np.concatenate(vids) if vids else np.zeros(0, dtype=np.int64)

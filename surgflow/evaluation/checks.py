@@ -12,6 +12,8 @@ of the candidate's encoder alone. Checks, in order:
 ``<metric>.source.<source>``     the same per source: no hospital worse by more than allowed
 ``<metric>.bootstrap``           paired bootstrap over videos: the CI's lower bound of
                                  candidate − production ≥ −margin (non-inferiority)
+``privacy.recall``               out-of-body frames blacked out ≥ min_recall  (detectors)
+``privacy.in_body_lost``         in-body frames called out of the body ≤ max_lost  (detectors)
 ``onnx.parity``                  the exported ONNX chain matches the torch chain
 
 The first model of a procedure (no production) gets the minimums, chain-vs-encoder and parity.
@@ -123,6 +125,38 @@ def bootstrap_check(spec: GateSpec, candidate: Mapping, baseline: Mapping,
                   + ("" if ok else "; the candidate may be worse than production"))]
 
 
+def privacy_checks(spec: GateSpec, scores: Mapping | None) -> list[dict]:
+    """An out-of-body detector's checks on :func:`surgflow.evaluation.privacy.privacy_scores`
+    of the field suite (None: the gate block asks for none)."""
+    p = spec.privacy
+    if p is None or scores is None:
+        return []
+    margin = f"with the {p.margin_s:g} s margin"
+    recall, lost = scores.get("recall"), scores.get("lost")
+    out = []
+    if recall is None:
+        out.append(check("privacy.recall", None, None, p.min_recall, False,
+                         "the field suite holds no out-of-body frame to measure recall on"))
+    else:
+        ok = recall >= p.min_recall
+        out.append(check("privacy.recall", recall, None, p.min_recall, ok,
+                         f"{recall:.4%} of {scores['out_of_body_frames']} out-of-body frames "
+                         f"blacked out {margin} ({scores['missed_frames']} missed; "
+                         f"{'>=' if ok else '<'} {p.min_recall:.2%})"))
+    if lost is None:
+        out.append(check("privacy.in_body_lost", None, None, p.max_lost, False,
+                         "the field suite holds no in-body frame to measure loss on"))
+    else:
+        ok = lost <= p.max_lost
+        out.append(check("privacy.in_body_lost", lost, None, p.max_lost, ok,
+                         f"{lost:.2%} of {scores['in_body_frames']} in-body frames called out "
+                         f"of the body beyond {p.tolerance_s:g} s of a true range "
+                         f"({'<=' if ok else '>'} {p.max_lost:.2%}; {scores['lost_raw']:.2%} "
+                         f"within it included); {scores['blacked_out']:.2%} blacked out "
+                         f"{margin}"))
+    return out
+
+
 def parity_check(onnx: Mapping | None) -> list[dict]:
     if onnx is None:
         return [check("onnx.parity", None, None, None, False, "the chain has no parity record")]
@@ -135,9 +169,11 @@ def parity_check(onnx: Mapping | None) -> list[dict]:
 
 def gate_checks(spec: GateSpec, candidate: Mapping, *, baseline: Mapping | None = None,
                 encoder: Mapping | None = None, against: str = "production",
-                onnx: Mapping | None = None, check_parity: bool = True) -> list[dict]:
+                onnx: Mapping | None = None, check_parity: bool = True,
+                privacy: Mapping | None = None) -> list[dict]:
     """Every check of the module docstring, in order. ``encoder`` None: the chain has no
-    temporal stage (it is its encoder). ``baseline`` None: the first model of a procedure."""
+    temporal stage (it is its encoder). ``baseline`` None: the first model of a procedure.
+    ``privacy``: the candidate's privacy scores, for a gate block with a privacy section."""
     out = minimum_checks(spec, candidate["summary"])
     if encoder is not None:
         out += chain_vs_encoder_checks(spec, candidate["summary"], encoder["summary"])
@@ -145,6 +181,7 @@ def gate_checks(spec: GateSpec, candidate: Mapping, *, baseline: Mapping | None 
         out += regression_checks(spec, candidate["summary"], baseline["summary"], against)
         out += source_checks(spec, candidate["per_source"], baseline["per_source"], against)
         out += bootstrap_check(spec, candidate, baseline, list(candidate["labels"]))
+    out += privacy_checks(spec, privacy)
     if check_parity:
         out += parity_check(onnx)
     return out

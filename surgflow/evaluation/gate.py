@@ -23,6 +23,7 @@ from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.errors import BadInput, ConflictError
 from surgflow.evaluation import checks as C
 from surgflow.evaluation.metrics import LabelledVideo, evaluate
+from surgflow.evaluation.privacy import privacy_scores
 from surgflow.evaluation.thresholds import GateSpec, parse_gate
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,16 @@ def gate_version(registry: Any, name: str, version: int | str, *,
     candidate_m = evaluate(cand["chain"], labels)
     encoder_m = evaluate(cand["encoder"], labels) if cand["has_temporal"] else None
     baseline_m = evaluate(base["chain"], labels) if base else None
+    privacy = None
+    if spec.privacy is not None:
+        if spec.privacy.label not in labels:
+            raise BadInput(f"{mv.ref}: the gate's privacy label {spec.privacy.label!r} is not a "
+                           f"class of procedure {procedure!r} ({labels})")
+        privacy = privacy_scores(cand["chain"], labels.index(spec.privacy.label),
+                                 spec.privacy.margin_s, spec.privacy.tolerance_s)
     checks = C.gate_checks(spec, candidate_m, baseline=baseline_m, encoder=encoder_m,
                            against=f"production {baseline_ref}" if baseline_ref else "production",
-                           onnx=onnx)
+                           onnx=onnx, privacy=privacy)
     seal = C.make_seal(model=mv.ref, baseline=baseline_ref, field_suite=suite.ref,
                        checks=checks, onnx=onnx)
     stored = registry.put_seal(name, mv.version, seal)

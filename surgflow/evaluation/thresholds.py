@@ -40,6 +40,26 @@ class GateBootstrapSpec(_Strict):
         return _known_metric(v)
 
 
+class PrivacyGateSpec(_Strict):
+    """The privacy checks of an out-of-body detector, measured after redaction's margin
+    (:mod:`surgflow.evaluation.privacy`)."""
+
+    label: str = Field(default="OutOfBody", description="the class that is out of the body")
+    min_recall: float = Field(
+        default=0.999, ge=0.0, le=1.0,
+        description="share of out-of-body frames that must end up blacked out")
+    max_lost: float = Field(
+        default=0.02, ge=0.0, le=1.0,
+        description="share of in-body frames the detector may call out of the body (the "
+                    "margin blacks out more, the same for every detector, and is reported)")
+    margin_s: float = Field(default=1.0, ge=0.0, le=10.0,
+                            description="seconds blacked out around each detected range")
+    tolerance_s: float = Field(
+        default=1.0, ge=0.0, le=10.0,
+        description="in-body frames called out of the body this close to a true range are "
+                    "the chain's once-a-second sampling, not lost to its errors")
+
+
 class GateSpec(_Strict):
     """What the regression gate checks on the field suite for a recipe's candidates.
 
@@ -71,6 +91,9 @@ class GateSpec(_Strict):
         default=True, description="the chain must score at least its own encoder alone"
     )
     chain_vs_encoder_metrics: list[str] = Field(default_factory=lambda: ["macro_f1"])
+    privacy: PrivacyGateSpec | None = Field(
+        default=None, description="out-of-body detectors: recall and in-body loss after "
+                                  "redaction's margin")
 
     @field_validator("min", "max_drop", "max_relative_drop", "source_max_drop")
     @classmethod
@@ -124,7 +147,8 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
-    model = GateBootstrapSpec if loc == ("bootstrap",) else GateSpec if not loc else None
+    nested = {("bootstrap",): GateBootstrapSpec, ("privacy",): PrivacyGateSpec}
+    model = nested.get(tuple(loc)) or (GateSpec if not loc else None)
     return sorted(model.model_fields) if model else []
 
 

@@ -52,7 +52,7 @@ from surgflow.errors import BrokerError
 from surgflow.feedback import broker
 from surgflow.feedback.checkpoint import Checkpoint, position_key
 from surgflow.feedback.client import Publisher
-from surgflow.feedback.events import VersionCallback
+from surgflow.feedback.events import HoldRule, VersionCallback
 from surgflow.feedback.schemas import INPUT_TOPICS
 
 if TYPE_CHECKING:
@@ -94,9 +94,11 @@ class FeedbackConsumer:
     with each new version once it is durable."""
 
     def __init__(self, settings: Settings, *, group_id: str | None = None,
-                 attempts: int = broker.ATTEMPTS, on_version: VersionCallback | None = None):
+                 attempts: int = broker.ATTEMPTS, on_version: VersionCallback | None = None,
+                 hold: HoldRule | None = None):
         self.settings = settings
         self.on_version = on_version
+        self.hold = hold
         self.attempts = attempts
         self.bootstrap = broker.bootstrap(settings)
         self.group_id = group_id or f"{settings.topic_prefix}feedback"
@@ -114,7 +116,8 @@ class FeedbackConsumer:
         from surgflow.feedback.merge import BatchMerger
 
         return BatchMerger(self.settings, SimpleNamespace(send=self._publisher.send_raw,
-                                                          flush=self._publisher.flush))
+                                                          flush=self._publisher.flush),
+                           hold=self.hold)
 
     def close(self) -> None:
         self._publisher.close()
@@ -327,7 +330,8 @@ class FeedbackConsumer:
                     # the group, or through `data ingest`: apply parked events without waiting
                     # for the next message.
                     parked_checked = time.monotonic()
-                    if self.merger.unparkable():
+                    # ...and send the held feedback tasks whose videos were cleared since
+                    if self.merger.unparkable() or self.merger.releasable():
                         total.add(self._merge(consumer, [], {}))
                 if idle_exit_s is not None and not buffer and (
                         time.monotonic() - idle_since > idle_exit_s):
@@ -390,12 +394,15 @@ def run_feedback(
     on_batch: Callable[[RunReport], None] | None = None,
     on_version: VersionCallback | None = None,
     group_id: str | None = None,
+    hold: HoldRule | None = None,
 ) -> RunReport:
     """One feedback run, as ``feedback run`` and the feedback flow do it: a ``--once`` pass, or
     follow mode until ``stop`` is set. ``on_batch`` sees every batch once it is durable, and
     ``on_version`` every new dataset version (the versions follow mode writes when it applies
-    parked events on its own included)."""
-    with FeedbackConsumer(settings, group_id=group_id, on_version=on_version) as consumer:
+    parked events on its own included). ``hold``: which videos' tasks wait (see
+    :class:`~surgflow.feedback.merge.BatchMerger`)."""
+    with FeedbackConsumer(settings, group_id=group_id, on_version=on_version,
+                          hold=hold) as consumer:
         if not once:
             return consumer.follow(max_events=max_events, max_seconds=max_seconds, stop=stop,
                                    on_batch=on_batch)

@@ -16,6 +16,8 @@ EVENT = "surgflow.dataset.version.created"
 
 #: called with one entry of :attr:`~surgflow.feedback.merge.RunReport.versions` per new version
 VersionCallback = Callable[[dict], None]
+#: which of these videos may not be shown to people yet, each with the reason
+HoldRule = Callable[[list[str]], dict[str, str]]
 
 
 def resource_id(dataset: str) -> str:

@@ -35,12 +35,14 @@ from datetime import UTC, datetime
 
 from surgflow.config import Settings
 from surgflow.data.labels import LabelEvent, check_event
+from surgflow.data.privacy import PRIVACY, PRIVACY_LABELS
 from surgflow.data.registry import VideoRecord, VideoRegistry
-from surgflow.data.taxonomy import ProcedureCatalog
+from surgflow.data.taxonomy import ProcedureCatalog, dataset_takes, is_track
 from surgflow.data.versions import DatasetStore
 from surgflow.errors import BadInput, VideoError
 from surgflow.feedback import parking as parking_mod
 from surgflow.feedback.dlq import DeadLetter
+from surgflow.feedback.events import HoldRule
 from surgflow.feedback.parking import ParkedEvent, ParkingLot
 from surgflow.feedback.schemas import (
     AnnotationEvent,
@@ -115,11 +117,18 @@ class BatchMerger:
 
     ``send`` is how dead letters and tasks leave: ``send(topic, value, key, headers)`` for an
     unprefixed topic, and ``flush()`` that returns once everything sent is acknowledged.
+
+    ``hold`` says which videos may not be shown to people yet (``hold(video_ids)`` →
+    ``{video_id: reason}``): their new tasks are recorded but held off the topic, and every
+    batch sends the held tasks whose video has been cleared since. The command line and the
+    flows pass the privacy rule (:func:`surgflow.serving.screening.privacy_hold`); None holds
+    nothing.
     """
 
-    def __init__(self, settings: Settings, sender):
+    def __init__(self, settings: Settings, sender, hold: HoldRule | None = None):
         self.settings = settings
         self.sender = sender
+        self.hold = hold
         self.registry = VideoRegistry(settings.home, settings.resolved_video_roots())
         self.catalog = ProcedureCatalog(settings.home)
         self.store = DatasetStore(settings.home)
@@ -164,6 +173,15 @@ class BatchMerger:
     def unparkable(self) -> bool:
         """Whether some parked event's video is registered by now (it can be applied)."""
         return any(self._find(v) is not None for v in self.parking.videos())
+
+    def releasable(self) -> bool:
+        """Whether a held task's video has been cleared since (a batch would send it)."""
+        if self.hold is None:
+            return False
+        waiting = self.ledger.held()
+        return bool(waiting) and bool(
+            {t.video_id for t in waiting} - set(self.hold(sorted({t.video_id
+                                                                  for t in waiting}))))
 
     # ---- videos ----------------------------------------------------------------------------
 
@@ -246,19 +264,23 @@ class BatchMerger:
                 if self.parking.park(entry):
                     report.parked += 1
             return None
-        if procedure is not None and procedure != video.procedure:
+        if procedure is not None and not dataset_takes(procedure, video.procedure):
             return reject(f"event {event.event_id!r} names procedure {procedure!r}, but video "
                           f"{video.video_id!r} is a {video.procedure!r} video")
-        label_event = to_label_event(event, r.partition, r.offset)
-        try:
-            check_event(label_event, self._procedure_labels(video.procedure), video.num_frames)
-        except BadInput as e:
-            return reject(str(e))
-        plan.events[video.procedure].append(label_event)
-        plan.videos[video.procedure][video.video_id] = video
+        parts = {dataset: to_label_event(part, r.partition, r.offset)
+                 for dataset, part in _by_dataset(event, video.procedure).items()}
+        for dataset, label_event in parts.items():
+            try:
+                check_event(label_event, self._procedure_labels(dataset), video.num_frames)
+            except BadInput as e:
+                return reject(str(e))
+        for dataset, label_event in parts.items():
+            plan.events[dataset].append(label_event)
+            plan.videos[dataset][video.video_id] = video
         if isinstance(event, InferenceEvent):
-            plan.tasks.extend(tasks_for(event, self.settings.feedback_confidence_threshold,
-                                        plan.now))
+            if not is_track(event.procedure):
+                plan.tasks.extend(tasks_for(event, self.settings.feedback_confidence_threshold,
+                                            plan.now))
         elif event.task_id:
             plan.completions.append((event.task_id, event.event_id))
         if parked is not None:
@@ -313,6 +335,8 @@ class BatchMerger:
         for t in plan.tasks:
             videos[t.procedure].add(t.video_id)
         for dataset, events in plan.events.items():
+            if is_track(dataset):  # tasks ask for phases; the privacy track raises none
+                continue
             for e in events:
                 if e.provenance == "human":
                     videos[dataset].add(e.video_id)
@@ -328,6 +352,8 @@ class BatchMerger:
 
         to_send = [t for t in decision.create if self.ledger.create(t)]
         report.tasks_created += len(to_send)
+        if self.hold is not None:
+            to_send = self._held_back(to_send)
         if not self._resent_unpublished:
             # After a crash, tasks recorded but never acknowledged on the topic go out again.
             known = {t.task_id for t in to_send}
@@ -339,6 +365,42 @@ class BatchMerger:
             self.sender.flush()
             for task in to_send:
                 self.ledger.mark_published(task.task_id)
+
+    def _held_back(self, new: list[FeedbackTask]) -> list[FeedbackTask]:
+        """``new`` without the tasks of held videos (recorded as held), plus the held tasks
+        whose video is cleared now."""
+        waiting = self.ledger.held()
+        held = self.hold(sorted({t.video_id for t in [*new, *waiting]})) if new or waiting \
+            else {}
+        for task in new:
+            if task.video_id in held:
+                self.ledger.hold(task.task_id, held[task.video_id])
+        released = [t for t in waiting if t.video_id not in held]
+        for task in released:
+            self.ledger.unhold(task.task_id)
+        kept = [t for t in new if t.video_id not in held]
+        if len(kept) < len(new) or released:
+            log.info("feedback tasks: %d held until their videos are cleared for people, %d "
+                     "released", len(new) - len(kept), len(released))
+        return kept + released
+
+
+def _by_dataset(event: InferenceEvent | AnnotationEvent,
+                video_procedure: str) -> dict[str, InferenceEvent | AnnotationEvent]:
+    """The parts of ``event`` per dataset it labels: an inference event labels the procedure
+    it names; an annotation's privacy labels (InBody, OutOfBody) go to the privacy track and
+    the rest to its video's procedure, under the one event id."""
+    if isinstance(event, InferenceEvent):
+        return {event.procedure: event}
+    track = [s for s in event.segments if s.label in PRIVACY_LABELS]
+    if not track:
+        return {video_procedure: event}
+    phases = [s for s in event.segments if s.label not in PRIVACY_LABELS]
+    parts = {PRIVACY: event.model_copy(update={"segments": tuple(track)})}
+    if phases:
+        parts[video_procedure] = event.model_copy(update={"segments": tuple(phases)})
+    return parts
+
 
 def to_label_event(event: InferenceEvent | AnnotationEvent, partition: int,
                    offset: int) -> LabelEvent:

@@ -91,18 +91,22 @@ def annotation(
     start_frame: int = 0,
     end_frame: int | None = None,
     task_id: str | None = None,
+    privacy: bool = False,
 ) -> dict:
-    """An annotator's refined labels for ``[start_frame, end_frame)``: the ground truth there."""
+    """An annotator's refined labels for ``[start_frame, end_frame)``: the ground truth there
+    (with ``privacy``, the privacy track's too: InBody and OutOfBody ranges)."""
     end_frame = video.num_frames if end_frame is None else end_frame
+    truth = [*video.segments, *(video.privacy if privacy else ())]
     segments = [
         {
             "start_frame": max(s["start_frame"], start_frame),
             "end_frame": min(s["end_frame"], end_frame),
             "label": s["label"],
         }
-        for s in video.segments
+        for s in truth
         if s["end_frame"] > start_frame and s["start_frame"] < end_frame
     ]
+    segments.sort(key=lambda s: (s["start_frame"], s["end_frame"]))
     scope = (
         "full"
         if (start_frame, end_frame) == (0, video.num_frames)

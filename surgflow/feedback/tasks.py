@@ -143,16 +143,38 @@ class TaskLedger:
     def mark_published(self, task_id: str) -> None:
         write_exclusive(self.root / f"{task_id}.published", b"")
 
+    def hold(self, task_id: str, reason: str) -> None:
+        """Keep a recorded task off the topic until :meth:`unhold` (its video may not be
+        shown to people yet)."""
+        write_exclusive(self.root / "held" / task_id, reason.encode())
+
+    def held(self) -> list[FeedbackTask]:
+        """The held tasks that are still open and unpublished."""
+        folder = self.root / "held"
+        if not folder.is_dir():
+            return []
+        out = []
+        for entry in sorted(folder.iterdir()):
+            f = self.root / f"{entry.name}.json"
+            if f.is_file() and not self._done(entry.name) and \
+                    not f.with_suffix(".published").exists():
+                out.append(FeedbackTask.model_validate_json(f.read_text()))
+        return out
+
+    def unhold(self, task_id: str) -> None:
+        (self.root / "held" / task_id).unlink(missing_ok=True)
+
     def _done(self, task_id: str) -> bool:
         return (self.root / f"{task_id}.completed").exists()
 
     def unpublished(self) -> list[FeedbackTask]:
-        """Tasks recorded but never acknowledged on the topic, and still open."""
+        """Tasks recorded but never acknowledged on the topic, still open and not held."""
         if not self.root.is_dir():
             return []
         return [FeedbackTask.model_validate_json(f.read_text())
                 for f in sorted(self.root.glob("t-*.json"))
-                if not f.with_suffix(".published").exists() and not self._done(f.stem)]
+                if not f.with_suffix(".published").exists() and not self._done(f.stem)
+                and not (self.root / "held" / f.stem).exists()]
 
     def open_for(self, video_ids: Iterable[str]) -> list[FeedbackTask]:
         """The open tasks of these videos."""

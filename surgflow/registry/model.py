@@ -13,6 +13,7 @@ from urllib.request import url2pathname
 
 from pydantic import BaseModel
 
+from surgflow.data.privacy import PRIVACY, PRIVACY_MODEL
 from surgflow.errors import BadInput
 
 STAGES = ("candidate", "approved", "production")
@@ -32,8 +33,9 @@ TAG_UNPROMOTABLE = "unpromotable_reason"
 
 
 def model_name(procedure: str) -> str:
-    """The registered model name of a procedure's chain (the name inference events carry)."""
-    return f"{procedure}-phase"
+    """The registered model name of a procedure's chain (the name inference events carry); the
+    privacy track's chain is the out-of-body detector."""
+    return PRIVACY_MODEL if procedure == PRIVACY else f"{procedure}-phase"
 
 
 def check_name(name: str) -> str:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from surgflow.config import Settings
+from surgflow.data.privacy import OUT_OF_BODY, PRIVACY, blackout_ranges
+from surgflow.data.taxonomy import is_track
 from surgflow.data.video import probe, resolve_video_uri
 from surgflow.errors import BadInput, NotFound
 from surgflow.serving.events import analysis_response, inference_event
-from surgflow.serving.pool import ModelPool, Served
+from surgflow.serving.pool import ModelPool, NotServed, Served
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,21 @@ def locate(uri: str, settings: Settings):
     return path
 
 
+def out_of_body(pool: ModelPool, path, info, settings: Settings) -> dict[str, Any] | None:
+    """The production detector's out-of-body ranges of the video at ``path`` and what
+    redaction blacks out around them; None when no detector is served."""
+    try:
+        detector = pool.get(PRIVACY)
+    except NotServed:
+        return None
+    tl = detector.runner.analyze(path, info=info,
+                                 deadline_s=settings.serve_max_analysis_s).timeline
+    ranges = [(s["start_frame"], s["end_frame"]) for s in tl.segments(detector.labels)
+              if s["label"] == OUT_OF_BODY]
+    return {"model": {"name": detector.name, "version": detector.version}, "ranges": ranges,
+            "blackout": blackout_ranges(ranges, info.num_frames, info.fps)}
+
+
 def analyse(pool: ModelPool, settings: Settings, *, video_id: str, uri: str,
             procedure: str) -> Outcome:
     """Analyse one video with ``procedure``'s production chain; see the module docstring."""
@@ -65,8 +82,20 @@ def analyse(pool: ModelPool, settings: Settings, *, video_id: str, uri: str,
     moments = result.timeline.key_moments(labels, result.fps)
     event = inference_event(video_id=video_id, procedure=procedure, model_name=served.name,
                             version=served.version, segments=segments)
+    privacy = None
+    if not is_track(procedure):
+        privacy = out_of_body(pool, path, info, settings)
+        if privacy is not None:
+            # no moment of a range people may not see is pointed at
+            black = privacy["blackout"]
+            moments = [m for m in moments
+                       if not any(s <= m["frame"] < e for s, e in black)]
     response = analysis_response(event, fps=result.fps, num_frames=result.num_frames,
                                  key_moments=moments)
+    if not is_track(procedure):
+        response["out_of_body"] = None if privacy is None else {
+            "model": privacy["model"],
+            "segments": [{"start_frame": s, "end_frame": e} for s, e in privacy["ranges"]]}
     seconds = time.perf_counter() - t0
     log.info("analysed %s with %s@%d: %d frames, %d segments, %d key moments in %.2f s",
              video_id, served.name, served.version, result.num_frames, len(segments),

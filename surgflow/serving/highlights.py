@@ -96,14 +96,26 @@ def _font(width: int):
 
 
 def write_reel(video_path: Path, out: Path, *, frame_labels: np.ndarray,
-               label_names: Sequence[str], windows: Sequence[Window], fps: float) -> int:
-    """Encode the windows' frames with their captions as an H.264 MP4; returns frames written."""
+               label_names: Sequence[str], windows: Sequence[Window], fps: float,
+               blackout: Sequence[tuple[int, int]] = ()) -> int:
+    """Encode the windows' frames with their captions as an H.264 MP4; returns frames written.
+
+    Source frames in ``blackout`` (sorted, non-overlapping half-open ranges, as
+    :attr:`~surgflow.data.proxies.ProxySpec.blackout`) are written all black, caption and
+    progress bar included, and never read from the source. The reel carries no metadata (see
+    :class:`~surgflow.data.proxies.H264Writer`).
+    """
     import av
 
+    from surgflow.data.proxies import H264Writer, check_ranges, in_ranges
     from surgflow.data.video import open_reader
 
     if not windows:
         raise BadInput(f"{video_path}: nothing to put in a highlight reel")
+    try:
+        blackout = check_ranges(blackout)
+    except ValueError as e:
+        raise BadInput(f"{video_path}: {e}") from e
     reader = open_reader(video_path)
     h, w = reader[0].shape[:2]
     reader.seek(0)
@@ -112,41 +124,43 @@ def write_reel(video_path: Path, out: Path, *, frame_labels: np.ndarray,
     total = len(frame_labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    written = 0
-    with av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=round(fps) or 25)
-        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
+    with H264Writer(tmp, rate=round(fps) or 25, width=w2, height=h2, crf=23) as writer:
         for window in windows:
             for lo in range(window.start, window.end, CHUNK):
-                idx = list(range(lo, min(window.end, lo + CHUNK)))
-                frames = reader.get_batch(idx).asnumpy()
-                for i, img in zip(idx, frames, strict=True):
+                idx = range(lo, min(window.end, lo + CHUNK))
+                shown = [i for i in idx if not in_ranges(i, blackout)]
+                batch = reader.get_batch(shown).asnumpy() if shown else ()
+                frames = dict(zip(shown, batch, strict=True))
+                for i in idx:
+                    if i not in frames:
+                        writer.write_black()
+                        continue
                     label = label_names[int(frame_labels[min(i, total - 1)])]
-                    drawn = _draw(np.ascontiguousarray(img[:h2, :w2]),
+                    drawn = _draw(np.ascontiguousarray(frames[i][:h2, :w2]),
                                   caption(i, fps, label, window), font, i / max(1, total))
-                    frame = av.VideoFrame.from_ndarray(drawn, format="rgb24")
-                    for packet in stream.encode(frame):
-                        container.mux(packet)
-                    written += 1
-        for packet in stream.encode():
-            container.mux(packet)
+                    writer.write(av.VideoFrame.from_ndarray(drawn, format="rgb24"))
     tmp.replace(out)
-    return written
+    return writer.frames
 
 
 def make_highlights(settings: Settings, video_id: str, out: Path | None = None, *,
                     before_s: float = 2.0, after_s: float = 3.0) -> dict[str, Any]:
-    """The reel of a registered video from its procedure's production chain."""
+    """The reel of a registered video from its procedure's production chain, redacted like
+    every medium people see (:mod:`surgflow.data.privacy`): PrivacyHold (exit 2) for a video
+    not cleared for people, and every frame within a second of an out-of-body range black;
+    transitions inside such ranges are not shown."""
+    from surgflow.data.privacy import clearance
     from surgflow.data.registry import VideoRegistry
     from surgflow.data.video import resolve_video_uri
     from surgflow.registry import ModelRegistry, model_name
     from surgflow.serving.pool import load_chain
+    from surgflow.serving.screening import privacy_policy
 
     roots = settings.resolved_video_roots()
     record = VideoRegistry(settings.home, roots).get(video_id)
     path = resolve_video_uri(record.uri, roots)
     registry = ModelRegistry(settings)
+    cleared = clearance(settings.home, record, privacy_policy(settings, registry)).require()
     name = model_name(record.procedure)
     version = registry.production(name)
     if version is None:
@@ -155,13 +169,16 @@ def make_highlights(settings: Settings, video_id: str, out: Path | None = None, 
     runner = load_chain(registry, name, version)
     analysis = runner.analyze(path)
     labels = list(runner.spec.labels)
-    moments = analysis.timeline.key_moments(labels, analysis.fps)
+    moments = [m for m in analysis.timeline.key_moments(labels, analysis.fps)
+               if not any(s <= m["frame"] < e for s, e in cleared.blackout)]
     windows = reel_windows(moments, analysis.num_frames, analysis.fps, before_s=before_s,
                            after_s=after_s)
     out = Path(out or f"{video_id}-highlights.mp4")
     frames = write_reel(path, out, frame_labels=np.asarray(analysis.timeline.labels),
-                        label_names=labels, windows=windows, fps=analysis.fps)
+                        label_names=labels, windows=windows, fps=analysis.fps,
+                        blackout=cleared.blackout)
     log.info("highlights of %s: %d transitions, %d frames", video_id, len(moments), frames)
     return {"video_id": video_id, "model": {"name": name, "version": version},
             "out": str(out.absolute()), "key_moments": moments, "clips": len(windows),
-            "frames": frames, "seconds": round(frames / analysis.fps, 3)}
+            "frames": frames, "seconds": round(frames / analysis.fps, 3),
+            "privacy": cleared.reason}

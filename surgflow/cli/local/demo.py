@@ -1,19 +1,25 @@
 """The demo: the whole loop, closed, on the embedded default, on one laptop, no GPU.
 
-1. Hospitals A and B upload synthetic surgical videos with annotators' labels (Kafka
-   ``videos``, ``annotations``); the feedback flow merges them into dataset version 1, which is
-   pinned as the field suite. Its version event crosses the demo recipe's new-source trigger,
-   and the served deployments train v1 by themselves: DDP on the Dask cluster, ONNX export,
-   parity, the gate (a first model: minimums only), promotion to production.
+1. Hospitals A and B upload synthetic surgical videos, which open, close and now and then
+   pause outside the body, with annotators' labels of the phases and of the privacy track
+   (Kafka ``videos``, ``annotations``); the feedback flow merges them into dataset version 1
+   and privacy-track version 1, both pinned as field suites. Their version events cross the
+   new-source triggers of the demo's two recipes, and the served deployments train by
+   themselves the phase chain v1 and the out-of-body detector: DDP on the Dask cluster, ONNX
+   export, parity, the gate (a first model: minimums, and the detector's privacy checks),
+   promotion to production. The privacy-screen deployment then screens every video.
 2. The inference service (fleet mode) analyses hospital C's longer videos with v1 and publishes
    its outputs (``inference``); the feedback flow merges them and raises feedback tasks for the
    low-confidence segments.
-3. The annotation sync sends the tasks to Label Studio; simulated annotators sign in there and
+3. Once the detector has screened C's videos, the annotation sync sends the tasks to Label
+   Studio with redacted media (every frame within a second of an out-of-body range black);
+   before, they wait. Simulated annotators sign in there and
    answer them as their browsers would, and their answers come back through the annotations
    topic; the field team labels C's held-out videos; the merged version is
    pinned as the new field suite and crosses the new-source trigger again (hospital C), which
    starts v2's pipeline by itself; v2 is gated against v1 and promoted only if it passes; the
-   service hot-swaps to it.
+   service hot-swaps to it. Last, C's people media are decoded frame by frame against the
+   ground truth: every out-of-body frame must be black.
 
 The demo drives only what outside parties would do (uploads, annotations, pinning the field
 suite) and waits for the system to do the rest. Everything it starts is recorded as a stack
@@ -36,6 +42,7 @@ import httpx
 import yaml
 
 from surgflow.config import Settings
+from surgflow.data.privacy import IN_BODY, OUT_OF_BODY, PRIVACY, PRIVACY_MODEL
 from surgflow.data.splits import ids_filling_splits, split_of
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.errors import SurgflowError
@@ -44,9 +51,13 @@ from surgflow.feedback.client import Publisher
 
 PROCEDURE = "cholecystectomy"
 MODEL = f"{PROCEDURE}-phase"
+DETECTOR = PRIVACY_MODEL
 FIRST_HOSPITALS = ("hospital-a", "hospital-b")
 NEW_HOSPITAL = "hospital-c"
 REVIEW_BELOW = 0.85
+#: a decoded frame whose brightest pixel is at most this is black (H.264 keeps black exact
+#: to within a level or two)
+BLACK = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class DemoReport:
     field_by_source: dict[str, dict[str, float | None]] = field(default_factory=dict)
     report_path: str | None = None
     highlights: str | None = None
+    privacy: dict[str, Any] | None = None
     served: dict[str, Any] | None = None
     annotation: dict[str, int] | None = None
     urls: dict[str, Any] | None = None
@@ -112,6 +124,10 @@ def demo_recipe(size: DemoSize, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cholec-demo.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    detector = yaml.safe_load(recipe_path("privacy-tiny").read_text())
+    detector["name"] = "privacy-demo"
+    detector["triggers"] = {"new_source": True}
+    (out_dir / "privacy-demo.yaml").write_text(yaml.safe_dump(detector, sort_keys=False))
     return path
 
 
@@ -121,7 +137,7 @@ def make_videos(out_dir: Path, per_split: dict[str, int], hospitals: tuple[str, 
         per_split, lambda i: f"{hospitals[i % len(hospitals)]}-{tag}-{seed:02d}{i:04d}")
     return [generate_video(out_dir / f"{vid}.mp4", seed=seed * 10_007 + i + len(tag),
                            duration_s=duration_s, hospital=hospitals[i % len(hospitals)],
-                           width=160, height=128)
+                           width=160, height=128, out_of_body=True)
             for i, vid in picked]
 
 
@@ -131,7 +147,8 @@ def publish_uploads(settings: Settings, videos: list[SyntheticVideo], annotate: 
         for v in videos:
             pub.video(simulation.video_event(v, PROCEDURE, recorded_at=at))
             if annotate:
-                pub.annotation(simulation.annotation(v, "annotator-1", at + timedelta(minutes=5)))
+                pub.annotation(simulation.annotation(v, "annotator-1", at + timedelta(minutes=5),
+                                                     privacy=True))
         pub.flush()
 
 
@@ -169,11 +186,12 @@ def answer_in_label_studio(settings: Settings, videos: list[SyntheticVideo],
             data = task["data"]
             if task.get("annotations") or data.get("video_id") not in by_id:
                 continue
+            # what they see black they mark out of the body
             truth = simulation.annotation(by_id[data["video_id"]], "annotator-2",
                                           datetime.now(UTC), data["start_frame"],
-                                          data["end_frame"])
+                                          data["end_frame"], privacy=True)
             segments = [(s["start_frame"], s["end_frame"], s["label"])
-                        for s in truth["segments"]]
+                        for s in truth["segments"] if s["label"] != IN_BODY]
             person.submit(task["id"], ls_result(segments, media_of(data)))
             answered += 1
     finally:
@@ -187,7 +205,7 @@ def label_held_out(settings: Settings, videos: list[SyntheticVideo], held_out: s
     at = datetime.now(UTC)
     with Publisher.from_settings(settings) as pub:
         for vid in sorted(held_out):
-            pub.annotation(simulation.annotation(by_id[vid], "annotator-qa", at))
+            pub.annotation(simulation.annotation(by_id[vid], "annotator-qa", at, privacy=True))
         pub.flush()
 
 
@@ -213,26 +231,72 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float,
         time.sleep(every_s)
 
 
-def sealed(version: int) -> Callable[[], dict | None]:
+def sealed(version: int, name: str = MODEL) -> Callable[[], dict | None]:
     def check() -> dict | None:
         from surgflow.registry import ModelRegistry
 
         reg = ModelRegistry()
         try:
-            return reg.seal(MODEL, version)
+            return reg.seal(name, version)
         except SurgflowError:
             return None
 
     return check
 
 
-def production() -> int | None:
+def production(name: str = MODEL) -> int | None:
     from surgflow.registry import ModelRegistry
 
     try:
-        return ModelRegistry().production(MODEL)
+        return ModelRegistry().production(name)
     except SurgflowError:
         return None
+
+
+def cleared(settings: Settings, video_ids: set[str]) -> bool:
+    """Whether every one of ``video_ids`` is registered and cleared for people."""
+    from surgflow.data.privacy import clearance
+    from surgflow.data.registry import VideoRegistry
+    from surgflow.serving.screening import privacy_policy
+
+    registry = VideoRegistry(settings.home, settings.resolved_video_roots())
+    policy = privacy_policy(settings)
+    records = [registry.find(v) for v in sorted(video_ids)]
+    return all(r is not None and clearance(settings.home, r, policy).cleared for r in records)
+
+
+def check_redaction(settings: Settings, videos: list[SyntheticVideo]) -> dict[str, Any]:
+    """Decode each video's people media and compare it, frame by frame, with the ground truth:
+    every out-of-body frame must be black. Returns the counts and the in-body share lost."""
+    import av
+    import numpy as np
+
+    from surgflow.data.media import prepare_for_people
+    from surgflow.data.registry import VideoRegistry
+    from surgflow.serving.screening import privacy_policy
+
+    registry = VideoRegistry(settings.home, settings.resolved_video_roots())
+    policy = privacy_policy(settings)
+    out_frames = out_black = in_frames = in_black = 0
+    black_s = 0.0
+    for v in videos:
+        truth = np.zeros(v.num_frames, dtype=bool)
+        for s in v.privacy:
+            if s["label"] == OUT_OF_BODY:
+                truth[s["start_frame"]:s["end_frame"]] = True
+        media = prepare_for_people(settings.home, registry.get(v.video_id), policy)
+        with av.open(media.path) as f:
+            black = np.array([int(fr.to_ndarray(format="gray").max()) <= BLACK
+                              for fr in f.decode(video=0)])
+        n = min(len(black), len(truth))
+        t, b = truth[:n], black[:n]
+        out_frames, out_black = out_frames + int(t.sum()), out_black + int((t & b).sum())
+        in_frames, in_black = in_frames + int((~t).sum()), in_black + int((~t & b).sum())
+        black_s += float(b.sum()) / v.fps
+    return {"videos": len(videos), "detector": policy.detector, "blacked_out_s": black_s,
+            "out_of_body_frames": out_frames, "out_of_body_black": out_black,
+            "in_body_frames": in_frames, "in_body_lost": in_black,
+            "in_body_lost_share": in_black / in_frames if in_frames else 0.0}
 
 
 def served_version(url: str) -> int | None:
@@ -259,6 +323,7 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
     """Run the loop (see the module docstring); ``step(text)`` wraps each stage."""
     from surgflow.cli.local.stack import Stack, down
     from surgflow.data.pins import pin
+    from surgflow.data.privacy import ScreeningLedger
     from surgflow.data.versions import DatasetStore
     from surgflow.evaluation.gate import report_of
     from surgflow.feedback.tasks import TaskLedger
@@ -299,14 +364,21 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             # its version event must find the served deployments' triggers registered
             stack.wait_triggers(deployments, trigger_names(recipes))
             run1 = feedback_flow(once=True)
-            v1_data = DatasetStore(home).latest_version(PROCEDURE)
-            pin(home, PROCEDURE, v1_data)
+            store = DatasetStore(home)
+            pin(home, PROCEDURE, store.latest_version(PROCEDURE))
+            pin(home, PRIVACY, store.latest_version(PRIVACY))
         report.steps.append({"step": "feedback", "result": run1})
-        with step("new sources → the trigger trains, gates and promotes v1 by itself"):
+        with step("new sources → the triggers train, gate and promote v1 and the out-of-body "
+                  "detector by themselves"):
             seal1 = wait_for("v1's seal", sealed(1), size.timeout_s)
             if seal1["verdict"] != "approved":
                 raise SurgflowError(f"demo: v1 was rejected: {_failing(seal1)}")
             wait_for("v1 in production", lambda: production() == 1, 120)
+            detector = wait_for("the detector's seal", sealed(1, DETECTOR), size.timeout_s)
+            if detector["verdict"] != "approved":
+                raise SurgflowError(f"demo: the out-of-body detector was rejected: "
+                                    f"{_failing(detector)}")
+            wait_for("the detector in production", lambda: production(DETECTOR) == 1, 120)
         with step("the inference service starts in fleet mode with v1"):
             svc = stack.start_service(consume=True)
             wait_for("the service to load v1", lambda: served_version(svc.url) == 1, 180)
@@ -323,7 +395,10 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             run2 = feedback_flow(once=True)
         report.steps.append({"step": "feedback", "result": run2})
         held_out = {v.video_id for v in new if split_of(v.video_id) != "train"}
-        with step("the annotation sync sends the tasks to Label Studio"):
+        with step("the detector screens hospital C's videos; until then no task is sent"):
+            wait_for("C's videos cleared for people",
+                     lambda: cleared(settings, {v.video_id for v in new}), size.timeout_s)
+        with step("the annotation sync sends the tasks to Label Studio, redacted"):
             stack.wait_label_studio(label_studio)
             stack.wait_http(bridge, "/healthz")
             sent = wait_for("the feedback tasks in Label Studio", lambda: tasks_in_label_studio(
@@ -348,8 +423,17 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
         report.served = httpx.get(f"{svc.url}/v1/models", timeout=5).json()
         with step("highlight reel of one of hospital C's videos"):
             report.highlights = _highlights(settings, root, sorted(held_out)[0])
+        with step("C's people media checked frame by frame: every out-of-body frame black"):
+            report.privacy = check_redaction(settings, new) | {
+                "screened_s": sum(s.out_of_body_frames / v.fps for v in first + new
+                                  for s in ScreeningLedger(home).of_video(v.video_id)
+                                  if s.status == "screened")}
+            if report.privacy["out_of_body_black"] != report.privacy["out_of_body_frames"]:
+                raise SurgflowError(f"demo: out-of-body frames reached people media: "
+                                    f"{report.privacy}")
         registry = ModelRegistry()
-        report.models = [registry.get(MODEL, v).model_dump(mode="json") for v in (1, 2)]
+        report.models = [registry.get(MODEL, v).model_dump(mode="json") for v in (1, 2)] + [
+            registry.get(DETECTOR, 1).model_dump(mode="json")]
         found = report_of(registry, MODEL, 2, seal2)
         report.report_path = str(found) if found else None
         report.versions = [m.summary() | {"sources": dict(m.sources)}
