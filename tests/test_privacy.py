@@ -3,6 +3,7 @@ checks, routing privacy labels to their own track, and what clears a video for p
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_blackout_ranges_are_every_frame_within_the_margin_of_a_range(out, n, fp
         mask[s:e] = True
     assert (mask == want).all()
     # sorted, disjoint, not touching: one range per black stretch
-    assert all(a[1] < b[0] for a, b in zip(got, got[1:], strict=False))
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(got))
     assert all(0 <= s < e <= n for s, e in got)
 
 
@@ -111,9 +112,9 @@ def test_the_gate_checks_recall_and_loss_and_says_why():
 def test_a_bad_privacy_gate_block_names_the_field():
     from surgflow.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="gate.privacy.min_recall"):
+    with pytest.raises(ConfigError, match=r"gate\.privacy\.min_recall"):
         parse_gate({"privacy": {"min_recall": 2}}, "recipe x")
-    with pytest.raises(ConfigError, match="allowed: label, margin_s, max_lost, min_recall"):
+    with pytest.raises(ConfigError, match="allowed: label, margin_s, max_lost, min_recall, tolerance_s"):
         parse_gate({"privacy": {"recal": 1}}, "recipe x")
 
 
