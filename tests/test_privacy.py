@@ -114,7 +114,8 @@ def test_a_bad_privacy_gate_block_names_the_field():
 
     with pytest.raises(ConfigError, match=r"gate\.privacy\.min_recall"):
         parse_gate({"privacy": {"min_recall": 2}}, "recipe x")
-    with pytest.raises(ConfigError, match="allowed: label, margin_s, max_lost, min_recall, tolerance_s"):
+    with pytest.raises(ConfigError,
+                       match="allowed: label, margin_s, max_lost, min_recall, tolerance_s"):
         parse_gate({"privacy": {"recal": 1}}, "recipe x")
 
 
