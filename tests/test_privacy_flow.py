@@ -142,3 +142,37 @@ def test_a_video_reaches_people_only_once_the_production_detector_cleared_it(
                for q in again)
     assert sorted(run_cli("privacy", "screen", json=True).data["screened"]) == ids
     assert run_cli("data", "quarantine", "--reason", "privacy", json=True).data == []
+
+
+@pytest.mark.integration
+def test_the_detector_is_gated_on_its_own_field_suite_with_the_privacy_checks(
+        surgflow_home: Path, detector, tmp_path: Path) -> None:
+    from surgflow.data.pins import pin
+    from surgflow.evaluation.gate import gate_version
+    from tests.dataset_helpers import import_labelled
+
+    field = oob_videos(tmp_path / "field", {"test": 3}, seed=13, tag="field", duration_s=40)
+    assert import_labelled(surgflow_home, [tmp_path], [v.path for v in field],
+                           "cholecystectomy", "hospital-a", track=PRIVACY).version == 1
+    pin(surgflow_home, PRIVACY, 1)
+    settings = get_settings()
+    recipe = detector.recipe.model_dump(mode="json")
+    good = register_bundle(settings, detector.bundle_dir, recipe_name="privacy-tiny",
+                           procedure=PRIVACY, recipe=recipe)
+    seal = gate_version(ModelRegistry(settings), PRIVACY_MODEL, good)
+    checks = {c["name"]: c for c in seal["checks"]}
+    assert seal["field_suite"] == "privacy@1"
+    assert {"privacy.recall", "privacy.in_body_lost", "onnx.parity"} <= set(checks)
+    assert checks["privacy.recall"]["passed"], checks["privacy.recall"]["reason"]
+    assert checks["privacy.recall"]["threshold"] == 0.999
+    assert seal["verdict"] == "approved", "\n".join(c["reason"] for c in seal["checks"])
+    assert ModelRegistry(settings).pointers(PRIVACY_MODEL).get("approved") == good
+    # the same chain held to the frames themselves, without redaction's margin, misses the
+    # boundary seconds it predicts once a second: rejected, and the seal says why
+    strict = register_bundle(settings, detector.bundle_dir, recipe_name="privacy-strict",
+                             procedure=PRIVACY, recipe=recipe | {"gate": recipe["gate"] | {
+                                 "privacy": {"min_recall": 0.999, "margin_s": 0.0}}})
+    seal = gate_version(ModelRegistry(settings), PRIVACY_MODEL, strict)
+    recall = next(c for c in seal["checks"] if c["name"] == "privacy.recall")
+    assert seal["verdict"] == "rejected" and not recall["passed"]
+    assert "missed" in recall["reason"] and "0 s margin" in recall["reason"]
