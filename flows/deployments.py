@@ -3,9 +3,9 @@
 - ``nightly``: :func:`~surgflow_flows.nightly.nightly_build` over the recipes directory, on a cron;
 - ``triggers``: :func:`~surgflow_flows.triggers.check_triggers`, run by every
   ``surgflow.dataset.version.created`` event with the event's dataset and version;
-- ``annotation-sync``: :func:`~surgflow_flows.annotation.annotation_sync` every minute and on
-  every ``surgflow.dataset.version.created`` event (feedback tasks out to Label Studio,
-  corrections back);
+- ``annotation-sync``: :func:`~surgflow_flows.annotation.annotation_sync` every minute, on
+  every ``surgflow.dataset.version.created`` event and on every ``surgflow.privacy.screened``
+  event (feedback tasks out to Label Studio once their videos are cleared, corrections back);
 - ``privacy-screen``: :func:`~surgflow_flows.privacy.privacy_screen` every 30 s and on every
   ``surgflow.dataset.version.created`` event (new videos screened by the production out-of-body
   detector; every video again once a new one is promoted);
@@ -37,7 +37,8 @@ from surgflow.training.recipe import load_recipe
 from surgflow_flows.annotation import SYNC_EVERY_S, annotation_sync
 from surgflow_flows.nightly import nightly_build, recipe_files
 from surgflow_flows.pipeline import recipe_pipeline
-from surgflow_flows.privacy import SCREEN_EVERY_S, privacy_screen
+from surgflow_flows.privacy import RESOURCE as SCREENED_RESOURCE
+from surgflow_flows.privacy import SCREEN_EVERY_S, SCREENED_EVENT, privacy_screen
 from surgflow_flows.triggers import RETRAIN_EVENT, check_triggers, recipe_resource
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -72,7 +73,11 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
              name="annotation-sync-on-version", expect={VERSION_EVENT},
              match={"prefect.resource.id": "surgflow.dataset.*"},
              parameters={"dataset": "{{ event.payload.dataset }}",
-                         "version": "{{ event.payload.version }}"})],
+                         "version": "{{ event.payload.version }}"}),
+             # videos just cleared for people: their waiting tasks can go out
+             DeploymentEventTrigger(
+                 name="annotation-sync-on-screening", expect={SCREENED_EVENT},
+                 match={"prefect.resource.id": SCREENED_RESOURCE})],
          "parameters": {},
          "description": "send open feedback tasks to Label Studio and annotators' "
                         "corrections back to the annotations topic",

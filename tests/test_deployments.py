@@ -30,8 +30,15 @@ def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
     # in a version's batch)
     sync = by_name["annotation-sync"]
     assert sync["interval"] == 60
-    (on_tasks,) = sync["triggers"]
+    on_tasks, on_screened = sync["triggers"]
     assert on_tasks.expect == {"surgflow.dataset.version.created"}
+    # ...and when screening cleared videos for people (their tasks waited)
+    assert on_screened.expect == {"surgflow.privacy.screened"}
+    # privacy screening: new videos on every version, every video again after a promotion
+    screen = by_name["privacy-screen"]
+    assert screen["interval"] == 30
+    (on_version,) = screen["triggers"]
+    assert on_version.expect == {"surgflow.dataset.version.created"}
 
 
 def test_each_recipes_periodic_run_has_one_owner_and_says_so() -> None:

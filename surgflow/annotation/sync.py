@@ -65,6 +65,8 @@ class SyncReport:
     tasks_held: int = 0
     #: open tasks not sent because their video is not cleared for people (privacy)
     tasks_withheld: int = 0
+    #: open tasks not sent because their whole range is blacked out: nobody could see it
+    tasks_out_of_body: int = 0
     tasks_closed: int = 0
     links_renewed: int = 0
     annotations_returned: int = 0
@@ -197,6 +199,7 @@ def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, pro
     privacy = (store.find_intervals(PRIVACY, video_ids)
                if store.latest_version(PRIVACY) is not None else {})
     media: dict[str, timeline.Media | PrivacyHold] = {}
+    blackout: dict[str, tuple[tuple[int, int], ...]] = {}
     payloads = []
     for task in sorted(todo, key=lambda t: (t.confidence, t.video_id, t.start_frame)):
         if task.video_id not in media:
@@ -207,12 +210,17 @@ def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, pro
                 log.debug("%s", e)
                 media[task.video_id] = e
             else:
+                blackout[task.video_id] = proxy.spec.blackout
                 media[task.video_id] = timeline.Media(
                     url=links.media_url(proxy), fps=proxy.fps, step=proxy.spec.step,
                     num_frames=proxy.num_frames, source_frames=video.num_frames)
         found = media[task.video_id]
         if isinstance(found, PrivacyHold):
             report.tasks_withheld += 1
+            continue
+        if any(s <= task.start_frame and task.end_frame <= e
+               for s, e in blackout[task.video_id]):
+            report.tasks_out_of_body += 1
             continue
         payloads.append(timeline.task_payload(task, found, intervals.get(task.video_id, ()),
                                               privacy=privacy.get(task.video_id, ())))

@@ -131,16 +131,19 @@ def _render(r: dict[str, Any]) -> None:
     if r.get("annotation"):
         a = r["annotation"]
         c.print(f"[bold]{'feedback tasks':18}[/bold] {a['sent']} sent to Label Studio, "
-                f"{a['answered']} answered there, {a['merged']} merged into a version",
+                f"{a['answered']} answered there, {a['merged']} merged into a version"
+                + (f"; {a['out_of_body']} not sent, all out of the body"
+                   if a.get("out_of_body") else ""),
                 soft_wrap=True)
     if r.get("privacy"):
         p = r["privacy"]
         share = p["out_of_body_black"] / p["out_of_body_frames"] if p["out_of_body_frames"] \
             else 1.0
-        c.print(f"[bold]{'privacy':18}[/bold] {p['detector']} found {p['screened_s']:.0f} s out "
-                f"of the body in every video; in C's people media {p['blacked_out_s']:.0f} s "
-                f"blacked out: {share:.1%} of {p['out_of_body_frames']} out-of-body frames "
-                f"black, {p['in_body_lost_share']:.1%} of in-body frames lost", soft_wrap=True)
+        c.print(f"[bold]{'privacy':18}[/bold] {p['detector']} screened {p['videos_screened']} "
+                f"videos and found {p['screened_s']:.0f} s out of the body", soft_wrap=True)
+        c.print(f"{'':18} C's people media: {share:.1%} of {p['out_of_body_frames']} "
+                f"out-of-body frames black; {p['blacked_out_s']:.0f} s blacked out "
+                f"({p['in_body_lost_share']:.1%} of in-body frames)", soft_wrap=True)
     firings = Table("recipe", "fired on", "why", title="trigger firings")
     for f in r["firings"]:
         firings.add_row(f["recipe"], f["cause"], f["why"])

@@ -42,7 +42,7 @@ import httpx
 import yaml
 
 from surgflow.config import Settings
-from surgflow.data.privacy import IN_BODY, OUT_OF_BODY, PRIVACY, PRIVACY_MODEL
+from surgflow.data.privacy import OUT_OF_BODY, PRIVACY, PRIVACY_MODEL
 from surgflow.data.splits import ids_filling_splits, split_of
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.errors import SurgflowError
@@ -153,20 +153,31 @@ def publish_uploads(settings: Settings, videos: list[SyntheticVideo], annotate: 
 
 
 def tasks_in_label_studio(settings: Settings, video_ids: set[str]) -> dict[str, Any] | None:
-    """The Label Studio project once it holds every open feedback task of ``video_ids``
-    (the annotation-sync deployment sends them when their version is announced)."""
+    """The Label Studio project once it holds every open feedback task of ``video_ids`` that
+    a person can see something of (the annotation-sync deployment sends them when their
+    videos are cleared; a task whose whole range is blacked out is never sent)."""
     from surgflow.annotation.labelstudio import LabelStudio
     from surgflow.annotation.server import endpoint
+    from surgflow.data.privacy import clearance
+    from surgflow.data.registry import VideoRegistry
     from surgflow.feedback.tasks import TaskLedger
+    from surgflow.serving.screening import privacy_policy
 
-    wanted = {t["task_id"] for t in TaskLedger(settings.home).list()
-              if t["status"] == "open" and t["video_id"] in video_ids}
+    registry = VideoRegistry(settings.home, settings.resolved_video_roots())
+    policy = privacy_policy(settings)
+    black = {v: clearance(settings.home, registry.get(v), policy).blackout for v in video_ids}
+    tasks = [t for t in TaskLedger(settings.home).list()
+             if t["status"] == "open" and t["video_id"] in video_ids]
+    wanted = {t["task_id"] for t in tasks
+              if not any(s <= t["start_frame"] and t["end_frame"] <= e
+                         for s, e in black[t["video_id"]])}
     with LabelStudio(endpoint(settings, start_embedded=False)) as ls:
         project = ls.find_project(PROCEDURE)
         if project is None:
             return None
         held = {t["data"].get("surgflow_task_id") for t in ls.tasks(int(project["id"]))}
-    return {"project": int(project["id"]), "sent": len(wanted)} if wanted <= held else None
+    return ({"project": int(project["id"]), "sent": len(wanted),
+             "out_of_body": len(tasks) - len(wanted)} if wanted <= held else None)
 
 
 def answer_in_label_studio(settings: Settings, videos: list[SyntheticVideo],
@@ -186,12 +197,11 @@ def answer_in_label_studio(settings: Settings, videos: list[SyntheticVideo],
             data = task["data"]
             if task.get("annotations") or data.get("video_id") not in by_id:
                 continue
-            # what they see black they mark out of the body
             truth = simulation.annotation(by_id[data["video_id"]], "annotator-2",
                                           datetime.now(UTC), data["start_frame"],
-                                          data["end_frame"], privacy=True)
+                                          data["end_frame"])
             segments = [(s["start_frame"], s["end_frame"], s["label"])
-                        for s in truth["segments"] if s["label"] != IN_BODY]
+                        for s in truth["segments"]]
             person.submit(task["id"], ls_result(segments, media_of(data)))
             answered += 1
     finally:
@@ -205,7 +215,7 @@ def label_held_out(settings: Settings, videos: list[SyntheticVideo], held_out: s
     at = datetime.now(UTC)
     with Publisher.from_settings(settings) as pub:
         for vid in sorted(held_out):
-            pub.annotation(simulation.annotation(by_id[vid], "annotator-qa", at, privacy=True))
+            pub.annotation(simulation.annotation(by_id[vid], "annotator-qa", at))
         pub.flush()
 
 
@@ -412,7 +422,8 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
             pin(home, PROCEDURE, DatasetStore(home).latest_version(PROCEDURE))
         merged = sum(1 for t in TaskLedger(home).list()
                      if t["status"] == "completed" and t["completed_by"].startswith("ls-"))
-        report.annotation = {"sent": sent["sent"], "answered": answered, "merged": merged}
+        report.annotation = {"sent": sent["sent"], "answered": answered, "merged": merged,
+                             "out_of_body": sent["out_of_body"]}
         report.steps.append({"step": "annotate", "answered": answered, "result": run3})
         with step("hospital C is a new source → the trigger starts v2's pipeline by itself"):
             seal2 = wait_for("v2's seal", sealed(2), size.timeout_s)
@@ -424,10 +435,12 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
         with step("highlight reel of one of hospital C's videos"):
             report.highlights = _highlights(settings, root, sorted(held_out)[0])
         with step("C's people media checked frame by frame: every out-of-body frame black"):
+            screenings = [(v, s) for v in first + new
+                          for s in ScreeningLedger(home).of_video(v.video_id)
+                          if s.status == "screened"]
             report.privacy = check_redaction(settings, new) | {
-                "screened_s": sum(s.out_of_body_frames / v.fps for v in first + new
-                                  for s in ScreeningLedger(home).of_video(v.video_id)
-                                  if s.status == "screened")}
+                "videos_screened": len({v.video_id for v, _ in screenings}),
+                "screened_s": sum(s.out_of_body_frames / v.fps for v, s in screenings)}
             if report.privacy["out_of_body_black"] != report.privacy["out_of_body_frames"]:
                 raise SurgflowError(f"demo: out-of-body frames reached people media: "
                                     f"{report.privacy}")
