@@ -176,3 +176,44 @@ def test_the_detector_is_gated_on_its_own_field_suite_with_the_privacy_checks(
     recall = next(c for c in seal["checks"] if c["name"] == "privacy.recall")
     assert seal["verdict"] == "rejected" and not recall["passed"]
     assert "missed" in recall["reason"] and "0 s margin" in recall["reason"]
+
+
+@pytest.mark.integration
+def test_the_service_reports_out_of_body_ranges_and_no_moment_inside_them(
+        surgflow_home: Path, detector, tiny_chain_bundle, tmp_path: Path) -> None:
+    from surgflow.evaluation.privacy import runs
+    from surgflow.serving.analysis import analyse
+    from surgflow.serving.pool import ModelPool
+
+    settings = get_settings()
+    (v,) = oob_videos(tmp_path / "svc", {"test": 1}, seed=17, tag="svc", duration_s=40)
+    promote(settings, register_bundle(settings, tiny_chain_bundle.bundle_dir))
+    pool = ModelPool(settings)
+    pool.refresh()
+    without = analyse(pool, settings, video_id=v.video_id, uri=v.path.as_uri(),
+                      procedure="cholecystectomy").response
+    assert without["out_of_body"] is None  # no detector served: unknown, not "none found"
+    version = register_bundle(settings, detector.bundle_dir, recipe_name="privacy-tiny",
+                              procedure=PRIVACY, recipe=detector.recipe.model_dump(mode="json"))
+    ModelRegistry(settings).promote(PRIVACY_MODEL, version, force=True, reason="test",
+                                    by="test")
+    assert f"{PRIVACY}@{version}" in pool.refresh()
+    got = analyse(pool, settings, video_id=v.video_id, uri=v.path.as_uri(),
+                  procedure="cholecystectomy").response
+    oob = got["out_of_body"]
+    assert oob["model"] == {"name": PRIVACY_MODEL, "version": version}
+    found = np.zeros(v.num_frames, dtype=bool)
+    for s in oob["segments"]:
+        found[s["start_frame"]:s["end_frame"]] = True
+    truth = _truth(v)
+    # every true range is found to within the chain's one-second resolution
+    for s, e in runs(truth):
+        assert found[max(s, 0):e].mean() > 0.5, (s, e, oob["segments"])
+    # the phase answer is the contract's; moments inside blacked-out frames are left out
+    assert got["segments"] == without["segments"]
+    assert len(got["key_moments"]) <= len(without["key_moments"])
+    from surgflow.data.privacy import blackout_ranges
+
+    black = blackout_ranges([(s["start_frame"], s["end_frame"]) for s in oob["segments"]],
+                            v.num_frames, v.fps)
+    assert not any(a <= m["frame"] < b for m in got["key_moments"] for a, b in black)

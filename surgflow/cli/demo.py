@@ -131,10 +131,11 @@ def _render(r: dict[str, Any]) -> None:
     if r.get("annotation"):
         a = r["annotation"]
         c.print(f"[bold]{'feedback tasks':18}[/bold] {a['sent']} sent to Label Studio, "
-                f"{a['answered']} answered there, {a['merged']} merged into a version"
-                + (f"; {a['out_of_body']} not sent, all out of the body"
-                   if a.get("out_of_body") else ""),
+                f"{a['answered']} answered there, {a['merged']} merged into a version",
                 soft_wrap=True)
+        if a.get("out_of_body"):
+            c.print(f"{'':18} {a['out_of_body']} not sent: their whole range is out of the "
+                    "body, black for people", soft_wrap=True)
     if r.get("privacy"):
         p = r["privacy"]
         share = p["out_of_body_black"] / p["out_of_body_frames"] if p["out_of_body_frames"] \
@@ -142,8 +143,8 @@ def _render(r: dict[str, Any]) -> None:
         c.print(f"[bold]{'privacy':18}[/bold] {p['detector']} screened {p['videos_screened']} "
                 f"videos and found {p['screened_s']:.0f} s out of the body", soft_wrap=True)
         c.print(f"{'':18} C's people media: {share:.1%} of {p['out_of_body_frames']} "
-                f"out-of-body frames black; {p['blacked_out_s']:.0f} s blacked out "
-                f"({p['in_body_lost_share']:.1%} of in-body frames)", soft_wrap=True)
+                f"out-of-body frames black, {p['blacked_out_s']:.0f} s in all "
+                f"({p['in_body_lost_share']:.1%} of in-body)", soft_wrap=True)
     firings = Table("recipe", "fired on", "why", title="trigger firings")
     for f in r["firings"]:
         firings.add_row(f["recipe"], f["cause"], f["why"])
