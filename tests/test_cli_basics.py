@@ -29,7 +29,7 @@ def test_procedures_json_and_exit_codes(surgflow_home: Path) -> None:
         "changed": True,
     }
     listed = run_cli("procedures", "list", json=True).data
-    assert [p["name"] for p in listed] == ["appendectomy", "cholecystectomy"]
+    assert [p["name"] for p in listed] == ["appendectomy", "cholecystectomy", "privacy"]
 
     bad = run_cli("procedures", "add", "appendectomy", "--labels", "Closure", json=True,
                   check=False)
