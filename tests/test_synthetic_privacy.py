@@ -14,14 +14,16 @@ from hypothesis import strategies as st
 
 from surgflow.data.privacy import IN_BODY, OUT_OF_BODY
 from surgflow.data.synthetic import (
+    generate_corpus,
+    generate_video,
+    load_privacy,
+    load_segments,
+)
+from surgflow.data.synthetic_scenes import (
     HARD_IN_BODY_SCENES,
     OUT_OF_BODY_SCENES,
     cut,
-    generate_corpus,
-    generate_video,
     hard_scene_schedule,
-    load_privacy,
-    load_segments,
     out_of_body_schedule,
     privacy_segments,
     scene_schedule,
