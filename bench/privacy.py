@@ -67,14 +67,6 @@ def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
     return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def truth_of(video) -> np.ndarray:
-    out = np.zeros(video.num_frames, dtype=bool)
-    for s in video.privacy:
-        if s["label"] == OUT_OF_BODY:
-            out[s["start_frame"]:s["end_frame"]] = True
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=4, help="held-out videos (the field suite)")
@@ -107,7 +99,7 @@ def main() -> None:
                             PEOPLE_SPEC.model_copy(update={"blackout": black}))
                 screened += time.perf_counter() - t0
                 if rep == 0:
-                    truth = truth_of(v)
+                    truth = v.out_of_body()
                     labelled.append(LabelledVideo(v.video_id, v.hospital, v.fps,
                                                   truth.astype(np.int64),
                                                   (tl.labels == positive).astype(np.int64)))

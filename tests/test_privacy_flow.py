@@ -14,7 +14,7 @@ import pytest
 
 from surgflow.config import get_settings
 from surgflow.data.media import prepare_for_people
-from surgflow.data.privacy import OUT_OF_BODY, PRIVACY, PRIVACY_MODEL, PrivacyHold
+from surgflow.data.privacy import PRIVACY, PRIVACY_MODEL, PrivacyHold
 from surgflow.data.registry import VideoRegistry
 from surgflow.feedback.client import Publisher
 from surgflow.registry import ModelRegistry
@@ -31,14 +31,6 @@ def _black_frames(path: str) -> np.ndarray:
     with av.open(path) as f:
         return np.array([int(fr.to_ndarray(format="rgb24").max()) <= BLACK
                          for fr in f.decode(video=0)])
-
-
-def _truth(video) -> np.ndarray:
-    out = np.zeros(video.num_frames, dtype=bool)
-    for s in video.privacy:
-        if s["label"] == OUT_OF_BODY:
-            out[s["start_frame"]:s["end_frame"]] = True
-    return out
 
 
 def _feedback_tasks(kafka, expect: int) -> list[dict]:
@@ -115,7 +107,7 @@ def test_a_video_reaches_people_only_once_the_production_detector_cleared_it(
     out_frames = lost = in_frames = 0
     for v in held:
         media = prepare_for_people(settings.home, registry.get(v.video_id), policy)
-        black, truth = _black_frames(media.path), _truth(v)
+        black, truth = _black_frames(media.path), v.out_of_body()
         assert len(black) == v.num_frames
         missed = np.flatnonzero(truth & ~black)
         assert missed.size == 0, f"{v.video_id}: out-of-body frames shown: {missed[:10]}"
@@ -205,7 +197,7 @@ def test_the_service_reports_out_of_body_ranges_and_no_moment_inside_them(
     found = np.zeros(v.num_frames, dtype=bool)
     for s in oob["segments"]:
         found[s["start_frame"]:s["end_frame"]] = True
-    truth = _truth(v)
+    truth = v.out_of_body()
     # every true range is found to within the chain's one-second resolution
     for s, e in runs(truth):
         assert found[max(s, 0):e].mean() > 0.5, (s, e, oob["segments"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
+from surgflow.data.privacy import OUT_OF_BODY
 from surgflow.data.synthetic_scenes import (
     OUT_OF_BODY_SCENES,
     SceneLook,
@@ -78,6 +79,14 @@ class SyntheticVideo(VideoInfo):
     @property
     def segments_path(self) -> Path:
         return segments_path(self.path)
+
+    def out_of_body(self) -> np.ndarray:
+        """Per frame, whether the ground truth has it out of the body."""
+        out = np.zeros(self.num_frames, dtype=bool)
+        for s in self.privacy:
+            if s["label"] == OUT_OF_BODY:
+                out[s["start_frame"]:s["end_frame"]] = True
+        return out
 
 
 def segments_path(video_path: Path) -> Path:

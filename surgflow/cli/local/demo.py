@@ -42,7 +42,7 @@ import httpx
 import yaml
 
 from surgflow.config import Settings
-from surgflow.data.privacy import OUT_OF_BODY, PRIVACY, PRIVACY_MODEL
+from surgflow.data.privacy import PRIVACY, PRIVACY_MODEL
 from surgflow.data.splits import ids_filling_splits, split_of
 from surgflow.data.synthetic import SyntheticVideo, generate_video
 from surgflow.errors import SurgflowError
@@ -290,10 +290,7 @@ def check_redaction(settings: Settings, videos: list[SyntheticVideo]) -> dict[st
     out_frames = out_black = in_frames = in_black = 0
     black_s = 0.0
     for v in videos:
-        truth = np.zeros(v.num_frames, dtype=bool)
-        for s in v.privacy:
-            if s["label"] == OUT_OF_BODY:
-                truth[s["start_frame"]:s["end_frame"]] = True
+        truth = v.out_of_body()
         media = prepare_for_people(settings.home, registry.get(v.video_id), policy)
         with av.open(media.path) as f:
             black = np.array([int(fr.to_ndarray(format="gray").max()) <= BLACK
