@@ -220,3 +220,35 @@ def test_no_task_for_annotated_frames_and_open_tasks_closed_by_covering_labels(
     on_topic = dlq.read_all(kafka.bootstrap, kafka.topic("feedback-tasks"))
     assert sorted(FeedbackTask.model_validate_json(m.value).task_id for m in on_topic) == sorted(
         t["task_id"] for t in tasks)
+
+
+def test_tasks_of_held_videos_wait_off_the_topic_until_the_rule_clears_them(
+        surgflow_home, synthetic_corpus):
+    v, w = synthetic_corpus[0], synthetic_corpus[1]
+    held = {v.video_id: "not screened yet"}
+    sent = _Sent()
+    merger = BatchMerger(get_settings(), sent, hold=lambda ids: {
+        i: held[i] for i in ids if i in held})
+    records = [_record("videos", 0, video_event(v)), _record("videos", 1, video_event(w))]
+    records += [_record("inference", n, inference_event(x, f"inf-{x.video_id}", 10,
+                                                        confidences=[0.3] * len(x.segments)))
+                for n, x in enumerate((v, w))]
+    report = merger.process(records, {})
+    # every task is recorded; only the cleared video's go out
+    assert report.tasks_created == len(v.segments) + len(w.segments)
+    assert {json.loads(value)["video_id"] for topic, value in sent.messages
+            if topic == "feedback-tasks"} == {w.video_id}
+    assert [t.video_id for t in TaskLedger(surgflow_home).held()] == [v.video_id] * len(
+        v.segments)
+    assert not merger.releasable()
+    merger.process([], {})
+    assert len(sent.messages) == len(w.segments)  # still held: nothing new goes out
+    held.clear()  # the video is cleared
+    assert merger.releasable()
+    merger.process([], {})
+    out = [json.loads(value) for topic, value in sent.messages if topic == "feedback-tasks"]
+    assert sorted(t["video_id"] for t in out) == sorted(
+        [v.video_id] * len(v.segments) + [w.video_id] * len(w.segments))
+    assert TaskLedger(surgflow_home).held() == [] and not merger.releasable()
+    merger.process([], {})
+    assert len(sent.messages) == len(out)  # sent once

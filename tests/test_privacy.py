@@ -184,3 +184,48 @@ def test_clearance_fails_closed_and_blacks_out_what_the_track_resolves(
     assert not c.cleared and "screened before by privacy-outofbody@1 only" in c.reason
     off = clearance(surgflow_home, record, PrivacyPolicy(required=False))
     assert off.cleared and off.blackout == ()
+
+
+def test_phase_views_centre_no_clip_on_an_out_of_body_frame(surgflow_home: Path,
+                                                             synthetic_corpus):
+    from surgflow.data.clip_sampling import ClipSpec, centre_frame, frame_step
+    from surgflow.data.views import ViewSpec, resolve_view
+
+    records = register(surgflow_home, synthetic_corpus[:2])
+    store = DatasetStore(surgflow_home)
+    clip = ClipSpec(frames=1, stride=1, fps=5, size=32)
+    # the privacy track first, then phase labels (model labels over every frame, as a
+    # production model's output covers the video) written after it
+    out = {r.video_id: (r.num_frames // 4, r.num_frames // 2) for r in records}
+    track = [event(r, [{"start_frame": 0, "end_frame": out[r.video_id][0], "label": IN_BODY},
+                       {"start_frame": out[r.video_id][0], "end_frame": out[r.video_id][1],
+                        "label": OUT_OF_BODY},
+                       {"start_frame": out[r.video_id][1], "end_frame": r.num_frames,
+                        "label": IN_BODY}], n=i) for i, r in enumerate(records)]
+    store.commit(PRIVACY, videos=records, events=track, offsets={})
+    phases = [event(r, [{"start_frame": 0, "end_frame": r.num_frames,
+                         "label": "Preparation"}], provenance="model", confidence=0.9, n=i)
+              for i, r in enumerate(records)]
+    store.commit("cholecystectomy", videos=records, events=phases, offsets={})
+
+    def centres(spec: ViewSpec) -> dict[str, set[int]]:
+        view = resolve_view(spec, surgflow_home)
+        got: dict[str, set[int]] = {}
+        for vi, start in zip(view.video, view.start, strict=True):
+            v = view.videos[vi]
+            got.setdefault(v.video_id, set()).add(
+                centre_frame(int(start), clip, frame_step(v.fps, clip.fps)))
+        return got
+
+    spec = ViewSpec(sources=["cholecystectomy@1"], clip=clip, min_confidence=0.5)
+    excluded, kept = centres(spec), centres(spec.model_copy(update={"out_of_body": "keep"}))
+    for r in records:
+        lo, hi = out[r.video_id]
+        inside = {c for c in kept[r.video_id] if lo <= c < hi}
+        assert inside, "the test must put clips inside the out-of-body range"
+        assert excluded[r.video_id] == kept[r.video_id] - inside
+    # a privacy version written after the phase version does not change its view
+    later = [event(r, [{"start_frame": 0, "end_frame": r.num_frames, "label": IN_BODY}],
+                   n=10 + i) for i, r in enumerate(records)]
+    store.commit(PRIVACY, videos=[], events=later, offsets={})
+    assert centres(spec) == excluded

@@ -209,3 +209,34 @@ def test_the_service_reports_out_of_body_ranges_and_no_moment_inside_them(
     black = blackout_ranges([(s["start_frame"], s["end_frame"]) for s in oob["segments"]],
                             v.num_frames, v.fps)
     assert not any(a <= m["frame"] < b for m in got["key_moments"] for a, b in black)
+
+
+@pytest.mark.integration
+def test_a_video_the_detector_cannot_read_stays_held_with_the_reason(
+        surgflow_home: Path, detector, tmp_path: Path, monkeypatch) -> None:
+    from surgflow.serving.screening import screen
+
+    monkeypatch.setenv("SURGFLOW_PRIVACY_SCREENING", "required")
+    settings = get_settings()
+    good, bad = oob_videos(tmp_path / "v", {"test": 2}, seed=19, tag="rd", duration_s=16)
+    registry = VideoRegistry(settings.home, settings.resolved_video_roots())
+    for v in (good, bad):
+        registry.register(v.path.as_uri(), "cholecystectomy", "hospital-a")
+    version = register_bundle(settings, detector.bundle_dir, recipe_name="privacy-tiny",
+                              procedure=PRIVACY, recipe=detector.recipe.model_dump(mode="json"))
+    ModelRegistry(settings).promote(PRIVACY_MODEL, version, force=True, reason="test",
+                                    by="test")
+    data = bad.path.read_bytes()
+    bad.path.write_bytes(data[: len(data) // 3])  # the file went bad after registration
+    report = screen(settings)
+    assert report.screened == [good.video_id]
+    assert [f["video_id"] for f in report.failed] == [bad.video_id]
+    held = run_cli("data", "quarantine", "--reason", "privacy", json=True).data
+    assert [q["video_id"] for q in held] == [bad.video_id]
+    assert "screening by" in held[0]["reason"] and "failed" in held[0]["reason"]
+    with pytest.raises(PrivacyHold, match="failed"):
+        prepare_for_people(settings.home, registry.get(bad.video_id), privacy_policy(settings))
+    # put back, it is screened on the next pass and cleared
+    bad.path.write_bytes(data)
+    assert screen(settings).screened == [bad.video_id]
+    assert run_cli("data", "quarantine", "--reason", "privacy", json=True).data == []
