@@ -89,3 +89,25 @@ def test_a_region_reaching_outside_the_video_is_kept_whole_for_the_stream_to_rej
     ann = _annotation(("phase", 201, 300, ["Preparation"]))
     segs = timeline.annotation_event(ann, data, "x")["segments"]
     assert segs == [{"start_frame": 200, "end_frame": 300, "label": "Preparation"}]
+
+
+def test_the_detectors_ranges_are_shown_and_a_persons_privacy_marks_come_back():
+    from surgflow.data.privacy import IN_BODY, OUT_OF_BODY
+
+    xml = timeline.label_config("cholecystectomy", CHOLEC80_PHASES)
+    assert f'<Label value="{OUT_OF_BODY}"' in xml and f'<Label value="{IN_BODY}"' in xml
+    privacy = [Interval(0, 30, OUT_OF_BODY, "model", 0.99, NOW, -1, -1, "scr"),
+               Interval(30, 250, IN_BODY, "model", 0.98, NOW, -1, -1, "scr")]
+    payload = timeline.task_payload(_task(100, 200), _media(1, 250), [], privacy=privacy)
+    regions = [(r["from_name"], r["value"]["ranges"][0]["start"], r["value"]["ranges"][0]["end"],
+                r["value"]["timelinelabels"][0]) for r in payload["predictions"][0]["result"]]
+    assert regions == [("privacy", 1, 30, OUT_OF_BODY), ("review", 101, 200, "Review")]
+    # a person says 150-170 was out of the body too, beside the phase they saw
+    ann = _annotation(("phase", 101, 200, ["ClippingCutting"]),
+                      ("privacy", 151, 170, [OUT_OF_BODY]))
+    segs = AnnotationEvent.model_validate(
+        timeline.annotation_event(ann, payload["data"], "x")).segments
+    assert [(s.start_frame, s.end_frame, s.label) for s in segs] == [
+        (100, 200, "ClippingCutting"), (150, 170, OUT_OF_BODY)]
+    assert timeline.ls_result([(150, 170, OUT_OF_BODY)], _media(1, 250))[0]["from_name"] == \
+        "privacy"
