@@ -176,6 +176,17 @@ class ResourceSpec(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=20, description="group restarts on a death")
 
 
+class DriftTriggerSpec(_Strict):
+    """Retrain when what the production model sees drifts from what it was trained on."""
+
+    psi_above: float = Field(
+        default=0.2, gt=0.0, le=10.0,
+        description="population stability index of a watched feature above which a source "
+                    "has drifted")
+    min_videos: int = Field(
+        default=5, ge=1, description="a source's videos in the window before it is judged")
+
+
 class TriggerSpec(_Strict):
     """When this recipe retrains by itself."""
 
@@ -184,6 +195,74 @@ class TriggerSpec(_Strict):
         default=None, gt=1.0, description="retrain when the dataset grew by this factor"
     )
     new_source: bool = Field(default=False, description="retrain when a new source appears")
+    drift: DriftTriggerSpec | None = Field(
+        default=None, description="retrain when the inference stream drifts (drift watch)")
+
+
+#: what a sweep may search: dotted recipe fields under these sections
+SWEEPABLE = ("optim.", "augment.", "clip.", "temporal.", "model.dropout")
+
+
+class SweepParam(_Strict):
+    """One searched field: a number range (``low``, ``high``; ``log`` scale, ``step``) or
+    ``choices``. Integers are searched as integers when both bounds are."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0.0)
+    choices: list[Any] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SweepParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step:
+                raise ValueError("give either choices or a range (low, high), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low:g} must be below high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range must be positive")
+        return self
+
+
+class SweepSpec(_Strict):
+    """A hyper-parameter search over this recipe (``surgflow sweep``)."""
+
+    trials: int = Field(default=10, ge=1, le=10_000)
+    metric: str = Field(default="macro_f1",
+                        description="the chain's validation metric the search optimises")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    space: dict[str, SweepParam] = Field(min_length=1,
+                                         description="dotted recipe field → its range")
+    pruning: bool = Field(default=True, description="median pruning on the live metric")
+    warmup_epochs: int = Field(default=1, ge=0,
+                               description="epochs a trial runs before it may be pruned")
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("space")
+    @classmethod
+    def _fields(cls, v: dict[str, SweepParam]) -> dict[str, SweepParam]:
+        for key in v:
+            if not key.startswith(SWEEPABLE) or not _field_exists(key):
+                raise ValueError(f"{key!r} is not a field a sweep may search (fields under "
+                                 f"{', '.join(SWEEPABLE)})")
+        return v
+
+
+def _field_exists(dotted_key: str) -> bool:
+    model: Any = Recipe
+    for part in dotted_key.split("."):
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return False
+        ann = fields[part].annotation
+        nested = [c for c in (ann, *getattr(ann, "__args__", ()))
+                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        model = nested[0] if nested else None
+    return True
 
 
 # Fields of a view that a recipe's data section does not set, and why.
@@ -215,6 +294,7 @@ class Recipe(_Strict):
     # (surgflow.evaluation.thresholds.parse_gate), and training may not import evaluation
     gate: dict[str, Any] = Field(default_factory=dict)
     triggers: TriggerSpec = Field(default_factory=TriggerSpec)
+    sweep: SweepSpec | None = None
 
     @field_validator("name")
     @classmethod
