@@ -42,8 +42,9 @@ from rich.table import Table
 from surgflow.data.media import PEOPLE_SPEC
 from surgflow.data.privacy import OUT_OF_BODY, blackout_ranges
 from surgflow.data.proxies import write_proxy
+from surgflow.data.ranges import runs
 from surgflow.evaluation.metrics import LabelledVideo
-from surgflow.evaluation.privacy import privacy_scores, runs
+from surgflow.evaluation.privacy import privacy_scores
 from surgflow.inference import ChainRunner
 from tests.fixtures.privacy import oob_videos, train_detector
 

@@ -15,6 +15,7 @@ import pytest
 from surgflow.config import get_settings
 from surgflow.data.media import prepare_for_people
 from surgflow.data.privacy import PRIVACY, PRIVACY_MODEL, PrivacyHold
+from surgflow.data.ranges import contains
 from surgflow.data.registry import VideoRegistry
 from surgflow.feedback.client import Publisher
 from surgflow.registry import ModelRegistry
@@ -120,8 +121,9 @@ def test_a_video_reaches_people_only_once_the_production_detector_cleared_it(
           f"{lost / in_frames:.1%} of {in_frames} in-body frames blacked out with the margin")
     out = run_cli("highlights", ids[0], "--out", str(tmp_path / "reel.mp4"), json=True).data
     assert "screened by" in out["privacy"] and (tmp_path / "reel.mp4").stat().st_size > 0
-    black = dict(json.loads(json.dumps(run_cli("privacy", "show", ids[0], json=True).data)))
-    assert not any(s <= m["frame"] < e for m in out["key_moments"] for s, e in black["blackout"])
+    shown = run_cli("privacy", "show", ids[0], json=True).data
+    blackout = tuple(tuple(r) for r in shown["blackout"])
+    assert not any(contains(blackout, m["frame"]) for m in out["key_moments"])
 
     # a newer detector in production holds the videos again until it has screened them
     newer = register_bundle(settings, detector.bundle_dir, recipe_name="privacy-tiny-2",
@@ -173,7 +175,7 @@ def test_the_detector_is_gated_on_its_own_field_suite_with_the_privacy_checks(
 @pytest.mark.integration
 def test_the_service_reports_out_of_body_ranges_and_no_moment_inside_them(
         surgflow_home: Path, detector, tiny_chain_bundle, tmp_path: Path) -> None:
-    from surgflow.evaluation.privacy import runs
+    from surgflow.data.ranges import runs
     from surgflow.serving.analysis import analyse
     from surgflow.serving.pool import ModelPool
 
@@ -208,7 +210,7 @@ def test_the_service_reports_out_of_body_ranges_and_no_moment_inside_them(
 
     black = blackout_ranges([(s["start_frame"], s["end_frame"]) for s in oob["segments"]],
                             v.num_frames, v.fps)
-    assert not any(a <= m["frame"] < b for m in got["key_moments"] for a, b in black)
+    assert not any(contains(black, m["frame"]) for m in got["key_moments"])
 
 
 @pytest.mark.integration

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from surgflow.data.privacy import blackout_ranges
-from surgflow.data.proxies import HANDLER_NAME, ProxySpec, ProxyStore, check_ranges, in_ranges
+from surgflow.data.proxies import HANDLER_NAME, ProxySpec, ProxyStore
+from surgflow.data.ranges import check, contains
 from surgflow.data.synthetic import generate_video
 from surgflow.data.video import open_reader, probe, sha256_file
 from surgflow.errors import BadInput
@@ -145,7 +146,7 @@ def test_blacked_out_frames_are_black_and_the_rest_are_the_proxys(tmp_path: Path
     want, want_t = _rgb(plain.path)
     assert got.shape == want.shape == (40, 64, 96, 3)
     assert got_t == want_t  # same timing
-    black = np.array([in_ranges(i, BLACKOUT) for i in range(40)])
+    black = np.array([contains(BLACKOUT, i) for i in range(40)])
     assert black.sum() == 3 + 1 + 7 + 3
     assert got[black].max() == 0  # every pixel of every blacked-out frame
     shown, plain_shown = got[~black].astype(int), want[~black].astype(int)
@@ -182,7 +183,7 @@ def test_bad_blackout_ranges_are_refused_by_name(tmp_path: Path, source: Path, r
     with pytest.raises(ValueError, match=re.escape(f"blackout range {bad}")):
         ProxySpec(step=1, short_side=64, blackout=ranges)
     with pytest.raises(ValueError, match=re.escape(f"blackout range {bad}")):
-        check_ranges(ranges)
+        check(ranges, "blackout range")
     unchecked = ProxySpec(step=1, short_side=64).model_copy(update={"blackout": ranges})
     with pytest.raises(ValueError, match=re.escape(f"blackout range {bad}")):
         ProxyStore(tmp_path).ensure(source, sha256_file(source), unchecked)
@@ -228,11 +229,11 @@ def test_a_reel_blacks_out_exactly_its_source_frames_and_carries_no_metadata(
     assert len(reel) == 31 and times == pytest.approx([k / 10 for k in range(31)])
     shown_from = [i for w in windows for i in range(w.start, w.end)]
     black = [i for i, img in zip(shown_from, reel, strict=True) if img.max() == 0]
-    assert black == [i for i in shown_from if in_ranges(i, blackout)]
+    assert black == [i for i in shown_from if contains(blackout, i)]
     src = open_reader(source)
     band = reel.shape[1] // 5
     for img, i in zip(reel, shown_from, strict=True):
-        if not in_ranges(i, blackout):  # the picture below the caption is the source's
+        if not contains(blackout, i):  # the picture below the caption is the source's
             want = src[i].asnumpy().astype(int)
             assert np.abs(img[band * 2:-4].astype(int) - want[band * 2:-4]).mean() < 12
     with pytest.raises(BadInput, match=re.escape("blackout range (1, 3)")):

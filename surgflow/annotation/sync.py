@@ -41,6 +41,7 @@ from surgflow.annotation.links import MediaLinks
 from surgflow.config import Settings
 from surgflow.data.media import prepare_for_people
 from surgflow.data.privacy import PRIVACY, PrivacyHold, PrivacyPolicy
+from surgflow.data.ranges import covers
 from surgflow.data.registry import VideoRegistry
 from surgflow.data.taxonomy import ProcedureCatalog
 from surgflow.data.versions import DatasetStore
@@ -218,8 +219,7 @@ def _send(settings: Settings, client: LabelStudio, links: MediaLinks | None, pro
         if isinstance(found, PrivacyHold):
             report.tasks_withheld += 1
             continue
-        if any(s <= task.start_frame and task.end_frame <= e
-               for s, e in blackout[task.video_id]):
+        if covers(blackout[task.video_id], task.start_frame, task.end_frame):
             report.tasks_out_of_body += 1
             continue
         payloads.append(timeline.task_payload(task, found, intervals.get(task.video_id, ()),

@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from surgflow.data import ranges
 from surgflow.errors import BadInput
 
 #: the label track (a built-in procedure and its dataset) every registered video joins
@@ -54,20 +55,12 @@ def blackout_ranges(out_of_body: Iterable[tuple[int, int]], num_frames: int, fps
     """Half-open frame ranges to black out: each out-of-body range widened by ``margin_s`` on
     both sides, clipped to ``[0, num_frames)``, overlapping or touching ranges merged, sorted."""
     pad = margin_frames(fps, margin_s)
-    widened = sorted((max(0, s - pad), min(num_frames, e + pad)) for s, e in out_of_body if e > s)
-    out: list[tuple[int, int]] = []
-    for s, e in widened:
-        if s >= e:
-            continue
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return tuple(out)
+    return ranges.merge((max(0, s - pad), min(num_frames, e + pad))
+                        for s, e in out_of_body if e > s)
 
 
-def frames_in(ranges: Iterable[tuple[int, int]]) -> int:
-    return sum(e - s for s, e in ranges)
+def frames_in(spans: Iterable[tuple[int, int]]) -> int:
+    return sum(e - s for s, e in spans)
 
 
 class Screening(BaseModel, frozen=True):

@@ -17,50 +17,25 @@ tags, no x264 settings string, nothing copied from the source's metadata.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import math
-from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
 from surgflow.data.clip_sampling import ClipSpec, frame_step
+from surgflow.data.ranges import Ranges, check, contains
 from surgflow.errors import VideoError
 from surgflow.storage import json_bytes, publish_exclusive, temp_path, write_exclusive
 
 PROXY_FORMAT = 1
 
-#: Half-open source-frame ranges ``((start, end), ...)``, sorted and non-overlapping.
-Ranges = tuple[tuple[int, int], ...]
-
-
-def check_ranges(ranges: Iterable[Iterable[int]]) -> Ranges:
-    """``ranges`` as a tuple of ``(start, end)`` int pairs; ValueError naming the first range that
-    is empty, negative, out of order or overlapping its predecessor."""
-    out: list[tuple[int, int]] = []
-    for r in ranges:
-        start, end = (int(x) for x in r)
-        if not 0 <= start < end:
-            raise ValueError(f"blackout range {(start, end)}: expected 0 <= start < end")
-        if out and start < out[-1][1]:
-            raise ValueError(f"blackout range {(start, end)} starts before the previous range "
-                             f"{out[-1]} ends; expected sorted, non-overlapping ranges")
-        out.append((start, end))
-    return tuple(out)
-
-
-def in_ranges(frame: int, ranges: Ranges) -> bool:
-    """Whether ``frame`` lies in one of ``ranges`` (sorted, non-overlapping, half-open)."""
-    j = bisect.bisect_right(ranges, (frame, math.inf))
-    return j > 0 and frame < ranges[j - 1][1]
-
 
 class ProxySpec(BaseModel, frozen=True):
     """How a proxy is made: every ``step``-th frame, short side ``short_side``, GOP ``gop``;
-    source frames in ``blackout`` (half-open ranges, see :func:`check_ranges`) written black."""
+    source frames in ``blackout`` (sorted, non-overlapping, see :func:`surgflow.data.ranges.check`)
+    written black."""
 
     step: int = Field(ge=1)
     short_side: int = Field(ge=8, le=4096)
@@ -71,7 +46,7 @@ class ProxySpec(BaseModel, frozen=True):
     @field_validator("blackout")
     @classmethod
     def _ranges_in_order(cls, ranges):
-        return check_ranges(ranges)
+        return check(ranges, "blackout range")
 
     @classmethod
     def for_clip(cls, clip: ClipSpec, video_fps: float, gop: int = 16) -> ProxySpec:
@@ -200,7 +175,7 @@ def write_proxy(source: str | Path, dest: str | Path, spec: ProxySpec) -> dict:
                 for i, frame in enumerate(src.decode(in_stream)):
                     if i % spec.step:
                         continue
-                    if in_ranges(i, spec.blackout):
+                    if contains(spec.blackout, i):
                         out.write_black()
                     else:
                         out.write(frame.reformat(width=w, height=h, format="yuv420p"))

@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 
 from surgflow.data.privacy import IN_BODY, OUT_OF_BODY
+from surgflow.data.ranges import merge
 
 #: what the scope films outside the patient
 OUT_OF_BODY_SCENES = ("room", "face", "board", "towel")
@@ -22,17 +23,6 @@ OUT_OF_BODY_SCENES = ("room", "face", "board", "towel")
 HARD_IN_BODY_SCENES = ("smoke", "tissue")
 
 _Label = TypeVar("_Label")
-
-
-def _merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted ranges with empty ones dropped and overlapping or touching ones joined."""
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(r for r in ranges if r[1] > r[0]):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
 
 
 def cut(
@@ -43,7 +33,7 @@ def cut(
     A segment that a range cuts becomes shorter or splits in two; empty pieces are dropped and
     pieces keep their order (neighbours with the same label are not joined).
     """
-    holes = _merged(ranges)
+    holes = merge(ranges)
     out: list[tuple[int, int, _Label]] = []
     for start, end, label in segments:
         pos = start
@@ -64,7 +54,7 @@ def privacy_segments(num_frames: int, out_of_body: Sequence[tuple[int, int]]) ->
     """The privacy track: InBody / OutOfBody segments covering ``[0, num_frames)``, neighbours
     differing."""
     out, pos = [], 0
-    for s, e in _merged([(max(0, s), min(num_frames, e)) for s, e in out_of_body]):
+    for s, e in merge((max(0, s), min(num_frames, e)) for s, e in out_of_body):
         if s > pos:
             out.append({"start_frame": pos, "end_frame": s, "label": IN_BODY})
         out.append({"start_frame": s, "end_frame": e, "label": OUT_OF_BODY})

@@ -21,13 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from surgflow.data.privacy import MARGIN_S, blackout_ranges
+from surgflow.data.ranges import runs
 from surgflow.evaluation.metrics import LabelledVideo
-
-
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open ranges where ``mask`` is true."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def blacked_out(pred: np.ndarray, positive: int, fps: float,

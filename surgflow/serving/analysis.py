@@ -17,6 +17,7 @@ from typing import Any
 
 from surgflow.config import Settings
 from surgflow.data.privacy import OUT_OF_BODY, PRIVACY, blackout_ranges
+from surgflow.data.ranges import contains
 from surgflow.data.taxonomy import is_track
 from surgflow.data.video import probe, resolve_video_uri
 from surgflow.errors import BadInput, NotFound
@@ -88,8 +89,7 @@ def analyse(pool: ModelPool, settings: Settings, *, video_id: str, uri: str,
         if privacy is not None:
             # no moment of a range people may not see is pointed at
             black = privacy["blackout"]
-            moments = [m for m in moments
-                       if not any(s <= m["frame"] < e for s, e in black)]
+            moments = [m for m in moments if not contains(black, m["frame"])]
     response = analysis_response(event, fps=result.fps, num_frames=result.num_frames,
                                  key_moments=moments)
     if not is_track(procedure):

@@ -107,13 +107,14 @@ def write_reel(video_path: Path, out: Path, *, frame_labels: np.ndarray,
     """
     import av
 
-    from surgflow.data.proxies import H264Writer, check_ranges, in_ranges
+    from surgflow.data.proxies import H264Writer
+    from surgflow.data.ranges import check, contains
     from surgflow.data.video import open_reader
 
     if not windows:
         raise BadInput(f"{video_path}: nothing to put in a highlight reel")
     try:
-        blackout = check_ranges(blackout)
+        blackout = check(blackout, "blackout range")
     except ValueError as e:
         raise BadInput(f"{video_path}: {e}") from e
     reader = open_reader(video_path)
@@ -128,7 +129,7 @@ def write_reel(video_path: Path, out: Path, *, frame_labels: np.ndarray,
         for window in windows:
             for lo in range(window.start, window.end, CHUNK):
                 idx = range(lo, min(window.end, lo + CHUNK))
-                shown = [i for i in idx if not in_ranges(i, blackout)]
+                shown = [i for i in idx if not contains(blackout, i)]
                 batch = reader.get_batch(shown).asnumpy() if shown else ()
                 frames = dict(zip(shown, batch, strict=True))
                 for i in idx:
@@ -150,6 +151,7 @@ def make_highlights(settings: Settings, video_id: str, out: Path | None = None, 
     not cleared for people, and every frame within a second of an out-of-body range black;
     transitions inside such ranges are not shown."""
     from surgflow.data.privacy import clearance
+    from surgflow.data.ranges import contains
     from surgflow.data.registry import VideoRegistry
     from surgflow.data.video import resolve_video_uri
     from surgflow.registry import ModelRegistry, model_name
@@ -170,7 +172,7 @@ def make_highlights(settings: Settings, video_id: str, out: Path | None = None, 
     analysis = runner.analyze(path)
     labels = list(runner.spec.labels)
     moments = [m for m in analysis.timeline.key_moments(labels, analysis.fps)
-               if not any(s <= m["frame"] < e for s, e in cleared.blackout)]
+               if not contains(cleared.blackout, m["frame"])]
     windows = reel_windows(moments, analysis.num_frames, analysis.fps, before_s=before_s,
                            after_s=after_s)
     out = Path(out or f"{video_id}-highlights.mp4")

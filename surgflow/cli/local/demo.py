@@ -159,6 +159,7 @@ def tasks_in_label_studio(settings: Settings, video_ids: set[str]) -> dict[str, 
     from surgflow.annotation.labelstudio import LabelStudio
     from surgflow.annotation.server import endpoint
     from surgflow.data.privacy import clearance
+    from surgflow.data.ranges import covers
     from surgflow.data.registry import VideoRegistry
     from surgflow.feedback.tasks import TaskLedger
     from surgflow.serving.screening import privacy_policy
@@ -169,8 +170,7 @@ def tasks_in_label_studio(settings: Settings, video_ids: set[str]) -> dict[str, 
     tasks = [t for t in TaskLedger(settings.home).list()
              if t["status"] == "open" and t["video_id"] in video_ids]
     wanted = {t["task_id"] for t in tasks
-              if not any(s <= t["start_frame"] and t["end_frame"] <= e
-                         for s, e in black[t["video_id"]])}
+              if not covers(black[t["video_id"]], t["start_frame"], t["end_frame"])}
     with LabelStudio(endpoint(settings, start_embedded=False)) as ls:
         project = ls.find_project(PROCEDURE)
         if project is None:
