@@ -9,9 +9,12 @@
 - ``privacy-screen``: :func:`~surgflow_flows.privacy.privacy_screen` every 30 s and on every
   ``surgflow.dataset.version.created`` event (new videos screened by the production out-of-body
   detector; every video again once a new one is promoted);
+- ``drift-watch``: :func:`~surgflow_flows.drift.drift_watch` every minute (the inference
+  stream against each production version's training view; a recipe with ``triggers.drift``
+  whose procedure's source drifted gets ``surgflow.recipe.retrain``, once per crossing);
 - ``recipe-<name>``: one per recipe file, :func:`~surgflow_flows.pipeline.recipe_pipeline` on the
   recipe's own cron (if any) and on ``surgflow.recipe.retrain`` for its resource
-  ``surgflow.recipe.<name>`` — the event its data triggers emit.
+  ``surgflow.recipe.<name>`` — the event its data and drift triggers emit.
 
 Each recipe's periodic run has one owner (:func:`surgflow.registry.periodic.periodic_owner`):
 its own deployment when it declares a cron, else ``nightly``. Each declaration names the recipes
@@ -35,6 +38,7 @@ from surgflow.feedback.events import EVENT as VERSION_EVENT
 from surgflow.registry.periodic import NIGHTLY, periodic_owner, recipe_deployment
 from surgflow.training.recipe import load_recipe
 from surgflow_flows.annotation import SYNC_EVERY_S, annotation_sync
+from surgflow_flows.drift import WATCH_EVERY_S, drift_watch
 from surgflow_flows.nightly import nightly_build, recipe_files
 from surgflow_flows.pipeline import recipe_pipeline
 from surgflow_flows.privacy import RESOURCE as SCREENED_RESOURCE
@@ -92,6 +96,11 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
          "parameters": {},
          "description": "screen new videos with the production out-of-body detector, so "
                         "that they may be shown to people, redacted",
+         "periodic_runs_of": [], "tags": []},
+        {"flow": drift_watch, "name": "drift-watch", "cron": None, "interval": WATCH_EVERY_S,
+         "triggers": [], "parameters": {"recipes_dir": recipes_dir},
+         "description": "compare each source's latest inference with the production model's "
+                        "training view; retrain recipes with a drift trigger when one drifts",
          "periodic_runs_of": [], "tags": []},
     ]
     for path, recipe in recipes:

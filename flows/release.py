@@ -2,10 +2,14 @@
 
 Thin over the library, one task per call, passing ids and paths: the ONNX chain bundle of the
 run (exported, its parity on golden clips measured), the registered candidate
-``<procedure>-phase@N``, and the gate's seal on the pinned field suite. The seal's checks are
-published as a markdown artifact linking the comparison report. With ``promote`` an approved
-candidate becomes production. A parity failure is not an error here: the version is registered
-unpromotable and the gate rejects it, so the summary still says what happened.
+``<procedure>-phase@N``, the gate's seal on the pinned field suite and, last, for a version
+promoted to production, its drift reference (the chain over its own training view, what the
+drift watch compares the inference stream with; advisory, since the watch builds a missing
+one on first use). The
+seal's checks are published as a markdown artifact linking the comparison report. With
+``promote`` an approved candidate becomes production. A parity failure is not an error here:
+the version is registered unpromotable and the gate rejects it, so the summary still says
+what happened.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from surgflow.config import get_settings
+from surgflow.data.privacy import PRIVACY_MODEL
 
 
 @task(name="export-chain")
@@ -42,6 +47,15 @@ def register_chain(run_id: str, bundle_dir: str) -> dict[str, Any]:
 
     version = register_run(run_id, Path(bundle_dir), home=get_settings().home)
     return {"name": version.name, "version": version.version}
+
+
+@task(name="summarise-drift-reference")
+def summarise_drift_reference(name: str, version: int) -> dict[str, Any]:
+    """The version's drift reference: its chain over its own training view, stored with it."""
+    from surgflow.drift.reference import summarise_release
+
+    reference = summarise_release(get_settings(), name, version)
+    return {"model": reference.model, "videos": len(reference.videos)}
 
 
 @task(name="gate-chain")
@@ -96,5 +110,13 @@ def release_flow(run_id: str, promote: bool = False) -> dict[str, Any]:
     promoted = None
     if promote and seal["verdict"] == "approved":
         promoted = promote_chain(name, version, f"approved by seal on {seal['field_suite']}")
+    if promoted is not None and name != PRIVACY_MODEL:
+        # the drift watch compares the stream with production's phase chain only; advisory:
+        # the watch builds a missing reference on first use, so a failure here must not undo
+        # a release that was sealed
+        state = summarise_drift_reference(name, version, return_state=True)
+        if state.is_failed():
+            log.warning("%s@%s: no drift reference yet (the drift watch builds it when it "
+                        "first needs it): %s", name, version, state.message)
     return {"model": f"{name}@{version}", "name": name, "version": version,
             "verdict": seal["verdict"], "seal": seal, "promoted": promoted}

@@ -26,6 +26,14 @@ def recipe_resource(name: str) -> str:
     return f"surgflow.recipe.{name}"
 
 
+def announce_retrain(recipe_name: str, recipe_path: str, firing: dict[str, Any]) -> None:
+    """Emit ``surgflow.recipe.retrain`` for ``firing`` on the recipe's own resource."""
+    emit_event(event=RETRAIN_EVENT,
+               resource={"prefect.resource.id": recipe_resource(recipe_name),
+                         "prefect.resource.name": recipe_name},
+               payload=firing | {"recipe_path": str(Path(recipe_path).resolve())})
+
+
 @task(name="evaluate-recipe-triggers")
 def evaluate(recipe_path: str, dataset: str, version: int) -> dict[str, Any] | None:
     """The firing of ``recipe_path`` for ``dataset@version``, or None if nothing crossed."""
@@ -35,10 +43,7 @@ def evaluate(recipe_path: str, dataset: str, version: int) -> dict[str, Any] | N
     recipe = load_recipe(recipe_path)
     firing = evaluate_version(recipe, get_settings().home, dataset, version)
     if firing is not None:
-        emit_event(event=RETRAIN_EVENT,
-                   resource={"prefect.resource.id": recipe_resource(recipe.name),
-                             "prefect.resource.name": recipe.name},
-                   payload=firing | {"recipe_path": str(Path(recipe_path).resolve())})
+        announce_retrain(recipe.name, recipe_path, firing)
     return firing
 
 

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from surgflow.errors import ConfigError, describe_validation, dotted
 
+# the databases an Optuna study store runs on (SQLAlchemy dialect names)
+_STUDY_DATABASES = ("sqlite", "postgresql", "mysql")
+
 
 class Settings(BaseSettings):
     """surgflow's settings; each field is read from ``SURGFLOW_<FIELD>``."""
@@ -54,6 +57,9 @@ class Settings(BaseSettings):
     annotation_url: str | None = Field(
         default=None, description="where Label Studio and browsers reach surgflow's annotation "
         "bridge (media, webhooks); unset: the bridge recorded under SURGFLOW_HOME")
+    sweep_storage: str | None = Field(
+        default=None, description="database URL of the sweeps' Optuna studies (sqlite:///…, "
+        "postgresql://…, mysql://…); unset: SQLite at SURGFLOW_HOME/sweeps/optuna.db")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -79,6 +85,25 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("expected an http:// or https:// URL")
         return v.strip().rstrip("/")
+
+    @field_validator("sweep_storage", mode="after")
+    @classmethod
+    def _check_storage(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme.split("+")[0] not in _STUDY_DATABASES or not rest:
+            raise ValueError(
+                "expected a database URL: sqlite:///PATH, postgresql://USER@HOST/DB or "
+                "mysql://USER@HOST/DB (a +driver after the name is allowed)")
+        if scheme.startswith("sqlite") and not rest.startswith("/"):
+            raise ValueError("a SQLite URL names its file after three slashes: sqlite:///PATH")
+        return v
+
+    def sweep_storage_url(self) -> str:
+        """Where the sweeps' studies live: SURGFLOW_SWEEP_STORAGE, else SQLite under home."""
+        return self.sweep_storage or f"sqlite:///{self.home / 'sweeps' / 'optuna.db'}"
 
     @field_validator("topic_prefix", mode="after")
     @classmethod

@@ -39,6 +39,12 @@ def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
     assert screen["interval"] == 30
     (on_version,) = screen["triggers"]
     assert on_version.expect == {"surgflow.dataset.version.created"}
+    # the drift watch: every minute over the recipes; its firings are recipe.retrain events,
+    # which the recipes' own deployments above already trigger on
+    drift = by_name["drift-watch"]
+    assert (drift["interval"], drift["cron"], drift["triggers"]) == (60, None, [])
+    assert drift["parameters"] == {"recipes_dir": str(Path(recipes_dir()).resolve())}
+    assert drift["flow"].name == "drift-watch"
 
 
 def test_each_recipes_periodic_run_has_one_owner_and_says_so() -> None:

@@ -73,8 +73,13 @@ def test_the_runner_analyses_a_video_without_torch(tiny_chain_bundle: TrainedBun
 ABOVE = {
     "data": ("training", "feedback", "evaluation", "export", "registry", "inference",
              "serving", "cli"),
-    "training": ("feedback", "evaluation", "export", "registry", "inference", "serving", "cli"),
+    "training": ("feedback", "evaluation", "export", "registry", "inference", "serving", "cli",
+                 "sweeps"),
     "feedback": ("training", "evaluation", "export", "registry", "inference", "serving", "cli"),
+    "drift": ("serving", "cli"),
+    # a sweep trains runs the way `surgflow train` does; releasing its best is the flow's call
+    "sweeps": ("feedback", "evaluation", "export", "registry", "inference", "serving", "cli",
+               "drift"),
 }
 
 

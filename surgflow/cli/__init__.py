@@ -14,6 +14,7 @@ from surgflow.cli import (
     datasets,
     demo,
     deployments,
+    drift,
     feedback,
     mlflow_ui,
     models,
@@ -21,6 +22,7 @@ from surgflow.cli import (
     procedures,
     serve,
     stack,
+    sweep,
     training,
     videos,
 )
@@ -56,6 +58,8 @@ app.add_typer(serve.app)
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(annotate.app, name="annotate")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(drift.app, name="drift")
+app.add_typer(sweep.app, name="sweep")
 
 
 @app.callback()

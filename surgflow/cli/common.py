@@ -151,6 +151,29 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 @contextmanager
+def prefect_api() -> Iterator[str]:
+    """A Prefect API for a command that runs flows: ``PREFECT_API_URL``, the local server under
+    SURGFLOW_HOME, or one started now; one started for the command keeps running after it,
+    and the command ends by saying so on stderr. Enter it before Prefect is imported: Prefect
+    reads PREFECT_API_URL once, when it is imported."""
+    import os
+
+    from surgflow.cli.local.prefect_server import ensure_server, running_server
+    from surgflow.config import get_settings
+
+    home = get_settings().home
+    started = not (os.environ.get("PREFECT_API_URL") or running_server(home))
+    url = ensure_server(home)
+    try:
+        yield url
+    finally:
+        if started:
+            stderr_console.print(
+                f"the Prefect server started for this run is still running at {url}; "
+                "`surgflow down` stops it", soft_wrap=True, highlight=False)
+
+
+@contextmanager
 def progress(description: str, total: float | None, enabled: bool = True) -> Iterator[Callable]:
     """A rich progress bar on stderr; yields ``advance(n=1)``."""
     if not enabled or not stderr_console.is_terminal:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from surgflow.cli.common import JsonOption, emit, handle_errors, stderr_console, stdout_console
+from surgflow.cli.common import JsonOption, emit, handle_errors, prefect_api, stdout_console
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
 
@@ -76,26 +76,13 @@ def train(
 
             emit(preview(loaded, get_settings().home), json_, _render_preview)
             return
-    import os
-
-    from surgflow.cli.local.prefect_server import ensure_server, running_server
-
-    home = get_settings().home
-    started = not (os.environ.get("PREFECT_API_URL") or running_server(home))
-    # Prefect reads PREFECT_API_URL once, when it is imported: find the server first.
-    url = ensure_server(home)
-    try:
+    with prefect_api():
         from surgflow_flows.pipeline import train_and_release
         from surgflow_flows.training import TrainingParams
 
         params = TrainingParams(recipe_path=str(recipe) if recipe else None,
                                 resume_run=resume)
         emit(_summary(train_and_release(params)), json_)
-    finally:
-        if started:
-            stderr_console.print(
-                f"the Prefect server started for this run is still running at {url}; "
-                "`surgflow down` stops it", soft_wrap=True, highlight=False)
 
 
 @runs_app.command("list")

@@ -474,6 +474,11 @@ class ModelRegistry:
         """Where the gate's comparison report of this seal's inputs lives (beside the seal)."""
         return self._seals(name).report_path(int(version), baseline, field_suite)
 
+    def drift_reference_path(self, name: str, version: int) -> Path:
+        """Where the drift reference of ``version`` (its training view summarised at release,
+        :mod:`surgflow.drift.reference`) lives, beside its seals."""
+        return self._dir(name) / "drift" / f"{int(version)}.json"
+
     def attach(self, run_id: str | None, path: Path, folder: str = "gate") -> None:
         """Log ``path`` to MLflow run ``run_id`` under ``folder`` (a warning if it fails: the
         file beside the seal, not the attachment, is the record)."""

@@ -9,7 +9,10 @@ itself and builds its own datasets. Stages:
 2. ``features`` — chains only: stage-1 features of every video into the feature cache;
 3. ``temporal`` — chains only: the temporal network over whole-video feature sequences.
 
-A restarted group finds finished stages by their last checkpoint and skips them.
+A restarted group finds finished stages by their last checkpoint and skips them. A run that is
+a trial of a sweep (``job["trial"]``) reports each epoch's validation metric to its trial and
+stops early, on every rank, when the trial is pruned (:mod:`surgflow.training.pruning`); its
+summary then says where (``"pruned"``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from surgflow.training.loop import (
     train_epoch,
 )
 from surgflow.training.models import build_clip_model, build_temporal_model
+from surgflow.training.pruning import Pruned, TrialReporter
 from surgflow.training.recipe import Recipe, parse_recipe
 from surgflow.training.runs import now_iso
 from surgflow.training.utilisation import UtilisationSampler
@@ -104,12 +108,16 @@ def _run(run_dir: Path, home: Path, ctx: D.RankContext, util: UtilisationSampler
     trainer = _StageTrainer(run_dir, home, recipe, ctx, util, job, live)
     model, clip_result = trainer.clip_stage()
     out["stages"]["clip"] = clip_result
-    if recipe.temporal is None:
+    if "pruned" in clip_result:
+        out["pruned"] = clip_result["pruned"]
+    if recipe.temporal is None or "pruned" in clip_result:
         out["model_version"] = clip_result["version"]
         return out
     out["stages"]["features"], labels = trainer.feature_stage(model, clip_result["version"])
     temporal = trainer.temporal_stage(clip_result["version"], model, labels)
     out["stages"]["temporal"] = temporal
+    if "pruned" in temporal:
+        out["pruned"] = temporal["pruned"]
     out["model_version"] = chain_version([clip_result["version"], temporal["version"]])
     return out
 
@@ -124,6 +132,9 @@ class _StageTrainer:
         self.classes = len(self.labels)
         self.reuse: dict[str, str] = job.get("reuse") or {}
         self.cuda = ctx.device.type == "cuda"
+        # a sweep's trial: every rank takes part in the stop decision, rank 0 makes it
+        self.trial = bool(job.get("trial"))
+        self.reporter = TrialReporter(job["trial"]) if self.trial and ctx.is_main else None
 
     def clip_stage(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         r, ctx = self.recipe, self.ctx
@@ -274,6 +285,7 @@ class _StageTrainer:
                 best = {"epoch": 0, "val": m0, "model": _copy_state(model)}
         history = []
         launch: dict[str, float] = {}
+        pruned: Pruned | None = None
 
         def mark_first_step() -> None:
             launch["first_step_at"] = time.time()
@@ -321,11 +333,31 @@ class _StageTrainer:
                     scheduler=scheduler, scaler=scaler, recipe=self.recipe.model_dump(mode="json"),
                     dataset_versions=list(self.sources), metrics=metrics, extra=extra,
                 )
+            if self.trial:
+                pruned = self._judge(stage, epoch, m_val)
             D.barrier()
+            if pruned is not None:
+                break
         # a stage already complete on resume reports what its last checkpoint recorded
         final = history[-1] if history else {"epoch": done, **saved_metrics}
-        return {"version": checkpoints.weights_digest(D.unwrap(ddp)), "epochs": optim.epochs,
-                "resumed_from_epoch": resumed_from, "final": final}
+        out = {"version": checkpoints.weights_digest(D.unwrap(ddp)), "epochs": optim.epochs,
+               "resumed_from_epoch": resumed_from, "final": final}
+        return out | ({"pruned": pruned.as_dict()} if pruned is not None else {})
+
+    def _judge(self, stage: str, epoch: int, m_val: dict[str, float]) -> Pruned | None:
+        """Report this epoch to the trial (rank 0) and agree on every rank whether it stops."""
+        step = self._step(stage, epoch)
+        stop = self.reporter.report(step, m_val) if self.reporter is not None else False
+        if not D.broadcast_flag(stop, self.ctx.device):
+            return None
+        metric = str(self.job["trial"]["metric"])
+        return Pruned(stage, epoch, step, float(m_val[metric]))
+
+    def _step(self, stage: str, epoch: int) -> int:
+        """The trial's step of ``stage``'s ``epoch``: epochs counted across the run's stages."""
+        if stage != "temporal" or "encoder" in self.reuse:
+            return epoch
+        return self.recipe.optim.epochs + epoch
 
 
 def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

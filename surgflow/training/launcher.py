@@ -10,6 +10,9 @@ If any rank fails or its worker disappears, the whole group is torn down — the
 are restarted, because a rank blocked in a collective cannot be cancelled otherwise — and the
 group starts again from the last checkpoint, up to ``max_attempts`` times. An error that says
 the input is bad (:class:`~surgflow.errors.BadInput`) is not retried.
+
+Several groups may share one cluster at once (a sweep's concurrent trials): each then takes its
+workers from one :class:`WorkerLease`, which never hands a worker to two groups at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,6 +98,40 @@ def pick_workers(client: Any, world_size: int, gpus_per_rank: int, wait_s: float
         time.sleep(0.5)
 
 
+class WorkerLease:
+    """Distinct workers for the DDP groups that share one cluster: :meth:`acquire` waits for
+    ``world_size`` suitable workers that no other group holds, :meth:`release` gives them back.
+    Thread-safe; one lease per cluster client."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._cond = threading.Condition()
+
+    def acquire(self, client: Any, world_size: int, gpus_per_rank: int,
+                wait_s: float) -> list[str]:
+        """Hold ``world_size`` free workers. Waits as long as other groups hold the ones
+        missing; ClusterTooSmall when the cluster itself has fewer than ``world_size`` suitable
+        workers for ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            ok = suitable_workers(live_workers(client), gpus_per_rank)
+            with self._cond:
+                free = [w for w in ok if w not in self._held]
+                if len(free) >= world_size:
+                    chosen = free[:world_size]
+                    self._held.update(chosen)
+                    return chosen
+                if len(ok) < world_size and time.monotonic() >= deadline:
+                    break
+                self._cond.wait(timeout=0.5)
+        return pick_workers(client, world_size, gpus_per_rank, 0.0)  # raises ClusterTooSmall
+
+    def release(self, workers: list[str]) -> None:
+        with self._cond:
+            self._held.difference_update(workers)
+            self._cond.notify_all()
+
+
 def launch(
     client: Any,
     fn: Callable[..., Any],
@@ -106,49 +144,71 @@ def launch(
     poll_s: float = 0.5,
     on_tick: Callable[[], None] | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
+    lease: WorkerLease | None = None,
 ) -> LaunchResult:
     """Run ``fn(job, rank, world_size, master_host, master_port, local_rank)`` on
-    ``world_size`` workers; ``local_rank`` numbers the ranks that share a host (GPU choice)."""
+    ``world_size`` workers; ``local_rank`` numbers the ranks that share a host (GPU choice).
+    With ``lease``, each attempt holds its workers from it (other groups share the cluster)."""
     attempts: list[Attempt] = []
     for number in range(1, max_attempts + 1):
-        workers = pick_workers(client, world_size, gpus_per_rank,
-                               worker_wait_s if number > 1 else min(worker_wait_s, 10.0))
-        host = urlparse(workers[0]).hostname or "127.0.0.1"
-        port = client.run(free_port, "", workers=[workers[0]])[workers[0]]
-        attempt = Attempt(number, workers, f"{host}:{port}", time.time())
-        attempts.append(attempt)
-        if on_attempt:
-            on_attempt(attempt)
-        log.info("attempt %d: %d ranks on %s, master %s:%s", number, world_size, workers, host,
-                 port)
-        token = secrets.token_hex(4)
-        local = local_ranks(workers)
-        futures = [
-            client.submit(
-                fn, job, rank, world_size, host, port, local[rank],
-                key=f"surgflow-rank{rank}-{token}",
-                workers=[addr], allow_other_workers=False, pure=False, retries=0,
-                resources={"GPU": gpus_per_rank} if gpus_per_rank else None,
-            )
-            for rank, addr in enumerate(workers)
-        ]
-        error = _watch(client, futures, workers, poll_s, on_tick)
-        attempt.ended = time.time()
-        if error is None:
-            results = client.gather(futures)
-            if on_attempt:
-                on_attempt(attempt)
-            return LaunchResult(results, attempts)
-        attempt.error = error[1]
-        if on_attempt:
-            on_attempt(attempt)
-        _tear_down(client, futures, workers)
-        if isinstance(error[0], BadInput):
-            raise error[0]
-        log.warning("attempt %d failed: %s", number, error[1])
+        wait_s = worker_wait_s if number > 1 else min(worker_wait_s, 10.0)
+        if lease is None:
+            workers = pick_workers(client, world_size, gpus_per_rank, wait_s)
+        else:
+            workers = lease.acquire(client, world_size, gpus_per_rank, wait_s)
+        try:
+            result = _attempt(client, fn, job, number, workers, gpus_per_rank, attempts,
+                              poll_s, on_tick, on_attempt)
+        finally:
+            if lease is not None:
+                lease.release(workers)
+        if result is not None:
+            return result
     raise GroupFailed(
         f"DDP group of {world_size} failed {max_attempts} times; last error: {attempts[-1].error}"
     )
+
+
+def _attempt(client: Any, fn: Callable[..., Any], job: dict[str, Any], number: int,
+             workers: list[str], gpus_per_rank: int, attempts: list[Attempt], poll_s: float,
+             on_tick: Callable[[], None] | None,
+             on_attempt: Callable[[Attempt], None] | None) -> LaunchResult | None:
+    """Attempt ``number`` of the group on ``workers``: its result, or None after a failure
+    that may be retried (the group torn down first); a rank's BadInput is raised."""
+    world_size = len(workers)
+    host = urlparse(workers[0]).hostname or "127.0.0.1"
+    port = client.run(free_port, "", workers=[workers[0]])[workers[0]]
+    attempt = Attempt(number, workers, f"{host}:{port}", time.time())
+    attempts.append(attempt)
+    if on_attempt:
+        on_attempt(attempt)
+    log.info("attempt %d: %d ranks on %s, master %s:%s", number, world_size, workers, host, port)
+    token = secrets.token_hex(4)
+    local = local_ranks(workers)
+    futures = [
+        client.submit(
+            fn, job, rank, world_size, host, port, local[rank],
+            key=f"surgflow-rank{rank}-{token}",
+            workers=[addr], allow_other_workers=False, pure=False, retries=0,
+            resources={"GPU": gpus_per_rank} if gpus_per_rank else None,
+        )
+        for rank, addr in enumerate(workers)
+    ]
+    error = _watch(client, futures, workers, poll_s, on_tick)
+    attempt.ended = time.time()
+    if error is None:
+        results = client.gather(futures)
+        if on_attempt:
+            on_attempt(attempt)
+        return LaunchResult(results, attempts)
+    attempt.error = error[1]
+    if on_attempt:
+        on_attempt(attempt)
+    _tear_down(client, futures, workers)
+    if isinstance(error[0], BadInput):
+        raise error[0]
+    log.warning("attempt %d failed: %s", number, error[1])
+    return None
 
 
 def _watch(client: Any, futures: list[Any], workers: list[str], poll_s: float,

@@ -21,7 +21,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +58,8 @@ _retry = retry(retry=retry_if_exception(_transient), wait=wait_random_exponentia
 
 
 @_retry
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` (an MlflowClient method), retried while the store is locked."""
     return fn(*args, **kwargs)
 
 
@@ -115,8 +116,10 @@ def sample_metrics(sample: dict[str, Any], step: int) -> list[Metric]:
 
 def open_run(client: MlflowClient, *, procedure: str, run_id: str, recipe: dict[str, Any],
              recipe_file: Path | None, run_dir: Path, dataset_versions: Sequence[str],
-             code_version: str, settings: Any = None) -> str:
-    """Create the MLflow run of training run ``run_id``; returns the MLflow run id."""
+             code_version: str, settings: Any = None,
+             extra_tags: Mapping[str, str] | None = None) -> str:
+    """Create the MLflow run of training run ``run_id``; returns the MLflow run id.
+    ``extra_tags`` join its own (``mlflow.parentRunId`` nests it under a parent run)."""
     from mlflow.entities import Param, RunTag
 
     from surgflow import tracking
@@ -126,32 +129,33 @@ def open_run(client: MlflowClient, *, procedure: str, run_id: str, recipe: dict[
             "surgflow.procedure": procedure, "surgflow.code_version": code_version,
             "surgflow.dataset_versions": ",".join(dataset_versions)}
     tags |= {f"surgflow.dataset.{i}": v for i, v in enumerate(dataset_versions)}
-    run = _call(client.create_run, exp, tags=tags, run_name=run_id)
+    tags |= dict(extra_tags or {})
+    run = call(client.create_run, exp, tags=tags, run_name=run_id)
     mlflow_id = run.info.run_id
     params = [Param(k, v) for k, v in sorted(flatten(recipe).items())]
     for i in range(0, len(params), _MAX_PARAMS):
-        _call(client.log_batch, mlflow_id, params=params[i : i + _MAX_PARAMS],
+        call(client.log_batch, mlflow_id, params=params[i : i + _MAX_PARAMS],
               tags=[RunTag("surgflow.params_batch", str(i // _MAX_PARAMS))])
     # the file the researcher wrote, and the recipe as trained (sources pinned to dataset@N)
     if recipe_file is not None and Path(recipe_file).is_file():
-        _call(client.log_artifact, mlflow_id, str(recipe_file), "recipe")
-    _call(client.log_artifact, mlflow_id, str(Path(run_dir) / "recipe.json"), "recipe")
+        call(client.log_artifact, mlflow_id, str(recipe_file), "recipe")
+    call(client.log_artifact, mlflow_id, str(Path(run_dir) / "recipe.json"), "recipe")
     return mlflow_id
 
 
 def reopen_run(client: MlflowClient, mlflow_run_id: str) -> None:
     """Mark a run that is being resumed as running again."""
-    _call(client.update_run, mlflow_run_id, status="RUNNING")
+    call(client.update_run, mlflow_run_id, status="RUNNING")
 
 
 def close_run(client: MlflowClient, mlflow_run_id: str, *, failed: bool) -> None:
-    _call(client.set_terminated, mlflow_run_id, "FAILED" if failed else "FINISHED")
+    call(client.set_terminated, mlflow_run_id, "FAILED" if failed else "FINISHED")
 
 
 def send(client: MlflowClient, mlflow_run_id: str, metrics: Sequence[Metric]) -> None:
     """Log ``metrics`` in batches MLflow accepts, retrying while the store is locked."""
     for i in range(0, len(metrics), _MAX_METRICS):
-        _call(client.log_batch, mlflow_run_id, metrics=list(metrics[i : i + _MAX_METRICS]))
+        call(client.log_batch, mlflow_run_id, metrics=list(metrics[i : i + _MAX_METRICS]))
 
 
 class LiveLog:
@@ -210,7 +214,7 @@ class LiveLog:
 
 
 def _history(client: MlflowClient, mlflow_run_id: str, key: str) -> list[Metric]:
-    return _call(client.get_metric_history, mlflow_run_id, key)
+    return call(client.get_metric_history, mlflow_run_id, key)
 
 
 def _latest_by_step(history: list[Metric]) -> dict[int, Metric]:
@@ -223,7 +227,7 @@ def _latest_by_step(history: list[Metric]) -> dict[int, Metric]:
 
 def epoch_count(client: MlflowClient, mlflow_run_id: str) -> int:
     """Epochs finished so far over all stages (one cheap query)."""
-    metrics = _call(client.get_run, mlflow_run_id).data.metrics
+    metrics = call(client.get_run, mlflow_run_id).data.metrics
     return sum(int(v) for k, v in metrics.items() if k.endswith("/epoch") and "/" in k
                and not k.startswith("util/"))
 
@@ -231,7 +235,7 @@ def epoch_count(client: MlflowClient, mlflow_run_id: str) -> int:
 def epochs(client: MlflowClient, mlflow_run_id: str) -> list[dict[str, Any]]:
     """Every finished epoch of every stage, rebuilt from the run's metrics, in time order:
     ``{"stage", "epoch", "train": {...}, "val": {...}, "lr", "finished_at"[, "first_step_at"]}``."""
-    keys = [k for k in _call(client.get_run, mlflow_run_id).data.metrics
+    keys = [k for k in call(client.get_run, mlflow_run_id).data.metrics
             if not k.startswith("util/") and _EPOCH_KEY.match(k)]
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for key in keys:
@@ -261,7 +265,7 @@ def epochs(client: MlflowClient, mlflow_run_id: str) -> list[dict[str, Any]]:
 
 def utilisation(client: MlflowClient, mlflow_run_id: str) -> list[dict[str, Any]]:
     """Every rank's utilisation samples: ``{"t", "rank", "cpu_percent", ...}``, in time order."""
-    keys = [k for k in _call(client.get_run, mlflow_run_id).data.metrics if _UTIL_KEY.match(k)]
+    keys = [k for k in call(client.get_run, mlflow_run_id).data.metrics if _UTIL_KEY.match(k)]
     samples: dict[tuple[int, int], dict[str, Any]] = {}
     for key in keys:
         m = _UTIL_KEY.match(key)

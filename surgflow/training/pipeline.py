@@ -2,8 +2,9 @@
 
 :func:`prepare_run` resolves the recipe's data and writes the run directory (or reopens one to
 resume it by hand); :func:`execute_run` launches the DDP group on the Dask cluster and records
-attempts, status and result in ``run.json``. The Prefect flow and the CLI are thin over these
-two calls; nothing here imports Prefect.
+attempts, status and result in ``run.json``; a sweep's trial that was stopped early ends
+``pruned``. The Prefect flow and the CLI are thin over these two calls; nothing here imports
+Prefect.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from surgflow.errors import BadInput, SurgflowError
 from surgflow.storage import json_bytes, write_atomic
 from surgflow.training import data
-from surgflow.training.launcher import Attempt, launch
+from surgflow.training.launcher import Attempt, WorkerLease, launch
 from surgflow.training.recipe import Recipe, parse_recipe
 from surgflow.training.runs import RunStore, now_iso
 
@@ -35,7 +36,8 @@ def _mlflow(home: Path) -> Any:
 
 def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
                 recipe_path: str | None = None,
-                resolve_production: Callable[[str], Path] | None = None) -> str:
+                resolve_production: Callable[[str], Path] | None = None,
+                mlflow_tags: Mapping[str, str] | None = None) -> str:
     """A run ready to launch: new, or ``resume``'s unfinished run (resumed by hand).
 
     A new run pins the recipe's sources to the dataset versions that are latest now and
@@ -43,7 +45,8 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
     any worker is used. It is also an MLflow run (its id is ``mlflow_run_id`` in run.json).
     A recipe that reuses a stage of the production chain (``{from: production}``) needs
     ``resolve_production(procedure)``: the local directory of that procedure's production
-    chain bundle, kept in run.json as ``reuse`` (stage → directory).
+    chain bundle, kept in run.json as ``reuse`` (stage → directory). ``mlflow_tags`` are added
+    to the new MLflow run (a sweep's trial names its parent run with ``mlflow.parentRunId``).
     """
     store = RunStore(home)
     if resume is not None:
@@ -98,6 +101,7 @@ def prepare_run(recipe: Recipe, home: Path, *, resume: str | None = None,
         recipe=recipe.model_dump(mode="json"),
         recipe_file=Path(recipe_path) if recipe_path else None,
         run_dir=run_dir, dataset_versions=pinned, code_version=checkpoints.code_version(),
+        extra_tags=mlflow_tags,
     )
     store.update(run_id, mlflow_run_id=mlflow_id)
     return run_id
@@ -170,8 +174,13 @@ def execute_run(
     *,
     on_tick: Callable[[], None] | None = None,
     job_extra: dict[str, Any] | None = None,
+    lease: WorkerLease | None = None,
 ) -> dict[str, Any]:
-    """Train run ``run_id`` on the cluster behind ``client``; returns the final run record."""
+    """Train run ``run_id`` on the cluster behind ``client``; returns the final run record.
+
+    ``job_extra`` joins the job every rank receives (``"trial"``: the run is a sweep's trial,
+    see :mod:`surgflow.training.pruning`); ``lease`` hands out the workers when other groups
+    share the cluster. A pruned trial ends with status ``pruned`` and ``result["pruned"]``."""
     from surgflow.training.job import run_rank
 
     store = RunStore(home)
@@ -210,7 +219,7 @@ def execute_run(
     try:
         out = launch(client, run_rank, job, world_size=res.world_size,
                      gpus_per_rank=res.gpus_per_rank, max_attempts=res.max_attempts,
-                     on_tick=on_tick, on_attempt=record_attempt)
+                     on_tick=on_tick, on_attempt=record_attempt, lease=lease)
     except BadInput:
         store.update(run_id, status="failed", finished_at=now_iso())
         close(failed=True)
@@ -227,12 +236,13 @@ def execute_run(
         "ranks": [{k: r[k] for k in ("rank", "host", "pid", "model_version")}
                   for r in out.results],
         "seconds": time.time() - started,
-    }
+    } | ({"pruned": main["pruned"]} if "pruned" in main else {})
     versions = {r["model_version"] for r in out.results}
     if len(versions) != 1:
         store.update(run_id, status="failed", finished_at=now_iso(), error="ranks diverged")
         close(failed=True)
         raise SurgflowError(f"run {run_id}: ranks ended with different weights: {sorted(versions)}")
-    record = store.update(run_id, status="succeeded", finished_at=now_iso(), result=result)
+    status = "pruned" if "pruned" in result else "succeeded"
+    record = store.update(run_id, status=status, finished_at=now_iso(), result=result)
     close(failed=False)
     return record

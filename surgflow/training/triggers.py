@@ -1,4 +1,4 @@
-"""When a recipe retrains by itself: data growth and new sources (SPEC §9).
+"""When a recipe retrains by itself: data growth, new sources (SPEC §9) and drift.
 
 A recipe's view has a *footprint*: the labelled frames it would train on and the sources
 (hospitals) they come from. :func:`crossings` compares the footprint of a new dataset version
@@ -14,17 +14,25 @@ event, or the pipeline's own later writes below the next threshold) crosses noth
 evaluators of the same event fire once between them. :func:`evaluate_version` is the whole
 decision for one recipe and one new dataset version. Cron schedules are Prefect's; who owns a
 recipe's periodic run, and when that run is skipped, is :mod:`surgflow.registry.periodic`'s.
+
+A recipe with ``triggers.drift`` also retrains when a source of its procedure drifts from what
+the production version was trained on (the drift watch's reports): :func:`drift_excess` is the
+rule (enough videos in the source's window and a feature's PSI above ``psi_above``), and
+:meth:`TriggerLedger.claim_drift` fires once per crossing of it: a source that stays drifted
+fires once; it fires again only after it came back under the rule and crossed again, or for
+another production version (whose reference differs).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from surgflow.storage import json_bytes, locked, read_json, write_atomic
-from surgflow.training.recipe import Recipe, TriggerSpec
+from surgflow.training.recipe import DriftTriggerSpec, Recipe, TriggerSpec
 from surgflow.training.runs import now_iso
 
 
@@ -128,6 +136,45 @@ def evaluate_version(recipe: Recipe, home: Path, dataset: str,
                                      cause=f"{dataset}@{version}")
 
 
+class DriftState(Protocol):
+    """What the drift rule reads of one source's report (a
+    :class:`surgflow.drift.watch.DriftReport`)."""
+
+    procedure: str
+    source: str
+    model: str  # NAME@VERSION of the production version the window was compared against
+    videos: int  # videos in the source's window
+
+    @property
+    def psi(self) -> Mapping[str, float]: ...
+
+
+def drift_excess(spec: DriftTriggerSpec, videos: int,
+                 psi: Mapping[str, float]) -> tuple[str, float] | None:
+    """(feature, PSI) of the most drifted feature if the source has drifted under ``spec``
+    (at least ``min_videos`` videos, that feature's PSI above ``psi_above``); else None."""
+    if videos < spec.min_videos or not psi:
+        return None
+    worst = max(sorted(psi), key=lambda name: psi[name])
+    return (worst, psi[worst]) if psi[worst] > spec.psi_above else None
+
+
+def drift_key(report: DriftState) -> str:
+    """What one drift crossing is of: a source of a procedure against one production version."""
+    return f"drift:{report.procedure}:{report.source}@{report.model}"
+
+
+def evaluate_drift(recipe: Recipe, home: Path,
+                   reports: Iterable[DriftState]) -> list[dict[str, Any]]:
+    """The firings ``reports`` claim for ``recipe`` (:meth:`TriggerLedger.claim_drift`): none
+    without a drift trigger; only the reports of its own procedure count."""
+    if recipe.triggers.drift is None:
+        return []
+    ledger = TriggerLedger(home)
+    return [f for r in reports if r.procedure == recipe.procedure
+            and (f := ledger.claim_drift(recipe, r)) is not None]
+
+
 class TriggerLedger:
     """Firings per recipe under ``SURGFLOW_HOME/triggers/<recipe>.json``."""
 
@@ -137,13 +184,21 @@ class TriggerLedger:
     def _path(self, recipe: str) -> Path:
         return self.root / f"{recipe}.json"
 
-    def firings(self, recipe: str) -> list[dict[str, Any]]:
+    def _read(self, recipe: str) -> dict[str, Any]:
         data = read_json(self._path(recipe))
-        return list(data.get("firings", [])) if isinstance(data, dict) else []
+        return data if isinstance(data, dict) else {}
+
+    def firings(self, recipe: str) -> list[dict[str, Any]]:
+        return list(self._read(recipe).get("firings", []))
 
     def last_fired(self, recipe: str) -> Footprint | None:
-        fired = self.firings(recipe)
+        """The footprint of the last data-trigger firing (a drift firing records none)."""
+        fired = [f for f in self.firings(recipe) if f.get("footprint") is not None]
         return Footprint.from_json(fired[-1]["footprint"]) if fired else None
+
+    def drift_states(self, recipe: str) -> dict[str, dict[str, Any]]:
+        """Per :func:`drift_key`: whether it is drifted now and how often it crossed."""
+        return dict(self._read(recipe).get("drift", {}))
 
     def claim(self, recipe: Recipe, current: Footprint, trained: Footprint | None,
               *, cause: str) -> dict[str, Any] | None:
@@ -164,8 +219,46 @@ class TriggerLedger:
                       "why": describe(reasons, current, last, recipe.triggers),
                       "footprint": current.as_json(),
                       "baseline": last.as_json() if last else None, "at": now_iso()}
-            write_atomic(self._path(recipe.name), json_bytes({"firings": [*fired, firing]}))
+            self._write(recipe.name, firings=[*fired, firing])
             return firing
+
+    def claim_drift(self, recipe: Recipe, report: DriftState) -> dict[str, Any] | None:
+        """Record a firing if ``report``'s source has just crossed ``recipe``'s drift rule
+        (:func:`drift_excess`): drifted now, not drifted at the last look. Coming back under
+        the rule is recorded too (no firing), so that a later crossing fires again. None: no
+        drift trigger, another procedure, or no crossing. Under the ledger's lock."""
+        spec = recipe.triggers.drift
+        if spec is None or report.procedure != recipe.procedure:
+            return None
+        key = drift_key(report)
+        excess = drift_excess(spec, report.videos, report.psi)
+        with locked(self.root / f"{recipe.name}.lock"):
+            states = self.drift_states(recipe.name)
+            state = states.get(key, {"drifted": False, "crossings": 0})
+            if (excess is not None) == bool(state["drifted"]):
+                return None  # still drifted (fired already), or still fine
+            crossings = int(state["crossings"]) + (excess is not None)
+            states[key] = {"drifted": excess is not None, "crossings": crossings,
+                           "videos": report.videos, "at": now_iso()}
+            if excess is None:
+                self._write(recipe.name, drift=states)
+                return None
+            feature, value = excess
+            firing = {"recipe": recipe.name, "cause": f"{key}#{crossings}",
+                      "reasons": ["drift"],
+                      "why": (f"drift: {report.source} {feature} PSI {value:.2f} > "
+                              f"{spec.psi_above:.2f} over {report.videos} videos"),
+                      "drift": {"procedure": report.procedure, "source": report.source,
+                                "model": report.model, "videos": report.videos,
+                                "feature": feature, "psi": round(value, 4),
+                                "psi_above": spec.psi_above, "min_videos": spec.min_videos},
+                      "at": now_iso()}
+            self._write(recipe.name, firings=[*self.firings(recipe.name), firing], drift=states)
+            return firing
+
+    def _write(self, recipe: str, **parts: Any) -> None:
+        """Replace ``parts`` (``firings``, ``drift``) of the recipe's ledger, keeping the rest."""
+        write_atomic(self._path(recipe), json_bytes(self._read(recipe) | parts))
 
     def all(self) -> list[dict[str, Any]]:
         if not self.root.is_dir():
