@@ -136,7 +136,7 @@ def test_the_study_store_setting_is_checked():
 def test_a_recipe_without_a_sweep_section_exits_2_naming_it(tmp_path):
     path = tmp_path / "plain.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe().model_dump(mode="json")))
-    run = run_cli("sweep", "run", str(path), home=tmp_path / "home", check=False)
+    run = run_cli("sweep", str(path), home=tmp_path / "home", check=False)
     assert run.returncode == 2 and f"recipe {path}: has no sweep section" in run.stderr
     assert run.stdout == ""
 
@@ -298,7 +298,7 @@ def _trials(url: str, study: str) -> list:
 @pytest.mark.integration
 def test_the_demo_recipe_sweep_beats_its_recipe_prunes_and_resumes_after_a_kill(
         prefect_server, dask_cluster, tmp_path_factory, tmp_path):
-    """``surgflow sweep run recipes/tiny.yaml``: six trials of the demo chain at two ranks each;
+    """``surgflow sweep recipes/tiny.yaml``: six trials of the demo chain at two ranks each;
     the process is killed with SIGKILL while a trial trains, and run again."""
     import os
     import signal

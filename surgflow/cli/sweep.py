@@ -1,4 +1,5 @@
-"""`surgflow sweep run RECIPE` and `surgflow sweep ui [RECIPE]`: hyper-parameter sweeps."""
+"""`surgflow sweep RECIPE` (also spelt `sweep run RECIPE`) and `surgflow sweep ui [RECIPE]`:
+hyper-parameter sweeps."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from surgflow.cli.common import JsonOption, emit, handle_errors, prefect_api, stdout_console
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
 
-app = typer.Typer(help="Hyper-parameter sweeps of a recipe (Optuna) on the Dask cluster.",
-                  no_args_is_help=True)
+class _RecipeFirst(TyperGroup):
+    """`sweep RECIPE ...` means `sweep run RECIPE ...`: an argument that names no subcommand
+    (and is not an option) is the recipe of `run`."""
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 (click's signature)
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_RecipeFirst, no_args_is_help=True,
+                  help="Hyper-parameter sweeps of a recipe (Optuna) on the Dask cluster: "
+                       "`surgflow sweep RECIPE [--trials N]`, `surgflow sweep ui`.")
 
 
 def _load(recipe: Path) -> Any:
@@ -41,9 +54,10 @@ def run(
                                          "Prefect 'gpu' concurrency limit, else 1)."),
     json_: bool = JsonOption,
 ):
-    """Search the recipe's sweep space, each trial a training run on the Dask cluster under a
-    Prefect flow, pruning poor trials early; then export, register and gate the best trial's
-    chain. Resumes the recipe's study when it exists."""
+    """Search a recipe's sweep space; export, register and gate the best trial's chain.
+
+    Each trial is a training run on the Dask cluster under a Prefect flow, and poor trials are
+    pruned early. Resumes the recipe's study when it exists."""
     _load(recipe)  # a bad recipe fails here, before a server or a cluster starts
     with prefect_api():
         from surgflow_flows.sweep import sweep_flow
@@ -59,8 +73,7 @@ def ui(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port on 127.0.0.1."),
     json_: bool = JsonOption,
 ):
-    """Serve optuna-dashboard on the sweeps' study store on loopback and print its URL;
-    Ctrl-C stops it."""
+    """Serve optuna-dashboard on the sweeps' studies (loopback); Ctrl-C stops it."""
     from surgflow.sweeps.dashboard import serve
 
     study = _load(recipe).name if recipe is not None else None

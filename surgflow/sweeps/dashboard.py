@@ -44,7 +44,7 @@ def study_id(storage_url: str, study: str) -> int:
         return storage.get_study_id_from_name(study)
     except KeyError as e:
         raise NotFound(f"no study {study!r} in {masked(storage_url)}; "
-                       f"`surgflow sweep run` a recipe named {study!r} first") from e
+                       f"`surgflow sweep` a recipe named {study!r} first") from e
 
 
 def serve(storage_url: str, port: int, *, study: str | None = None,
