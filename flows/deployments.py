@@ -98,7 +98,12 @@ def declarations(recipes_dir: str | Path) -> list[dict[str, Any]]:
                         "that they may be shown to people, redacted",
          "periodic_runs_of": [], "tags": []},
         {"flow": drift_watch, "name": "drift-watch", "cron": None, "interval": WATCH_EVERY_S,
-         "triggers": [], "parameters": {"recipes_dir": recipes_dir},
+         # a version that merged the fleet's outputs: new inference to look at now
+         "triggers": [DeploymentEventTrigger(
+             name="drift-watch-on-version", expect={VERSION_EVENT},
+             match={"prefect.resource.id": "surgflow.dataset.*"},
+             parameters={"recipes_dir": recipes_dir})],
+         "parameters": {"recipes_dir": recipes_dir},
          "description": "compare each source's latest inference with the production model's "
                         "training view; retrain recipes with a drift trigger when one drifts",
          "periodic_runs_of": [], "tags": []},

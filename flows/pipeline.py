@@ -6,7 +6,9 @@ of the Prefect global concurrency limit ``gpu`` (acquired strictly: a missing li
 never silently unlimited), so concurrent pipelines never oversubscribe the cluster's GPUs;
 release (export, gate) runs outside the slot. A periodic run (``skip_unchanged``) first asks
 :func:`surgflow.registry.periodic.skip_reason` and trains nothing when neither the recipe nor
-its dataset versions changed since its latest registered model.
+its dataset versions changed since its latest registered model. A drift retrain (its ``cause``
+a drift firing's ``why``) trains nothing when its views equal those of its latest registered
+model (:func:`surgflow.registry.periodic.views_unchanged_reason`): it waits for labels.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prefect.concurrency.asyncio import concurrency
 
 from surgflow.evaluation.thresholds import parse_gate
 from surgflow.training.recipe import load_recipe
+from surgflow.training.triggers import drift_caused
 from surgflow_flows.release import release_flow
 from surgflow_flows.training import TrainingParams, training_flow
 
@@ -52,19 +55,31 @@ def check_unchanged(recipe_path: str) -> dict[str, Any]:
     return {"dataset_versions": pinned, "skipped": reason}
 
 
+@task(name="check-views-unchanged")
+def check_views_unchanged(recipe_path: str) -> dict[str, Any]:
+    """Why a drift retrain of the recipe need not train (or None)."""
+    from surgflow.config import get_settings
+    from surgflow.registry.periodic import views_unchanged_reason
+
+    return {"skipped": views_unchanged_reason(load_recipe(recipe_path), get_settings().home)}
+
+
 @flow(name="surgflow-pipeline", validate_parameters=True)
 async def recipe_pipeline(recipe_path: str, promote: bool = True, cause: str | None = None,
                           skip_unchanged: bool = False) -> dict[str, Any]:
     """Train ``recipe_path`` in a GPU slot, then export, register, gate and (if approved and
     ``promote``) promote its chain; ``cause`` says what started it (a trigger, the nightly, a
     cron). With ``skip_unchanged`` (a periodic run) nothing trains when the recipe and its
-    dataset versions equal those of its latest registered model; the row says so."""
+    dataset versions equal those of its latest registered model, and for a drift retrain when
+    its views do; the row says so."""
     log = get_run_logger()
     recipe = load_recipe(recipe_path)  # a bad recipe fails here, before a slot is taken
     parse_gate(recipe.gate, f"recipe {recipe_path}")
     log.info("pipeline for %s (%s)", recipe.name, cause or "by hand")
-    if skip_unchanged:
-        unchanged = await asyncio.to_thread(check_unchanged, recipe_path)
+    check = (check_unchanged if skip_unchanged
+             else check_views_unchanged if drift_caused(cause) else None)
+    if check is not None:
+        unchanged = await asyncio.to_thread(check, recipe_path)
         if unchanged["skipped"]:
             log.info("%s: %s", recipe.name, unchanged["skipped"])
             return row(recipe_path, recipe=recipe.name, cause=cause, **unchanged)

@@ -41,7 +41,12 @@ def test_small_demo_closes_the_loop_and_v2_beats_v1_on_the_new_hospital(tmp_path
     for f in out["firings"]:
         by_recipe.setdefault(f["recipe"], []).append(f)
     assert [f["cause"] for f in by_recipe["privacy-demo"]] == ["privacy@1"], out["firings"]
-    firings = by_recipe["cholec-demo"]
+    # hospital C drifted from v1's training view before any label of theirs (its firing's
+    # pipeline trained nothing); A and B, compared with their own training videos, did not
+    drifts = [f for f in by_recipe["cholec-demo"] if f["reasons"] == ["drift"]]
+    assert [f["drift"]["source"] for f in drifts] == ["hospital-c"], drifts
+    assert out["drift"]["retrain"].startswith("nothing new to train from since "), out["drift"]
+    firings = [f for f in by_recipe["cholec-demo"] if f["reasons"] != ["drift"]]
     assert len(firings) == 2 and all("new_source" in f["reasons"] for f in firings), firings
     assert [f["cause"] for f in firings] == ["cholecystectomy@1", f"cholecystectomy@{versions[-1]}"]
     assert "hospital-c" in firings[1]["why"] and "hospital-c" not in firings[0]["why"]

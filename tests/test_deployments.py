@@ -39,10 +39,13 @@ def test_each_recipe_gets_a_pipeline_triggered_by_its_own_resource() -> None:
     assert screen["interval"] == 30
     (on_version,) = screen["triggers"]
     assert on_version.expect == {"surgflow.dataset.version.created"}
-    # the drift watch: every minute over the recipes; its firings are recipe.retrain events,
-    # which the recipes' own deployments above already trigger on
+    # the drift watch: every minute and on every version (one that merged the fleet's
+    # outputs) over the recipes; its firings are recipe.retrain events, which the recipes' own
+    # deployments above already trigger on
     drift = by_name["drift-watch"]
-    assert (drift["interval"], drift["cron"], drift["triggers"]) == (60, None, [])
+    assert (drift["interval"], drift["cron"]) == (60, None)
+    (on_version,) = drift["triggers"]
+    assert on_version.expect == {"surgflow.dataset.version.created"}
     assert drift["parameters"] == {"recipes_dir": str(Path(recipes_dir()).resolve())}
     assert drift["flow"].name == "drift-watch"
 

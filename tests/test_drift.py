@@ -181,6 +181,13 @@ def test_the_window_is_the_latest_videos_and_a_stale_reference_bin_is_not_compar
     assert Reference.from_json(stored) == reference
     stored["bins"]["confidence"] = ["0-0.5", "0.5-1"]  # written when the edges were others
     assert "confidence" not in Reference.from_json(stored).summary.features
+    # a source the version was trained on is compared with its own videos, another with all
+    other = Summary.of([video_features(EVENT_SEGMENTS, Facts(), [10.0])])
+    split = Reference("m@1", ["cholecystectomy@1"], ["r", "q"], reference.summary, "now",
+                      {"s": (other, 1)})
+    assert split.of_source("s") == (other, 1, "s")
+    assert split.of_source("new") == (reference.summary, 2, None)
+    assert Reference.from_json(split.as_json()) == split
 
 
 # -- the trigger rule ---------------------------------------------------------------------
@@ -309,7 +316,7 @@ def _stream(kafka, bundle, tmp_path: Path, n: int = 6) -> Stream:
     # production is the tiny chain, trained on hospital-a's 64 px videos of cholecystectomy@1
     shutil.copytree(bundle.home / "datasets", home / "datasets")
     settings = get_settings()
-    version = register_bundle(settings, bundle.bundle_dir,
+    version = register_bundle(settings, bundle.bundle_dir, recipe_name=bundle.recipe.name,
                               recipe=bundle.recipe.model_dump(mode="json"))
     promote(settings, version)
     # new videos: hospital-a as trained on, and hospital-c (another size, tint, brightness)
@@ -369,6 +376,7 @@ def test_a_shifted_source_fires_one_retrain_and_a_replay_fires_nothing(
     assert sorted(by_source) == ["hospital-a", "hospital-c"]
     a, c = by_source["hospital-a"], by_source["hospital-c"]
     assert (a.videos, c.videos, a.model, c.model) == (6, 6, ref, ref)
+    assert (a.reference_source, c.reference_source) == ("hospital-a", None), "C is new"
     assert not a.drifted and max(a.psi.values()) < 0.5, a.as_json()
     assert c.drifted and c.psi["resolution"] > 2 and c.psi["brightness"] > 2, c.as_json()
     assert a.psi["resolution"] == pytest.approx(0.0) and a.psi["fps"] == pytest.approx(0.0)
@@ -393,6 +401,35 @@ def test_a_shifted_source_fires_one_retrain_and_a_replay_fires_nothing(
     assert shown[1]["drifted"] is True and shown[1]["psi_above"] == 0.2
     assert "unknown procedure 'appendix'" in cli_error(2, "drift", "show", "appendix")
     assert "not a phase model" in cli_error(2, "drift", "show", "privacy")
+
+    # drift alone teaches nothing: the retrain it starts trains once labels changed a view
+    from surgflow.registry.periodic import views_unchanged_reason
+
+    trained = tiny_chain_bundle.recipe
+    trained = trained.model_copy(update={"data": trained.data.model_copy(
+        update={"sources": ["cholecystectomy"]})})
+    why = views_unchanged_reason(trained, home)
+    assert why is not None and why.startswith(f"nothing new to train from since {ref}"), why
+    _label_one_of(settings, "hospital-c", split="train")
+    assert views_unchanged_reason(trained, home) is None, "C's labels are in the train view"
+
+
+def _label_one_of(settings, source: str, split: str) -> None:
+    """A person labels (every frame of) one of ``source``'s registered videos in ``split``."""
+    from datetime import UTC, datetime
+
+    from surgflow.data.labels import LabelEvent, LabelSegment
+    from surgflow.data.registry import VideoRegistry
+    from surgflow.data.splits import split_of
+    from surgflow.data.versions import DatasetStore
+
+    videos = VideoRegistry(settings.home, settings.resolved_video_roots())
+    record = next(r for r in videos.list()
+                  if r.source == source and split_of(r.video_id) == split)
+    event = LabelEvent(f"label-{record.video_id}", record.video_id, "human", datetime.now(UTC),
+                       0, 0, (LabelSegment(0, record.num_frames, "Preparation"),))
+    DatasetStore(settings.home).commit("cholecystectomy", videos=[record], events=[event],
+                                       offsets={})
 
 
 @pytest.mark.integration

@@ -145,9 +145,16 @@ def _render(r: dict[str, Any]) -> None:
         c.print(f"{'':18} C's people media: {share:.1%} of {p['out_of_body_frames']} "
                 f"out-of-body frames black, {p['blacked_out_s']:.0f} s in all "
                 f"({p['in_body_lost_share']:.1%} of in-body)", soft_wrap=True)
+    if r.get("drift"):
+        d = r["drift"]
+        c.print(f"[bold]{'drift':18}[/bold] {d['why']}, before any label of hospital C",
+                soft_wrap=True)
+        c.print(f"{'':18} its retrain: {d['retrain']}", soft_wrap=True)
     firings = Table("recipe", "fired on", "why", title="trigger firings")
     for f in r["firings"]:
-        firings.add_row(f["recipe"], f["cause"], f["why"])
+        drift = f.get("drift")
+        firings.add_row(f["recipe"], f"{drift['source']} vs {drift['model']}" if drift
+                        else f["cause"], f["why"])
     c.print(firings)
     for label, key in (("comparison report", "report_path"), ("highlight reel", "highlights"),
                        ("log", "log")):

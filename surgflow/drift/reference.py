@@ -6,7 +6,10 @@ over the videos of its training view (the recipe's ``data`` over the dataset ver
 pinned, train and val splits), summarised into the same per-video features the watch takes of
 inference events (:mod:`surgflow.drift.features`), aggregated. At most ``max_videos`` videos
 are analysed, picked by a stable hash of their ids, so the same version always gets the same
-reference.
+reference. It is kept whole and per source: a source the version was trained on is compared with
+its own part of the view (hospital A's cameras against hospital A's training videos, not
+against a mix in which another hospital's frame rate counts as a shift), a source it never saw
+with the whole view (:meth:`Reference.of_source`).
 
 The reference is immutable, like the version: a JSON file beside the version's seals
 (:meth:`~surgflow.registry.ModelRegistry.drift_reference_path`), written once without overwrite
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from surgflow.config import Settings
@@ -45,12 +49,24 @@ class Reference:
     videos: list[str]
     summary: Summary
     created_at: str
+    #: per source of the view: its videos' summary and how many they are
+    by_source: dict[str, tuple[Summary, int]] = field(default_factory=dict)
+
+    def of_source(self, source: str) -> tuple[Summary, int, str | None]:
+        """What ``source`` is compared with: its own part of the training view (summary,
+        videos, ``source``) if the version was trained on it, else the whole view (…, None)."""
+        if source in self.by_source:
+            summary, videos = self.by_source[source]
+            return summary, videos, source
+        return self.summary, len(self.videos), None
 
     def as_json(self) -> dict[str, Any]:
         return {"model": self.model, "dataset_versions": list(self.dataset_versions),
                 "videos": list(self.videos), "created_at": self.created_at,
                 "bins": {f.name: f.bins() for f in FEATURES.values() if f.kind == "continuous"},
-                "features": self.summary.as_json()}
+                "features": self.summary.as_json(),
+                "by_source": {s: {"videos": n, "features": summary.as_json()}
+                              for s, (summary, n) in sorted(self.by_source.items())}}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Reference:
@@ -58,9 +74,14 @@ class Reference:
         bins now is left out (not compared) rather than compared bin label by bin label."""
         stale = {name for name, bins in data.get("bins", {}).items()
                  if name in FEATURES and FEATURES[name].bins() != bins}
-        features = {k: v for k, v in data["features"].items() if k not in stale}
+
+        def summary(features: Mapping[str, Any]) -> Summary:
+            return Summary.from_json({k: v for k, v in features.items() if k not in stale})
+
         return cls(str(data["model"]), list(data["dataset_versions"]), list(data["videos"]),
-                   Summary.from_json(features), str(data["created_at"]))
+                   summary(data["features"]), str(data["created_at"]),
+                   {s: (summary(d["features"]), int(d["videos"]))
+                    for s, d in data.get("by_source", {}).items()})
 
 
 def training_videos(view: ViewSpec, sources: list[str], settings: Settings,
@@ -78,16 +99,20 @@ def training_videos(view: ViewSpec, sources: list[str], settings: Settings,
     return sorted(ranked[:max_videos], key=lambda v: v.video_id)
 
 
-def summarise(runner: Any, videos: list[ViewVideo], settings: Settings) -> Summary:
-    """The features of ``videos`` as ``runner``'s chain analyses them."""
+def summarise(runner: Any, videos: list[ViewVideo], settings: Settings
+              ) -> tuple[Summary, dict[str, tuple[Summary, int]]]:
+    """The features of ``videos`` as ``runner``'s chain analyses them: of all, and per source
+    (with its number of videos)."""
     cache = BrightnessCache(settings.home)
     labels = list(runner.spec.labels)
-    rows = []
+    rows: dict[str, list] = defaultdict(list)
     for v in videos:
         analysis = runner.analyze(v.path, info=v.record)
         segments = analysis.timeline.segments(labels)
-        rows.append(video_features(segments, v, cache.get(v.sha256, v.path, v.num_frames)))
-    return Summary.of(rows)
+        rows[v.source].append(
+            video_features(segments, v, cache.get(v.sha256, v.path, v.num_frames)))
+    return (Summary.of(r for source_rows in rows.values() for r in source_rows),
+            {s: (Summary.of(r), len(r)) for s, r in sorted(rows.items())})
 
 
 def summarise_release(settings: Settings, name: str, version: int, *,
@@ -116,8 +141,9 @@ def summarise_release(settings: Settings, name: str, version: int, *,
     from surgflow.inference import ChainRunner
 
     runner = ChainRunner.load(registry.bundle(name, mv.version))
-    reference = Reference(mv.ref, sources, [v.video_id for v in videos],
-                          summarise(runner, videos, settings), now_iso())
+    whole, by_source = summarise(runner, videos, settings)
+    reference = Reference(mv.ref, sources, [v.video_id for v in videos], whole, now_iso(),
+                          by_source)
     if write_exclusive(path, json_bytes(reference.as_json())):
         log.info("%s: drift reference over %d videos of %s", mv.ref, len(videos),
                  ", ".join(sources))

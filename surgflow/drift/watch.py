@@ -7,7 +7,7 @@ version), under ``SURGFLOW_HOME/drift/observations/<name>/<version>/<video_id>.j
 replay or a later pass adds nothing and counts stay stable. Then, per (procedure, source), the
 window of its latest ``window`` observed videos (by ``produced_at``) is compared with the
 production version's reference (:func:`~surgflow.drift.reference.summarise_release`, made on
-first use) into a :class:`DriftReport`: per-feature PSI (and the KS or chi-square p where it
+first use; the source's own part of it when the version was trained on the source) into a :class:`DriftReport`: per-feature PSI (and the KS or chi-square p where it
 means something) and whether the source has drifted
 (:func:`surgflow.training.triggers.drift_excess`, the one rule, under the given thresholds).
 
@@ -122,6 +122,9 @@ class DriftReport:
     features: dict[str, FeatureDrift]
     psi_above: float
     min_videos: int
+    #: the source whose part of the training view it is compared with (None: the whole view,
+    #: a source the version was never trained on)
+    reference_source: str | None = None
 
     @property
     def psi(self) -> dict[str, float]:
@@ -142,6 +145,7 @@ class DriftReport:
         worst = max(sorted(self.psi), key=lambda n: self.psi[n]) if self.psi else None
         return {"procedure": self.procedure, "source": self.source, "model": self.model,
                 "videos": self.videos, "reference_videos": self.reference_videos,
+                "reference_source": self.reference_source,
                 "features": {n: f.as_json() for n, f in self.features.items()},
                 "max_psi": {"feature": worst,
                             "psi": round(self.psi[worst], 4) if worst else None},
@@ -153,17 +157,18 @@ class DriftReport:
         return cls(str(data["procedure"]), str(data["source"]), str(data["model"]),
                    int(data["videos"]), int(data["reference_videos"]),
                    {n: FeatureDrift.from_json(f) for n, f in data["features"].items()},
-                   float(data["psi_above"]), int(data["min_videos"]))
+                   float(data["psi_above"]), int(data["min_videos"]),
+                   data.get("reference_source"))
 
 
 def compare_window(reference: Summary, reference_videos: int, window: list[Observation],
                    thresholds: DriftTriggerSpec, *, procedure: str, source: str,
-                   model: str) -> DriftReport:
+                   model: str, reference_source: str | None = None) -> DriftReport:
     """The report of one source's ``window`` against ``reference`` (pure)."""
     observed = Summary.of(o.features for o in window)
     return DriftReport(procedure, source, model, len(window), reference_videos,
                        observed.compare(reference), thresholds.psi_above,
-                       thresholds.min_videos)
+                       thresholds.min_videos, reference_source)
 
 
 @dataclass
@@ -315,7 +320,10 @@ def _reports(settings: Settings, procedure: str, version: int | None, store: Obs
     except SurgflowError as e:
         problems.append(f"{name}@{version}: no drift reference: {e}")
         return []
-    return [compare_window(reference.summary, len(reference.videos),
-                           latest(obs, window), thresholds, procedure=procedure,
-                           source=source, model=reference.model)
-            for source, obs in sorted(by_source.items())]
+    reports = []
+    for source, obs in sorted(by_source.items()):
+        summary, videos, own = reference.of_source(source)
+        reports.append(compare_window(summary, videos, latest(obs, window), thresholds,
+                                      procedure=procedure, source=source,
+                                      model=reference.model, reference_source=own))
+    return reports

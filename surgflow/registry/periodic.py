@@ -9,6 +9,12 @@ latest registered model: the dataset versions its sources resolve to now, or the
 (:func:`recipe_digest`). :func:`unchanged_since` decides on plain data; :func:`skip_reason`
 gathers that data from the dataset store and the registry. Data-driven retrains (growth, a new
 source) and runs asked for by hand never ask.
+
+A drift retrain (the inference stream moved away from what production was trained on) asks
+:func:`views_unchanged_reason`: drift alone teaches a model nothing, so it trains only when the
+recipe's training and validation views now differ from those of its latest registered model
+(labels arrived since, of any source); the dataset versions may have moved on with nothing but
+model outputs the recipe does not train from.
 """
 
 from __future__ import annotations
@@ -107,3 +113,23 @@ def skip_reason(recipe: Recipe, home: Path,
     pinned = pin_sources(recipe.data.sources, home)
     latest = latest_trained(registry or ModelRegistry(), recipe)
     return pinned, unchanged_since(pinned, recipe_digest(recipe.model_dump(mode="json")), latest)
+
+
+def views_unchanged_reason(recipe: Recipe, home: Path,
+                           registry: ModelRegistry | None = None) -> str | None:
+    """Why a drift retrain of ``recipe`` can be skipped: the same recipe as its latest
+    registered model, whose train and val views over the dataset versions latest now equal
+    those over the versions it was trained from (None: it must train)."""
+    from surgflow.training.data import SPLITS, pin_sources, resolve
+
+    latest = latest_trained(registry or ModelRegistry(), recipe)
+    if latest is None or latest.recipe_digest != recipe_digest(recipe.model_dump(mode="json")):
+        return None
+    pinned = pin_sources(recipe.data.sources, home)
+    then = list(latest.dataset_versions)
+    if pinned != then and any(resolve(recipe, pinned, split, home).digest()
+                              != resolve(recipe, then, split, home).digest()
+                              for split in SPLITS):
+        return None
+    return (f"nothing new to train from since {latest.ref}: its training and validation "
+            f"views over {', '.join(pinned)} equal those over {', '.join(then)}")

@@ -159,6 +159,15 @@ def drift_excess(spec: DriftTriggerSpec, videos: int,
     return (worst, psi[worst]) if psi[worst] > spec.psi_above else None
 
 
+#: how the ``why`` of every drift firing starts (the retrain it starts is told apart by it)
+DRIFT_WHY = "drift: "
+
+
+def drift_caused(cause: str | None) -> bool:
+    """Whether a pipeline started for ``cause`` (a firing's ``why``) was started by drift."""
+    return bool(cause) and cause.startswith(DRIFT_WHY)
+
+
 def drift_key(report: DriftState) -> str:
     """What one drift crossing is of: a source of a procedure against one production version."""
     return f"drift:{report.procedure}:{report.source}@{report.model}"
@@ -246,7 +255,7 @@ class TriggerLedger:
             feature, value = excess
             firing = {"recipe": recipe.name, "cause": f"{key}#{crossings}",
                       "reasons": ["drift"],
-                      "why": (f"drift: {report.source} {feature} PSI {value:.2f} > "
+                      "why": (f"{DRIFT_WHY}{report.source} {feature} PSI {value:.2f} > "
                               f"{spec.psi_above:.2f} over {report.videos} videos"),
                       "drift": {"procedure": report.procedure, "source": report.source,
                                 "model": report.model, "videos": report.videos,

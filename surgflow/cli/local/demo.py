@@ -10,7 +10,9 @@
    promotion to production. The privacy-screen deployment then screens every video.
 2. The inference service (fleet mode) analyses hospital C's longer videos with v1 and publishes
    its outputs (``inference``); the feedback flow merges them and raises feedback tasks for the
-   low-confidence segments.
+   low-confidence segments. The drift watch compares C's videos, as v1 sees them, with v1's
+   own training view: they have drifted, before any label of theirs exists, and the recipe's
+   drift trigger fires; its pipeline trains nothing, since no label arrived to learn from.
 3. Once the detector has screened C's videos, the annotation sync sends the tasks to Label
    Studio with redacted media (every frame within a second of an out-of-body range black);
    before, they wait. Simulated annotators sign in there and
@@ -55,6 +57,8 @@ DETECTOR = PRIVACY_MODEL
 FIRST_HOSPITALS = ("hospital-a", "hospital-b")
 NEW_HOSPITAL = "hospital-c"
 REVIEW_BELOW = 0.85
+#: the demo recipe's drift rule (hospital C's darker, noisier camera is far above it)
+DRIFT_PSI = 0.5
 #: a decoded frame whose brightest pixel is at most this is black (H.264 keeps black exact
 #: to within a level or two)
 BLACK = 2
@@ -98,6 +102,7 @@ class DemoReport:
     report_path: str | None = None
     highlights: str | None = None
     privacy: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
     served: dict[str, Any] | None = None
     annotation: dict[str, int] | None = None
     urls: dict[str, Any] | None = None
@@ -120,7 +125,9 @@ def demo_recipe(size: DemoSize, out_dir: Path) -> Path:
     data["data"]["min_confidence"] = None  # human labels only: a source appears when labelled
     data["optim"]["epochs"] = size.clip_epochs
     data["temporal"]["optim"]["epochs"] = size.temporal_epochs
-    data["triggers"] = {"new_source": True, "growth_factor": 2.0}
+    data["triggers"] = {"new_source": True, "growth_factor": 2.0,
+                        "drift": {"psi_above": DRIFT_PSI,
+                                  "min_videos": min(5, sum(size.new.values()))}}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cholec-demo.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -306,6 +313,39 @@ def check_redaction(settings: Settings, videos: list[SyntheticVideo]) -> dict[st
             "in_body_lost_share": in_black / in_frames if in_frames else 0.0}
 
 
+def drift_firing(settings: Settings, recipe: str, source: str) -> dict[str, Any] | None:
+    """The recipe's drift firing for ``source``, once the drift watch has fired it."""
+    from surgflow.training.triggers import TriggerLedger
+
+    return next((f for f in TriggerLedger(settings.home).firings(recipe)
+                 if "drift" in f["reasons"] and f["drift"]["source"] == source), None)
+
+
+def drift_retrain(api: str, recipe: str) -> dict[str, Any] | None:
+    """The recipe's pipeline run that a drift firing started, once it has finished, with the
+    line its log says why it trained nothing (None: it trained)."""
+    from surgflow.registry.periodic import recipe_deployment
+    from surgflow.training.triggers import drift_caused
+
+    try:
+        runs = httpx.post(f"{api}/flow_runs/filter", timeout=5, json={
+            "deployments": {"name": {"any_": [recipe_deployment(recipe)]}}}).json()
+        run = next((r for r in runs if drift_caused((r.get("parameters") or {}).get("cause"))
+                    and r["state_type"] in FINAL), None)
+        if run is None:
+            return None
+        logs = httpx.post(f"{api}/logs/filter", timeout=5, json={
+            "logs": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    skipped = next((g["message"].removeprefix(f"{recipe}: ") for g in logs
+                    if "nothing new to train from" in g["message"]), None)
+    return {"state": run["state_type"], "skipped": skipped}
+
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
 def served_version(url: str) -> int | None:
     try:
         models = httpx.get(f"{url}/v1/models", timeout=5).json()
@@ -401,6 +441,15 @@ def run_demo(settings: Settings, size_name: str, step: Step, *, seed: int = 0,
         with step("feedback flow merges the model's outputs and raises feedback tasks"):
             run2 = feedback_flow(once=True)
         report.steps.append({"step": "feedback", "result": run2})
+        with step("drift watch: C's videos drift from v1's training view (no label of C yet)"):
+            drifted = wait_for("the drift trigger's firing for hospital C", lambda: drift_firing(
+                settings, "cholec-demo", NEW_HOSPITAL), 240)
+            retrain = wait_for("the pipeline the drift firing started", lambda: drift_retrain(
+                stack.state["prefect_api_url"], "cholec-demo"), 300)
+            if retrain["state"] != "COMPLETED" or retrain["skipped"] is None:
+                raise SurgflowError(f"demo: the drift retrain should train nothing without new "
+                                    f"labels, but it ended {retrain}")
+        report.drift = {"why": drifted["why"], "retrain": retrain["skipped"]}
         held_out = {v.video_id for v in new if split_of(v.video_id) != "train"}
         with step("the detector screens hospital C's videos; until then no task is sent"):
             wait_for("C's videos cleared for people",
