@@ -13,11 +13,12 @@ from surgflow.cli.common import JsonOption, emit, handle_errors, prefect_api, st
 from surgflow.config import get_settings
 from surgflow.errors import BadInput
 
+
 class _RecipeFirst(TyperGroup):
     """`sweep RECIPE ...` means `sweep run RECIPE ...`: an argument that names no subcommand
     (and is not an option) is the recipe of `run`."""
 
-    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 (click's signature)
+    def parse_args(self, ctx, args):
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["run", *args]
         return super().parse_args(ctx, args)

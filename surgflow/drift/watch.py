@@ -7,8 +7,9 @@ version), under ``SURGFLOW_HOME/drift/observations/<name>/<version>/<video_id>.j
 replay or a later pass adds nothing and counts stay stable. Then, per (procedure, source), the
 window of its latest ``window`` observed videos (by ``produced_at``) is compared with the
 production version's reference (:func:`~surgflow.drift.reference.summarise_release`, made on
-first use; the source's own part of it when the version was trained on the source) into a :class:`DriftReport`: per-feature PSI (and the KS or chi-square p where it
-means something) and whether the source has drifted
+first use; the source's own part of it when the version was trained on the source) into a
+:class:`DriftReport`: per-feature PSI (and the KS or chi-square p where it means something) and
+whether the source has drifted
 (:func:`surgflow.training.triggers.drift_excess`, the one rule, under the given thresholds).
 
 Skipped: events of the privacy detector (not a phase model), events of any model but the

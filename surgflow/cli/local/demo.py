@@ -321,6 +321,10 @@ def drift_firing(settings: Settings, recipe: str, source: str) -> dict[str, Any]
                  if "drift" in f["reasons"] and f["drift"]["source"] == source), None)
 
 
+#: Prefect state types a flow run does not leave
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
 def drift_retrain(api: str, recipe: str) -> dict[str, Any] | None:
     """The recipe's pipeline run that a drift firing started, once it has finished, with the
     line its log says why it trained nothing (None: it trained)."""
@@ -341,9 +345,6 @@ def drift_retrain(api: str, recipe: str) -> dict[str, Any] | None:
     skipped = next((g["message"].removeprefix(f"{recipe}: ") for g in logs
                     if "nothing new to train from" in g["message"]), None)
     return {"state": run["state_type"], "skipped": skipped}
-
-
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def served_version(url: str) -> int | None:
