@@ -77,8 +77,10 @@ def _ensure(args):
 
 def test_concurrent_writers_publish_one_proxy(tmp_path: Path, original):
     sha = sha256_file(original.path)
-    with mp.get_context("fork").Pool(2) as pool:
-        results = pool.map(_ensure, [(str(tmp_path), str(original.path), sha)] * 2)
+    # spawn, not fork: by now this process has threads (and decord readers) that a fork copies
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.map_async(_ensure, [(str(tmp_path), str(original.path), sha)] * 2
+                                 ).get(timeout=180)
     assert results[0] == results[1]
     assert len(list((tmp_path / "proxies").rglob("*.mp4"))) == 1
     assert len(list((tmp_path / "proxies").rglob("*.json"))) == 1
