@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             from surgflow_flows.feedback import emit_version_event as on_version
 
         def batch_done(r) -> None:
-            log.info("batch: %s", json.dumps(r.as_json()))
+            log.info("batch: %s", json.dumps(r.as_follow_json()))
 
         with spinner("merging feedback up to the current end offsets", enabled=once):
             settings = get_settings()
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             from surgflow.cli.local.prefect_server import drain
 
             drain()  # the events are queued in this process, which exits now
-        emit(report.as_json(), as_json)
+        emit(report.as_json() if once else report.as_follow_json(), as_json)
 
     @app.command("publish")
     @handle_errors

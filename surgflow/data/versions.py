@@ -61,7 +61,12 @@ DEFAULT_GC_GRACE_S = 900.0
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What a commit did. ``version`` is None when there was nothing new to publish."""
+    """What a commit did. ``version`` is None when there was nothing new to publish.
+
+    ``retries`` races were lost to other writers; after each, the version was ``carried``
+    onto the winner's or ``rebuilt`` on it. Seconds: ``build_s`` building the first attempt
+    (parent reads, resolving events, data files), ``race_s`` carrying or rebuilding after lost
+    races, ``publish_s`` creating manifests (a lost try included)."""
 
     dataset: str
     version: int | None
@@ -71,6 +76,11 @@ class CommitResult:
     videos_added: int
     retries: int
     fingerprint: str | None
+    carried: int = 0
+    rebuilt: int = 0
+    build_s: float = 0.0
+    race_s: float = 0.0
+    publish_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -267,7 +277,16 @@ class DatasetStore:
         for e in events:
             batch.setdefault(e.event_id, e)
         built, base = None, None
+        carried = rebuilt = 0
+        spent = {"build": 0.0, "race": 0.0, "publish": 0.0}
+
+        def result(version, parent, applied, fingerprint, added, attempt) -> CommitResult:
+            return CommitResult(dataset, version, parent, applied, len(events) - applied, added,
+                                attempt, fingerprint, carried, rebuilt, spent["build"],
+                                spent["race"], spent["publish"])
+
         for attempt in range(max_retries + 1):
+            t0 = time.perf_counter()
             latest = self.latest_version(dataset)
             parent = self.manifest(dataset, latest) if latest is not None else None
             if built is not None and parent is not None:
@@ -275,21 +294,27 @@ class DatasetStore:
                 # ``base`` is carried onto the new parent instead of being rebuilt.
                 built = self._rebased(dataset, base, built, parent, videos, batch)
                 if built is None:
+                    rebuilt += 1
                     log.info("dataset %s: version %d changed videos or events of this commit; "
                              "rebuilding on it", dataset, parent.version)
                 else:
+                    carried += 1
                     log.debug("dataset %s: carried onto version %d", dataset, parent.version)
             if built is None:
                 built = self._build(dataset, parent, videos, list(batch.values()), offsets,
                                     parked_events, None if checked else labels)
+            t1 = time.perf_counter()
+            spent["race" if attempt else "build"] += t1 - t0
             if built is None:
-                return CommitResult(dataset, None, latest, 0, len(events), 0, attempt, None)
+                return result(None, latest, 0, None, 0, attempt)
             base = parent
             manifest, applied, added = built
             path = self._manifest_path(dataset, manifest.version)
-            if write_exclusive(path, json_bytes(manifest.model_dump(mode="json"))):
-                return CommitResult(dataset, manifest.version, latest, applied,
-                                    len(events) - applied, added, attempt, manifest.fingerprint)
+            won = write_exclusive(path, json_bytes(manifest.model_dump(mode="json")))
+            spent["publish"] += time.perf_counter() - t1
+            if won:
+                return result(manifest.version, latest, applied, manifest.fingerprint, added,
+                              attempt)
             log.info("dataset %s: version %d was published by another writer; rebasing",
                      dataset, manifest.version)
         raise ConflictError(f"dataset {dataset!r}: lost the race to publish {max_retries + 1} "

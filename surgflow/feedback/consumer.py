@@ -53,6 +53,7 @@ from surgflow.feedback import broker
 from surgflow.feedback.checkpoint import Checkpoint, position_key
 from surgflow.feedback.client import Publisher
 from surgflow.feedback.events import HoldRule, VersionCallback
+from surgflow.feedback.phases import COUNTS, PHASES
 from surgflow.feedback.schemas import INPUT_TOPICS
 
 if TYPE_CHECKING:
@@ -157,11 +158,26 @@ class FeedbackConsumer:
             else:
                 consumer.seek(tp, pos)
 
+    def _ends(self, consumer) -> dict[tuple[str, int], tuple[int, int]]:
+        """``{(topic, partition): (beginning, end)}`` offsets of every input partition now."""
+        tps = self._input_partitions(consumer)
+        first, last = broker.retry("reading the offsets of the input partitions",
+                                   lambda: (consumer.beginning_offsets(tps),
+                                            consumer.end_offsets(tps)), attempts=self.attempts)
+        return {(tp.topic, tp.partition): (first[tp], last[tp]) for tp in tps}
+
+    def _backlog(self, ends: dict[tuple[str, int], tuple[int, int]]) -> dict[tuple[str, int], int]:
+        """Records of each input partition past its stored position, as of ``ends``."""
+        stored = self.checkpoint.positions(self.cluster_id)
+        return {(topic, p): end - max(first, stored.get(position_key(topic, p), first))
+                for (topic, p), (first, end) in ends.items()}
+
     def _merge(self, consumer, records: list, start: dict[str, int]) -> RunReport:
         """Make records durable, then move the checkpoint, then commit group offsets, then
         announce the new versions."""
         from surgflow.feedback.merge import Record
 
+        t0 = time.perf_counter()
         positions = dict(start)
         batch = []
         for m in records:
@@ -169,10 +185,15 @@ class FeedbackConsumer:
                 m.offset + 1, positions.get(position_key(m.topic, m.partition), 0))
             batch.append(Record(self._unprefixed(m.topic), m.partition, m.offset, m.key, m.value))
         stored = self.checkpoint.positions(self.cluster_id)
+        t1 = time.perf_counter()
         report = self.merger.process(batch, stored | positions)
+        t2 = time.perf_counter()
         self.checkpoint.advance(self.cluster_id, positions)
         self._commit_group(consumer, positions)
         self._announce(report.versions)
+        report.time_s["decode"] += t1 - t0
+        report.time_s["commit"] += time.perf_counter() - t2
+        report.counts["batches"] += 1
         return report
 
     def _announce(self, versions: list[dict]) -> None:
@@ -212,7 +233,8 @@ class FeedbackConsumer:
         finally:
             consumer.close(autocommit=False)
 
-    def _read_to_end(self, consumer) -> tuple[list, dict[str, int]]:
+    def _input_partitions(self, consumer) -> list:
+        """Every partition of the input topics, as kafka-python's ``TopicPartition``."""
         from kafka import TopicPartition
 
         tps = []
@@ -220,6 +242,10 @@ class FeedbackConsumer:
             parts = broker.retry(f"reading partitions of {topic}",
                                  lambda t=topic: _partitions(consumer, t), attempts=self.attempts)
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        return tps
+
+    def _read_to_end(self, consumer) -> tuple[list, dict[str, int]]:
+        tps = self._input_partitions(consumer)
         consumer.assign(tps)
         self._seek_stored(consumer, tps)
         ends = broker.retry("reading end offsets", lambda: consumer.end_offsets(tps),
@@ -259,13 +285,22 @@ class FeedbackConsumer:
         ``on_batch`` sees each batch's report.
         """
         from kafka import ConsumerRebalanceListener
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+        from surgflow.feedback.assignment import BacklogAssignor
 
         stop = stop or threading.Event()
         buffer: list = []
         first_at: list[float] = []
-        consumer = self._consumer()
+        ends: dict = {}
+        assignor = BacklogAssignor(lambda: self._backlog(ends))
+        consumer = self._consumer(partition_assignment_strategy=(assignor,
+                                                                 RangePartitionAssignor))
         merger = self
         total = None  # set once the merge machinery is loaded, before any record is merged
+        # time and counts since the last batch, which its report takes (feedback.phases)
+        started = time.perf_counter()
+        pending = _Pending()
 
         def flush() -> None:
             if not buffer:
@@ -274,19 +309,32 @@ class FeedbackConsumer:
                 report = merger._merge(consumer, buffer, {})
             buffer.clear()
             first_at.clear()
+            pending.move_to(report)
             total.add(report)
             if on_batch is not None:
                 on_batch(report)
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
-                _drop_revoked(buffer, first_at, revoked)
+                if pending.assigned:  # not the (empty) revocation before the first join
+                    pending.revoked_at = time.perf_counter()
+                    pending.counts["revoked_records"] += _drop_revoked(buffer, first_at,
+                                                                       revoked)
 
             def on_partitions_assigned(self, assigned):
                 merger._seek_stored(consumer, list(assigned))
+                now = time.perf_counter()
+                if not pending.assigned:
+                    pending.time_s["join"] += now - started
+                    pending.assigned = True
+                elif pending.revoked_at is not None:
+                    pending.time_s["rebalances"] += now - pending.revoked_at
+                    pending.counts["rebalances"] += 1
+                pending.revoked_at = None
                 log.info("assigned %d partitions", len(assigned))
 
         try:
+            ends |= self._ends(consumer)  # the leader may not ask the broker while it assigns
             consumer.subscribe(self.topics, listener=Listener())
             with ThreadPoolExecutor(1, thread_name_prefix="surgflow-join") as pool:
                 # The broker holds a group join for seconds (Kafka's initial rebalance delay;
@@ -311,8 +359,10 @@ class FeedbackConsumer:
                 if first_at:  # never wait past the moment the batch in hand is due
                     left = first_at[0] + max_seconds - time.monotonic()
                     wait_ms = int(min(POLL_MS, max(0.0, left) * 1000))
+                polled = time.perf_counter()
                 got = consumer.poll(timeout_ms=wait_ms,
                                     max_records=max(1, max_events - len(buffer)))
+                pending.time_s["poll"] += time.perf_counter() - polled
                 for batch in got.values():
                     if batch and not first_at:
                         first_at.append(time.monotonic())
@@ -332,14 +382,37 @@ class FeedbackConsumer:
                     parked_checked = time.monotonic()
                     # ...and send the held feedback tasks whose videos were cleared since
                     if self.merger.unparkable() or self.merger.releasable():
-                        total.add(self._merge(consumer, [], {}))
+                        report = self._merge(consumer, [], {})
+                        pending.move_to(report)
+                        total.add(report)
                 if idle_exit_s is not None and not buffer and (
                         time.monotonic() - idle_since > idle_exit_s):
                     break
             flush()
+            pending.move_to(total)  # the polls after the last batch
             return total
         finally:
             consumer.close(autocommit=False)
+
+
+class _Pending:
+    """Follow mode's time and counts not yet in a batch's report (see
+    :mod:`surgflow.feedback.phases`); the rebalance listener writes to it from kafka-python's
+    thread, the loop from its own."""
+
+    def __init__(self):
+        self.time_s = dict.fromkeys(PHASES, 0.0)
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self.assigned = False
+        self.revoked_at: float | None = None
+
+    def move_to(self, report: RunReport) -> None:
+        for k, v in self.time_s.items():
+            report.time_s[k] += v
+            self.time_s[k] = 0.0
+        for k, n in self.counts.items():
+            report.counts[k] += n
+            self.counts[k] = 0
 
 
 def _drop_revoked(buffer: list, first_at: list[float], revoked) -> int:

@@ -29,6 +29,7 @@ unknown video cannot be attributed until the video arrives.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from surgflow.feedback import parking as parking_mod
 from surgflow.feedback.dlq import DeadLetter
 from surgflow.feedback.events import HoldRule
 from surgflow.feedback.parking import ParkedEvent, ParkingLot
+from surgflow.feedback.phases import COUNTS, PHASES
 from surgflow.feedback.schemas import (
     AnnotationEvent,
     FeedbackTask,
@@ -71,7 +73,8 @@ class Record:
 
 @dataclass
 class RunReport:
-    """Counts of one or more batches (``feedback run --json``, SPEC §6)."""
+    """Counts of one or more batches (``feedback run --json``, SPEC §6), and where their time
+    went (:mod:`surgflow.feedback.phases`)."""
 
     consumed: int = 0
     applied: int = 0
@@ -82,6 +85,8 @@ class RunReport:
     versions_created: list[dict] = field(default_factory=list)
     #: per new version: dataset, version, parent, videos, labelled_frames, new_sources
     versions: list[dict] = field(default_factory=list)
+    time_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
 
     def add(self, other: RunReport) -> None:
         for name in ("consumed", "applied", "duplicates", "dead_lettered", "parked",
@@ -89,14 +94,24 @@ class RunReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.versions_created.extend(other.versions_created)
         self.versions.extend(other.versions)
+        for k, v in other.time_s.items():
+            self.time_s[k] += v
+        for k, n in other.counts.items():
+            self.counts[k] += n
 
     def as_json(self) -> dict:
+        """The ``--once`` document (SPEC §6)."""
         return {
             "consumed": self.consumed, "applied": self.applied, "duplicates": self.duplicates,
             "dead_lettered": self.dead_lettered, "parked": self.parked,
             "tasks_created": self.tasks_created,
             "versions_created": [dict(v) for v in self.versions_created],
         }
+
+    def as_follow_json(self) -> dict:
+        """Follow mode's document: :meth:`as_json`, then the counts and ``time_s``."""
+        return self.as_json() | dict(self.counts) | {
+            "time_s": {k: round(v, 3) for k, v in self.time_s.items()}}
 
 
 @dataclass
@@ -142,6 +157,7 @@ class BatchMerger:
 
     def process(self, records: list[Record], positions: dict[str, int]) -> RunReport:
         """Make one batch durable; ``positions`` go into every new manifest."""
+        started = time.perf_counter()
         report, plan = RunReport(consumed=len(records)), _Plan()
         self._labels.clear()  # a procedure may gain labels between batches
         videos = [r for r in records if r.topic == "videos"]
@@ -155,6 +171,7 @@ class BatchMerger:
                     self._label(rec, plan, report, parked)
         for r in labels:
             self._label(r, plan, report, None)
+        report.time_s["decode"] = time.perf_counter() - started
 
         for dead in plan.dead:
             self.sender.send("dlq", dead.value, dead.key, dead.headers())
@@ -168,6 +185,8 @@ class BatchMerger:
         self._tasks(plan, report)
         for parked in plan.release:
             self.parking.release(parked)
+        t = report.time_s
+        t["commit"] = time.perf_counter() - started - t["decode"] - t["merge"] - t["races"]
         return report
 
     def unparkable(self) -> bool:
@@ -309,6 +328,11 @@ class BatchMerger:
         # A video can join its dataset through its video event or through a label event that
         # names it (another consumer of the group may hold the video event); count it once.
         new_from_events = len(set(video_events) - in_dataset)
+        report.time_s["merge"] += result.build_s
+        report.time_s["races"] += result.race_s
+        report.counts["lost_races"] += result.retries
+        report.counts["carried"] += result.carried
+        report.counts["rebuilt"] += result.rebuilt
         report.applied += result.applied + result.videos_added
         report.duplicates += result.duplicates + len(video_events) - new_from_events
         if result.version is None:
