@@ -81,12 +81,12 @@ class BacklogAssignor(AbstractPartitionAssignor):
         # static members first, then by member id, as the range assignor orders them
         order = sorted(members, key=lambda m: (m.group_instance_id is None,
                                                m.group_instance_id or "", m.member_id))
-        dealt = deal(dict(units), [m.member_id for m in order])
+        dealt = {m: set(u) for m, u in deal(dict(units), [m.member_id for m in order]).items()}
         log.debug("backlog assignment: %s (weights %s)", dealt, dict(units))
         return {
             m.member_id: ConsumerProtocolAssignment(
                 self.version,
-                sorted((t, [p for p in parts if p in set(dealt[m.member_id])])
+                sorted((t, [p for p in parts if p in dealt[m.member_id]])
                        for t, parts in partitions.items()),
                 b"")
             for m in members

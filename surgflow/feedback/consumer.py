@@ -53,7 +53,7 @@ from surgflow.feedback import broker
 from surgflow.feedback.checkpoint import Checkpoint, position_key
 from surgflow.feedback.client import Publisher
 from surgflow.feedback.events import HoldRule, VersionCallback
-from surgflow.feedback.phases import COUNTS, PHASES
+from surgflow.feedback.phases import Tally
 from surgflow.feedback.schemas import INPUT_TOPICS
 
 if TYPE_CHECKING:
@@ -362,7 +362,8 @@ class FeedbackConsumer:
                 polled = time.perf_counter()
                 got = consumer.poll(timeout_ms=wait_ms,
                                     max_records=max(1, max_events - len(buffer)))
-                pending.time_s["poll"] += time.perf_counter() - polled
+                if pending.assigned:  # before the first assignment, polls are the join
+                    pending.time_s["poll"] += time.perf_counter() - polled
                 for batch in got.values():
                     if batch and not first_at:
                         first_at.append(time.monotonic())
@@ -395,24 +396,18 @@ class FeedbackConsumer:
             consumer.close(autocommit=False)
 
 
-class _Pending:
-    """Follow mode's time and counts not yet in a batch's report (see
-    :mod:`surgflow.feedback.phases`); the rebalance listener writes to it from kafka-python's
-    thread, the loop from its own."""
+class _Pending(Tally):
+    """Follow mode's time and counts not yet in a batch's report; the rebalance listener
+    writes to it from kafka-python's thread, the loop from its own."""
 
     def __init__(self):
-        self.time_s = dict.fromkeys(PHASES, 0.0)
-        self.counts = dict.fromkeys(COUNTS, 0)
+        super().__init__()
         self.assigned = False
         self.revoked_at: float | None = None
 
-    def move_to(self, report: RunReport) -> None:
-        for k, v in self.time_s.items():
-            report.time_s[k] += v
-            self.time_s[k] = 0.0
-        for k, n in self.counts.items():
-            report.counts[k] += n
-            self.counts[k] = 0
+    def move_to(self, report: Tally) -> None:
+        report.add_tally(self)
+        self.time_s, self.counts = Tally().time_s, Tally().counts
 
 
 def _drop_revoked(buffer: list, first_at: list[float], revoked) -> int:

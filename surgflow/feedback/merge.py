@@ -45,7 +45,7 @@ from surgflow.feedback import parking as parking_mod
 from surgflow.feedback.dlq import DeadLetter
 from surgflow.feedback.events import HoldRule
 from surgflow.feedback.parking import ParkedEvent, ParkingLot
-from surgflow.feedback.phases import COUNTS, PHASES
+from surgflow.feedback.phases import Tally
 from surgflow.feedback.schemas import (
     AnnotationEvent,
     FeedbackTask,
@@ -72,7 +72,7 @@ class Record:
 
 
 @dataclass
-class RunReport:
+class RunReport(Tally):
     """Counts of one or more batches (``feedback run --json``, SPEC §6), and where their time
     went (:mod:`surgflow.feedback.phases`)."""
 
@@ -85,8 +85,6 @@ class RunReport:
     versions_created: list[dict] = field(default_factory=list)
     #: per new version: dataset, version, parent, videos, labelled_frames, new_sources
     versions: list[dict] = field(default_factory=list)
-    time_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
 
     def add(self, other: RunReport) -> None:
         for name in ("consumed", "applied", "duplicates", "dead_lettered", "parked",
@@ -94,10 +92,7 @@ class RunReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.versions_created.extend(other.versions_created)
         self.versions.extend(other.versions)
-        for k, v in other.time_s.items():
-            self.time_s[k] += v
-        for k, n in other.counts.items():
-            self.counts[k] += n
+        self.add_tally(other)
 
     def as_json(self) -> dict:
         """The ``--once`` document (SPEC §6)."""
