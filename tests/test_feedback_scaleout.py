@@ -112,6 +112,24 @@ def test_a_commit_of_other_videos_is_carried_onto_the_winner(tmp_path, monkeypat
     _same_content(store, commits, tmp_path)
 
 
+def test_a_commit_is_carried_over_a_merged_run_that_holds_its_videos_old_rows(
+        tmp_path, monkeypatch, caplog):
+    store = _store(tmp_path / "home")
+    # the winner's run absorbs the small last run, which holds video 1: the winner's new file
+    # then holds video 1's unchanged rows, and the loser (video 1) is still carried
+    commits = [_events("b", 2, 40), _events("a", 1, 2, minutes=90)]
+    with caplog.at_level(logging.DEBUG, logger="surgflow.data.versions"):
+        results = _race(store, commits, monkeypatch)
+    assert [(r.version, r.retries, r.carried, r.rebuilt) for r in results] == [
+        (3, 0, 0, 0), (4, 1, 1, 0)]
+    winner = store.manifest(DS, 3)
+    merged = winner.runs()[-1]
+    assert merged not in store.manifest(DS, 2).runs()
+    assert "case-0001" in versions.df.read_data_file(
+        store.dataset_dir(DS), merged["videos"]).column("video_id").to_pylist()
+    _same_content(store, commits, tmp_path)
+
+
 def test_a_commit_that_overlaps_the_winner_is_rebuilt(tmp_path, monkeypatch, caplog):
     store = _store(tmp_path / "home")
     commits = [_events("a", 2, 4, minutes=90), _events("b", 2, 6, minutes=3)]  # both video 2
@@ -122,12 +140,16 @@ def test_a_commit_that_overlaps_the_winner_is_rebuilt(tmp_path, monkeypatch, cap
     _same_content(store, commits, tmp_path)
 
 
-@pytest.mark.parametrize("video", [1, 3])
+@pytest.mark.parametrize("video,outvoted", [(1, False), (3, False), (1, True)])
 def test_an_event_the_winner_applied_is_a_duplicate_not_applied_twice(
-        tmp_path, monkeypatch, caplog, video):
+        tmp_path, monkeypatch, caplog, video, outvoted):
     store = _store(tmp_path / "home")
-    # during a rebalance two consumers can hold one partition: the same event in both batches
-    shared = human_event("shared", f"case-{video:04d}", [(5, 60, "ClippingCutting")], minutes=99)
+    # during a rebalance two consumers can hold one partition: the same event in both batches.
+    # Outvoted: an old model label under newer ones changes no row; only its id tells.
+    shared = (model_event("shared", f"case-{video:04d}", [(7, 30, "ClippingCutting", 0.8)],
+                          minutes=-999) if outvoted else
+              human_event("shared", f"case-{video:04d}", [(5, 60, "ClippingCutting")],
+                          minutes=99))
     commits = [[shared], [shared, *_events("b", 2, 3)]]
     with caplog.at_level(logging.INFO, logger="surgflow.data.versions"):
         results = _race(store, commits, monkeypatch)

@@ -21,6 +21,7 @@ similar size become one), which keeps the number of files logarithmic in the com
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from surgflow.data import datafiles as df
@@ -81,6 +83,21 @@ class CommitResult:
     build_s: float = 0.0
     race_s: float = 0.0
     publish_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A version built on ``base`` but not yet published, and what building it read of the
+    base (a lost race carries it onto a newer parent without reading the base again)."""
+
+    manifest: Manifest
+    applied: int
+    added: int
+    base: Manifest | None
+    done: frozenset[str]  # the commit's event ids the base had applied
+    known: dict[str, DatasetVideo]  # the base's snapshots of the commit's videos
+    wanted: list[str]  # the commit's videos
+    base_rows: pa.Table  # the base's intervals of those of them it held
 
 
 @dataclass(frozen=True)
@@ -276,7 +293,7 @@ class DatasetStore:
         batch: dict[str, LabelEvent] = {}
         for e in events:
             batch.setdefault(e.event_id, e)
-        built, base = None, None
+        built: _Built | None = None
         carried = rebuilt = 0
         spent = {"build": 0.0, "race": 0.0, "publish": 0.0}
 
@@ -291,8 +308,8 @@ class DatasetStore:
             parent = self.manifest(dataset, latest) if latest is not None else None
             if built is not None and parent is not None:
                 # Lost a race: writers of disjoint videos commute, so the version built on
-                # ``base`` is carried onto the new parent instead of being rebuilt.
-                built = self._rebased(dataset, base, built, parent, videos, batch)
+                # its base is carried onto the new parent instead of being rebuilt.
+                built = self._rebased(dataset, built, parent, batch)
                 if built is None:
                     rebuilt += 1
                     log.info("dataset %s: version %d changed videos or events of this commit; "
@@ -307,14 +324,13 @@ class DatasetStore:
             spent["race" if attempt else "build"] += t1 - t0
             if built is None:
                 return result(None, latest, 0, None, 0, attempt)
-            base = parent
-            manifest, applied, added = built
+            manifest = built.manifest
             path = self._manifest_path(dataset, manifest.version)
             won = write_exclusive(path, json_bytes(manifest.model_dump(mode="json")))
             spent["publish"] += time.perf_counter() - t1
             if won:
-                return result(manifest.version, latest, applied, manifest.fingerprint, added,
-                              attempt)
+                return result(manifest.version, latest, built.applied, manifest.fingerprint,
+                              built.added, attempt)
             log.info("dataset %s: version %d was published by another writer; rebasing",
                      dataset, manifest.version)
         raise ConflictError(f"dataset {dataset!r}: lost the race to publish {max_retries + 1} "
@@ -322,12 +338,13 @@ class DatasetStore:
 
     def _build(self, dataset: str, parent: Manifest | None, videos: list[VideoRecord],
                events: list[LabelEvent], offsets: dict[str, int], parked_events: int,
-               labels: tuple[str, ...] | None) -> tuple[Manifest, int, int] | None:
+               labels: tuple[str, ...] | None) -> _Built | None:
         """Version N+1 on ``parent``; ``labels`` None: the events are checked already."""
         applied_ids = self._applied(dataset, parent, [e.event_id for e in events])
         new_events = [e for e in events if e.event_id not in applied_ids]
         wanted = sorted({v.video_id for v in videos} | {e.video_id for e in new_events})
         known = self._videos(dataset, parent, wanted)
+        base_rows = self._interval_rows(dataset, parent, [v for v in wanted if v in known])
         fresh: dict[str, DatasetVideo] = {}
         for v in videos:
             if v.video_id not in known and v.video_id not in fresh:
@@ -343,8 +360,11 @@ class DatasetStore:
             if labels is not None:
                 check_event(e, labels, video.num_frames)
         touched = sorted({e.video_id for e in new_events} | set(fresh))
+        known_touched = [v for v in touched if v in known]
         change = apply_events(
-            self._interval_rows(dataset, parent, [v for v in touched if v in known]), new_events)
+            base_rows.filter(pc.is_in(base_rows.column("video_id"),
+                                      value_set=pa.array(known_touched, pa.string()))),
+            new_events)
         stats = Stats(parent)
         stats.add_frames(*change.frames_before, sign=-1)
         changed: dict[str, DatasetVideo] = {}
@@ -378,7 +398,8 @@ class DatasetStore:
             events_applied=(parent.events_applied if parent else 0) + len(new_events),
             parked_events=parked_events, **stats.fields(),
         )
-        return manifest, len(new_events), len(fresh)
+        return _Built(manifest, len(new_events), len(fresh), parent, frozenset(applied_ids),
+                      known, wanted, base_rows)
 
     # ---- maintenance ---------------------------------------------------------------------
 
@@ -438,10 +459,9 @@ class DatasetStore:
 
     # ---- carrying a commit onto a newer parent ---------------------------------------------
 
-    def _rebased(self, dataset: str, base: Manifest | None, built: tuple[Manifest, int, int],
-                 parent: Manifest, videos: list[VideoRecord],
-                 events: dict[str, LabelEvent]) -> tuple[Manifest, int, int] | None:
-        """``built``, a child of ``base``, carried onto ``parent`` (a later version); None when
+    def _rebased(self, dataset: str, built: _Built, parent: Manifest,
+                 events: dict[str, LabelEvent]) -> _Built | None:
+        """``built``, a child of its base, carried onto ``parent`` (a later version); None when
         a version in between holds other rows for one of the commit's videos or applied one
         of its events, so that the commit must be rebuilt.
 
@@ -449,24 +469,34 @@ class DatasetStore:
         sums over videos, and a video's rows come from the latest run that holds it. So the
         rows ``built`` wrote for its videos are still right on top of ``parent``, and its
         statistics move by the same amounts there; no event is resolved again.
+
+        Only the parent's data files that the base lacks are read: the others hold what the
+        base held. A video none of those files holds has the base's rows in the parent too
+        (a merged run that absorbed its latest run would hold it); where one does, the rows
+        are compared.
         """
-        manifest, applied, added = built
-        ids = list(events)
-        done = self._applied(dataset, base, ids)
-        if self._applied(dataset, parent, ids) != done:
-            return None
-        wanted = sorted({v.video_id for v in videos} | {e.video_id for e in events.values()})
-        known = self._videos(dataset, base, wanted)
-        if (self._videos(dataset, parent, wanted) != known
-                or not self._interval_rows(dataset, parent, wanted).equals(
-                    self._interval_rows(dataset, base, wanted))):
-            return None
-        new_ids = sorted(i for i in ids if i not in done)
-        touched = sorted({events[i].video_id for i in new_ids}
-                         | {v.video_id for v in videos if v.video_id not in known})
-        if len(new_ids) != applied:
-            return None  # not the events ``built`` applied: be safe and rebuild
+        manifest, base = built.manifest, built.base
         d = self.dataset_dir(dataset)
+        had = set(base.files) if base is not None else set()
+        newer = [run for run in parent.runs() if any(f not in had for f in run.values())]
+        ids = list(events)
+        for run in newer:
+            if "events" in run and run["events"] not in had:
+                found = df.read_data_file(d, run["events"], "event_id", ids)
+                if not set(found.column("event_id").to_pylist()) <= built.done:
+                    return None  # another writer applied one of these events
+        wanted = built.wanted
+        held_since = any(df.read_data_file(d, run[kind], "video_id", wanted).num_rows
+                         for run in newer for kind in ("videos", "intervals")
+                         if kind in run and run[kind] not in had)
+        if held_since and (
+                self._videos(dataset, parent, wanted) != built.known
+                or not self._interval_rows(dataset, parent, [
+                    v for v in wanted if v in built.known]).equals(built.base_rows)):
+            return None
+        new_ids = sorted(i for i in ids if i not in built.done)
+        touched = sorted({events[i].video_id for i in new_ids}
+                         | (set(wanted) - set(built.known)))
         # The run ``built`` wrote holds its videos' rows, plus those of any runs it merged;
         # only the former are carried (``parent`` has its own, possibly newer, copy of those).
         run = {kind: df.read_data_file(d, f, *(("event_id", new_ids) if kind == "events"
@@ -485,10 +515,10 @@ class DatasetStore:
             dataset=dataset, version=parent.version + 1, parent=parent.version,
             created_at=datetime.now(UTC), files=merge_runs(d, list(parent.files), run),
             offsets=dict(sorted(offsets.items())),
-            events_applied=parent.events_applied + applied,
+            events_applied=parent.events_applied + built.applied,
             parked_events=manifest.parked_events, **stats.fields(),
         )
-        return rebased, applied, added
+        return dataclasses.replace(built, manifest=rebased, base=parent)
 
 
 def _known(names: list[str]) -> str:
