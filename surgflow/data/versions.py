@@ -21,13 +21,12 @@ similar size become one), which keeps the number of files logarithmic in the com
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -518,7 +517,7 @@ class DatasetStore:
             events_applied=parent.events_applied + built.applied,
             parked_events=manifest.parked_events, **stats.fields(),
         )
-        return dataclasses.replace(built, manifest=rebased, base=parent)
+        return replace(built, manifest=rebased, base=parent)
 
 
 def _known(names: list[str]) -> str:

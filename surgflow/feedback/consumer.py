@@ -407,7 +407,7 @@ class _Pending(Tally):
 
     def move_to(self, report: Tally) -> None:
         report.add_tally(self)
-        self.time_s, self.counts = Tally().time_s, Tally().counts
+        self.clear()
 
 
 def _drop_revoked(buffer: list, first_at: list[float], revoked) -> int:

@@ -34,3 +34,6 @@ class Tally:
             self.time_s[k] += v
         for k, n in other.counts.items():
             self.counts[k] += n
+
+    def clear(self) -> None:
+        self.time_s, self.counts = dict.fromkeys(PHASES, 0.0), dict.fromkeys(COUNTS, 0)
